@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import os
 import pathlib
 from typing import Any, Sequence
@@ -79,8 +80,13 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
+@functools.lru_cache(maxsize=16)
 def _make_forward(model: TextEncoder, mesh: Mesh):
-  """The jitted forward: params replicated, rows split over `data`."""
+  """The jitted forward: params replicated, rows split over `data`.
+
+  Cached per (model, mesh) — modules and meshes hash by value — so repeated calls (queries
+  then corpus, ANCE refreshes) reuse compiled shapes instead of compiling again.
+  """
   replicated = NamedSharding(mesh, P())
   rows = NamedSharding(mesh, P(DATA_AXIS))
 

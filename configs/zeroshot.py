@@ -1,0 +1,32 @@
+r"""Zero-shot evaluation of a pretrained encoder (no training) on a BEIR data set.
+
+The baseline every recipe is measured against: e.g. the packaged all-MiniLM-L6-v2
+(sentence-transformers; mean pooling, L2-normalised) on the SciFact dev split.
+
+  python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot --mode=eval
+  python main.py --config=configs/zeroshot.py:bm25 --workdir=/tmp/bm25 --mode=eval
+  python main.py --config=configs/zeroshot.py --config.eval.index=scann --workdir=/tmp/z
+
+Variants after the colon: `` (default: dense, exact search), `bm25` (lexical baseline),
+`scann` (ScaNN, with its top-10 overlap against exact search), `smoke` (a tiny corpus, seconds).
+"""
+
+from configs import common
+
+
+def get_config(arg: str = ""):
+  config = common.base_config()
+  config.recipe = "zeroshot"
+  variant = arg or "default"
+  if variant == "bm25":
+    config.eval.index = "bm25"
+  elif variant == "scann":
+    config.eval.index = "scann"
+    config.eval.check_exact = True
+  elif variant == "smoke":
+    config.eval.max_length = 32
+    config.eval.depth = 10
+    config.eval.metrics = ("ndcg@10", "recall@10")
+  elif variant != "default":
+    raise ValueError(f"unknown variant {arg!r}; use one of '', 'bm25', 'scann', 'smoke'")
+  return config

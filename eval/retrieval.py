@@ -1,0 +1,115 @@
+r"""Evaluates a retriever on a BEIR data set: metrics.json and run.trec.
+
+Examples:
+  # The packaged all-MiniLM-L6-v2, zero-shot, on the SciFact dev split carved from train:
+  python eval/retrieval.py --model=minilm --pooling=mean --max_length=256 \
+      --data=scifact --split=dev --out=/tmp/minilm_scifact
+  # BM25 (bm25s, English stemming and stopwords):
+  python eval/retrieval.py --index=bm25 --data=scifact --split=dev --out=/tmp/bm25_scifact
+  # ScaNN instead of exact search, reporting its top-10 overlap with exact search:
+  python eval/retrieval.py --model=minilm --index=scann --scann_check_exact --out=/tmp/scann
+
+`--model` is a HF directory, a hub id, or `minilm`. `--data` is a BEIR directory or a data set
+name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+from absl import app, flags, logging
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("model", "minilm", "HF model directory, hub id, or `minilm` (packaged).")
+flags.DEFINE_enum("pooling", "auto", ["auto", "cls", "mean", "pooler"],
+                  "Pooling; `auto` uses what the checkpoint's sentence-transformers files declare "
+                  "(CLS when there are none).")
+flags.DEFINE_enum("normalize", "auto", ["auto", "true", "false"],
+                  "L2-normalise embeddings; `auto` follows the checkpoint.")
+flags.DEFINE_integer("max_length", 256, "Document token cap (special tokens included).")
+flags.DEFINE_integer("query_max_length", None, "Query token cap (default: --max_length).")
+flags.DEFINE_string("data", "scifact", "BEIR directory or data set name.")
+flags.DEFINE_string("split", "dev", "Qrels split: test, train, dev (carved from train when "
+                    "there is no dev.tsv) or train_minus_dev.")
+flags.DEFINE_float("dev_fraction", 0.2, "Share of train queries carved out as dev.")
+flags.DEFINE_enum("index", "exact", ["exact", "scann", "bm25"], "Search method.")
+flags.DEFINE_integer("depth", 100, "Documents retrieved per query (run depth).")
+flags.DEFINE_list("metrics", ["ndcg@10", "mrr@10", "recall@10", "recall@100", "map"],
+                  "Metrics (pytrec_eval): ndcg@k, mrr@k, recall@k, precision@k, map, map@k.")
+flags.DEFINE_integer("batch_size", 128, "Encoding batch size (global).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"],
+                  "Computation dtype (bfloat16 on accelerators).")
+flags.DEFINE_string("out", None, "Output directory for metrics.json and run.trec.")
+flags.DEFINE_bool("save_embeddings", False, "Also write corpus/query embeddings as .npy.")
+flags.DEFINE_enum("embeddings_dtype", "float32", ["float32", "float16"], "Saved embedding dtype.")
+flags.DEFINE_integer("scann_num_leaves", None, "ScaNN tree leaves (default ~sqrt(n)).")
+flags.DEFINE_integer("scann_leaves_to_search", None, "ScaNN leaves searched per query.")
+flags.DEFINE_integer("scann_reorder_k", 100, "ScaNN candidates rescored exactly.")
+flags.DEFINE_float("scann_aq_threshold", 0.2, "ScaNN anisotropic quantization threshold.")
+flags.DEFINE_bool("scann_check_exact", False,
+                  "With --index=scann, also search exactly and report scann_overlap@10.")
+flags.DEFINE_float("bm25_k1", 0.9, "BM25 k1.")
+flags.DEFINE_float("bm25_b", 0.4, "BM25 b.")
+flags.DEFINE_string("tfds_dir", None, "Where TFDS keeps prepared data.")
+flags.DEFINE_bool("progress", True, "Show progress bars.")
+
+
+def settings_from_flags():
+  """EvalSettings from the command line."""
+  from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.index import ScannConfig  # pylint: disable=g-import-not-at-top
+
+  return evaluation.EvalSettings(
+      index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
+      max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
+      batch_size=FLAGS.batch_size, embeddings_dtype=FLAGS.embeddings_dtype,
+      save_embeddings=FLAGS.save_embeddings,
+      scann=ScannConfig(num_leaves=FLAGS.scann_num_leaves,
+                        num_leaves_to_search=FLAGS.scann_leaves_to_search,
+                        reorder_k=FLAGS.scann_reorder_k,
+                        anisotropic_quantization_threshold=FLAGS.scann_aq_threshold),
+      check_exact=FLAGS.scann_check_exact, bm25_k1=FLAGS.bm25_k1, bm25_b=FLAGS.bm25_b,
+      progress=FLAGS.progress)
+
+
+def run_from_flags() -> dict:
+  """Loads data and model as the flags say, evaluates, writes --out, returns the metrics."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import encode, evaluation  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.data.beir import load_beir  # pylint: disable=g-import-not-at-top
+
+  settings = settings_from_flags()
+  data = load_beir(FLAGS.data, FLAGS.split, dev_fraction=FLAGS.dev_fraction,
+                   data_dir=FLAGS.tfds_dir)
+  logging.info("%s/%s: %d queries, %d documents", data.name, FLAGS.split, len(data.query_ids),
+               len(data.corpus_ids))
+  encoder = None
+  if settings.index != "bm25":
+    normalize = {"auto": None, "true": True, "false": False}[FLAGS.normalize]
+    encoder = encode.load_encoder(FLAGS.model, None if FLAGS.pooling == "auto" else FLAGS.pooling,
+                                  normalize=normalize, dtype=getattr(jnp, FLAGS.dtype))
+    logging.info("model %s from %s, pooling %s", FLAGS.model, encoder.model_dir, encoder.pooling)
+  result = evaluation.evaluate_retrieval(data, settings, encoder, FLAGS.out)
+  table = {**result.metrics, **result.extra, **result.timings}
+  print(f"\n{data.name} / {FLAGS.split} / {FLAGS.index} / "
+        f"{FLAGS.model if encoder else 'bm25'} ({len(data.query_ids)} queries, "
+        f"{len(data.corpus_ids)} docs)")
+  print(evaluation.format_table(table))
+  if FLAGS.out:
+    print(f"wrote {os.path.join(FLAGS.out, 'metrics.json')} and run.trec")
+  return {**result.metrics, **result.extra}
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  run_from_flags()
+
+
+if __name__ == "__main__":
+  # `python eval/retrieval.py` puts eval/ on sys.path, not the repository root.
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  app.run(main)

@@ -1,0 +1,212 @@
+"""Retrieval evaluation: encode (or BM25) -> search -> TREC run -> pytrec_eval metrics.
+
+Used by `eval/retrieval.py`, by `main.py --mode=eval` and, later, by training's periodic
+evaluation. Writes `metrics.json` (flat keys such as `ndcg@10`), `run.trec` and, on request,
+the embeddings as `.npy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import pathlib
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from retrieval_jax import encode, metrics
+from retrieval_jax.data.beir import BeirData
+from retrieval_jax.index import BM25Index, ScannConfig, ScannIndex, exact_search
+
+logger = logging.getLogger(__name__)
+
+INDEX_TYPES = ("exact", "scann", "bm25")
+DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalSettings:
+  """What to retrieve with and what to measure.
+
+  Attributes:
+    index: `exact` (JAX top-k), `scann` or `bm25`.
+    depth: Documents retrieved per query (the run's depth; >= the largest metric cutoff).
+    metrics: Metric names for `retrieval_jax.metrics.evaluate`.
+    max_length: Document token cap.
+    query_max_length: Query token cap (None: same as max_length).
+    batch_size: Encoding batch size (global, over all local devices).
+    embeddings_dtype: `float32` or `float16` for saved embeddings.
+    save_embeddings: Write corpus/query embeddings as .npy next to the metrics.
+    scann: ScaNN parameters (index='scann').
+    check_exact: With index='scann', also run exact search and report the overlap of the
+      top-10 (`scann_overlap@10`).
+    bm25_k1: BM25 k1 (index='bm25').
+    bm25_b: BM25 b (index='bm25').
+    progress: Show progress bars.
+  """
+  index: str = "exact"
+  depth: int = 100
+  metrics: Sequence[str] = DEFAULT_METRICS
+  max_length: int = 256
+  query_max_length: int | None = None
+  batch_size: int = 128
+  embeddings_dtype: str = "float32"
+  save_embeddings: bool = False
+  scann: ScannConfig = ScannConfig()
+  check_exact: bool = False
+  bm25_k1: float = 0.9
+  bm25_b: float = 0.4
+  progress: bool = True
+
+  def __post_init__(self):
+    if self.index not in INDEX_TYPES:
+      raise ValueError(f"index={self.index!r} is not one of {INDEX_TYPES}")
+    if self.depth < 1:
+      raise ValueError(f"depth must be positive, got {self.depth}")
+    if self.embeddings_dtype not in ("float32", "float16"):
+      raise ValueError(f"embeddings_dtype must be float32 or float16, got {self.embeddings_dtype}")
+
+
+@dataclasses.dataclass
+class EvalResult:
+  """Metrics, the run, and timings of one evaluation."""
+  metrics: dict[str, float]
+  run: dict[str, dict[str, float]]
+  timings: dict[str, float]
+  extra: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _dense_search(data: BeirData, encoder: encode.LoadedEncoder, settings: EvalSettings,
+                  out_dir: pathlib.Path | None, timings: dict, extra: dict):
+  """Embeds queries and corpus, then searches with exact top-k or ScaNN."""
+  query_len = settings.query_max_length or settings.max_length
+  start = time.perf_counter()
+  query_emb = encode.encode_texts(encoder, data.query_texts, max_length=query_len,
+                                  batch_size=settings.batch_size, progress=settings.progress,
+                                  desc="queries")
+  corpus_emb = encode.encode_texts(encoder, data.doc_strings(), max_length=settings.max_length,
+                                   batch_size=settings.batch_size, progress=settings.progress,
+                                   desc="corpus")
+  timings["encode_s"] = time.perf_counter() - start
+  if out_dir is not None and settings.save_embeddings:
+    dtype = np.dtype(settings.embeddings_dtype).type
+    encode.save_embeddings(out_dir / "corpus_embeddings.npy", corpus_emb, dtype)
+    encode.save_embeddings(out_dir / "query_embeddings.npy", query_emb, dtype)
+  depth = min(settings.depth, len(corpus_emb))
+  start = time.perf_counter()
+  if settings.index == "exact":
+    scores, indices = exact_search(query_emb, corpus_emb, depth, progress=settings.progress)
+  else:
+    index = ScannIndex.build(corpus_emb, settings.scann)
+    timings["index_build_s"] = time.perf_counter() - start
+    scores, indices = index.search(query_emb, depth)
+    if out_dir is not None:
+      index.save(out_dir / "scann")
+    if settings.check_exact:
+      exact_indices = exact_search(query_emb, corpus_emb, min(10, depth))[1]
+      extra["scann_overlap@10"] = topk_overlap(indices[:, :10], exact_indices)
+  timings["search_s"] = time.perf_counter() - start
+  return scores, indices
+
+
+def topk_overlap(approximate: np.ndarray, exact: np.ndarray) -> float:
+  """Mean fraction of each query's exact top-k found in the approximate top-k."""
+  hits = [len(set(a.tolist()) & set(e.tolist())) / len(e) for a, e in zip(approximate, exact)]
+  return float(np.mean(hits))
+
+
+def _bm25_search(data: BeirData, settings: EvalSettings, timings: dict):
+  start = time.perf_counter()
+  index = BM25Index.build(data.doc_strings(), k1=settings.bm25_k1, b=settings.bm25_b)
+  timings["index_build_s"] = time.perf_counter() - start
+  start = time.perf_counter()
+  scores, indices = index.search(data.query_texts, min(settings.depth, len(data.corpus_ids)))
+  timings["search_s"] = time.perf_counter() - start
+  return scores, indices
+
+
+def evaluate_retrieval(data: BeirData, settings: EvalSettings,
+                       encoder: encode.LoadedEncoder | None = None,
+                       out_dir: str | os.PathLike | None = None) -> EvalResult:
+  """Retrieves for every query of `data` and scores the run against its qrels.
+
+  Args:
+    data: Corpus, queries and qrels of one split.
+    settings: Index type, depth, lengths, metrics.
+    encoder: The dense model (None only for index='bm25').
+    out_dir: If given, receives metrics.json, run.trec (and embeddings / the ScaNN index).
+
+  Returns:
+    EvalResult with flat metric keys such as `ndcg@10`.
+  """
+  if settings.index != "bm25" and encoder is None:
+    raise ValueError(f"index={settings.index!r} needs an encoder; only bm25 runs without one")
+  out = pathlib.Path(out_dir) if out_dir is not None else None
+  if out is not None:
+    out.mkdir(parents=True, exist_ok=True)
+  timings: dict[str, float] = {}
+  extra: dict[str, Any] = {}
+  if settings.index == "bm25":
+    scores, indices = _bm25_search(data, settings, timings)
+  else:
+    scores, indices = _dense_search(data, encoder, settings, out, timings, extra)
+  run = metrics.run_from_topk(data.query_ids, data.corpus_ids, scores, indices)
+  values = metrics.evaluate(data.qrels, run, settings.metrics)
+  result = EvalResult(values, run, timings, extra)
+  if out is not None:
+    metrics.write_trec_run(out / "run.trec", run)
+    (out / "metrics.json").write_text(json.dumps({**values, **extra}, indent=2, sort_keys=True))
+    (out / "eval_info.json").write_text(json.dumps({
+        "dataset": data.name, "num_queries": len(data.query_ids),
+        "num_docs": len(data.corpus_ids), "settings": _jsonable(settings),
+        "timings": timings}, indent=2, default=str))
+  return result
+
+
+def _jsonable(settings: EvalSettings) -> dict:
+  blob = dataclasses.asdict(settings)
+  blob["metrics"] = list(settings.metrics)
+  return blob
+
+
+def format_table(rows: dict[str, float]) -> str:
+  """A two-column text table of metric -> value."""
+  width = max(len(k) for k in rows)
+  return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in rows.items())
+
+
+def settings_from_config(eval_config) -> EvalSettings:
+  """EvalSettings from a config's `eval` section (see configs/common.py)."""
+  scann = eval_config.scann
+  return EvalSettings(
+      index=eval_config.index, depth=eval_config.depth, metrics=tuple(eval_config.metrics),
+      max_length=eval_config.max_length, query_max_length=eval_config.query_max_length,
+      batch_size=eval_config.batch_size, embeddings_dtype=eval_config.embeddings_dtype,
+      save_embeddings=eval_config.save_embeddings, check_exact=eval_config.check_exact,
+      scann=ScannConfig(num_leaves=scann.num_leaves,
+                        num_leaves_to_search=scann.num_leaves_to_search,
+                        reorder_k=scann.reorder_k,
+                        anisotropic_quantization_threshold=scann.anisotropic_quantization_threshold),
+      bm25_k1=eval_config.bm25.k1, bm25_b=eval_config.bm25.b)
+
+
+def evaluate_pretrained(config, out_dir: str | os.PathLike | None) -> EvalResult:
+  """Evaluates the config's pretrained model (or BM25) on its data set's eval split."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax.data.beir import load_beir  # pylint: disable=g-import-not-at-top
+
+  settings = settings_from_config(config.eval)
+  data = load_beir(config.data.name, config.data.eval_split,
+                   dev_fraction=config.data.dev_fraction, data_dir=config.data.tfds_dir)
+  encoder = None
+  if settings.index != "bm25":
+    model = config.model
+    encoder = encode.load_encoder(
+        model.name, None if model.pooling == "auto" else model.pooling,
+        normalize={"auto": None, "true": True, "false": False}[str(model.normalize).lower()],
+        dtype=getattr(jnp, model.dtype))
+  return evaluate_retrieval(data, settings, encoder, out_dir)

@@ -1,0 +1,66 @@
+"""Small, fast fixtures shared by tests: a tiny random BERT directory and a tiny BEIR data set."""
+
+import json
+import pathlib
+
+import jax
+import numpy as np
+
+from retrieval_jax.models import hf
+from retrieval_jax.models.config import EncoderConfig
+from retrieval_jax.models.encoder import TextEncoder, init_params
+from retrieval_jax.models.pooling import PoolingConfig
+
+TINY_DOCS = {
+    "d1": ("Photosynthesis", "Plants turn sunlight, water and carbon dioxide into sugar."),
+    "d2": ("Black holes", "A black hole is a region where gravity prevents light from escaping."),
+    "d3": ("Vaccines", "Vaccines train the immune system to recognise a pathogen."),
+    "d4": ("", "Coffee contains caffeine, a stimulant of the central nervous system."),
+    "d5": ("Rivers", "The Nile and the Amazon are the two longest rivers on Earth."),
+    "d6": ("Tides", "Tides are caused by the gravitational pull of the moon and the sun."),
+}
+TINY_QUERIES = {
+    "q1": "how do plants make sugar from sunlight",
+    "q2": "why can light not escape a black hole",
+    "q3": "what does caffeine do",
+    "q4": "what causes tides",
+}
+TINY_QRELS = {"q1": {"d1": 1}, "q2": {"d2": 1}, "q3": {"d4": 1}, "q4": {"d6": 1, "d5": 0}}
+
+
+def write_tiny_beir(root: pathlib.Path, split: str = "test") -> pathlib.Path:
+  """Writes a valid six-document BEIR directory and returns it."""
+  root.mkdir(parents=True, exist_ok=True)
+  with open(root / "corpus.jsonl", "w") as f:
+    for doc_id, (title, text) in TINY_DOCS.items():
+      f.write(json.dumps({"_id": doc_id, "title": title, "text": text}) + "\n")
+  with open(root / "queries.jsonl", "w") as f:
+    for query_id, text in TINY_QUERIES.items():
+      f.write(json.dumps({"_id": query_id, "text": text}) + "\n")
+  (root / "qrels").mkdir(exist_ok=True)
+  with open(root / "qrels" / f"{split}.tsv", "w") as f:
+    f.write("query-id\tcorpus-id\tscore\n")
+    for query_id, docs in TINY_QRELS.items():
+      for doc_id, score in docs.items():
+        f.write(f"{query_id}\t{doc_id}\t{score}\n")
+  return root
+
+
+def write_tiny_bert(out: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 0,
+                    pooling: PoolingConfig = PoolingConfig(mode="mean", normalize=True)):
+  """A random 2-layer, 32-wide BERT with the given tokenizer, saved as a HF + ST directory."""
+  vocab = json.loads((tokenizer_dir / "tokenizer.json").read_text())["model"]["vocab"]
+  config = EncoderConfig(vocab_size=len(vocab), hidden_size=32, num_layers=2, num_heads=4,
+                         intermediate_size=64, max_position_embeddings=128)
+  params = jax.tree_util.tree_map(
+      np.asarray, init_params(TextEncoder(config, pooling), jax.random.PRNGKey(seed)))
+  params = jax.tree_util.tree_map(np.asarray, params_unboxed(params))
+  hf.save_pretrained(out, config, params, pooling=pooling, tokenizer_dir=tokenizer_dir,
+                     max_seq_length=128)
+  return out, config, params
+
+
+def params_unboxed(params):
+  """Plain arrays from logically-partitioned boxes."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  return nn.meta.unbox(params)

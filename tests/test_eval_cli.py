@@ -1,0 +1,80 @@
+"""End-to-end: eval/retrieval.py and main.py on a tiny BEIR set with a tiny random BERT."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+from tests import helpers
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, minilm_dir):
+  root = tmp_path_factory.mktemp("tiny")
+  data = helpers.write_tiny_beir(root / "beir")
+  model, _, _ = helpers.write_tiny_bert(root / "model", minilm_dir)
+  return data, model, root
+
+
+def _run(args, cwd=REPO, **env):
+  environ = {**os.environ, "XLA_FLAGS": "", "RETRIEVAL_JAX_TFDS_DIR": env.pop("tfds")}
+  result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
+                          env=environ, timeout=300, check=False)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+@pytest.mark.parametrize("index", ["exact", "scann", "bm25"])
+def test_eval_retrieval_script_writes_metrics_and_run(tiny, index, tmp_path):
+  data, model, root = tiny
+  out = tmp_path / "out"
+  _run(["eval/retrieval.py", f"--model={model}", f"--data={data}", "--split=test",
+        f"--index={index}", "--max_length=32", "--depth=5", f"--out={out}", "--progress=false",
+        "--save_embeddings"], tfds=str(root / "tfds"))
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert set(metrics) >= {"ndcg@10", "mrr@10", "recall@10", "recall@100", "map"}
+  assert all(0.0 <= v <= 1.0 for v in metrics.values())
+  lines = (out / "run.trec").read_text().splitlines()
+  assert {line.split()[0] for line in lines} == set(helpers.TINY_QUERIES)
+  assert all(len(line.split()) == 6 for line in lines)
+  assert (out / "corpus_embeddings.npy").exists() == (index != "bm25")
+  if index == "bm25":
+    # Lexical overlap makes every tiny query find its document first.
+    assert metrics["mrr@10"] == pytest.approx(1.0)
+
+
+def test_eval_retrieval_module_form_and_bad_model(tiny, tmp_path):
+  data, _, root = tiny
+  environ = {**os.environ, "XLA_FLAGS": "", "RETRIEVAL_JAX_TFDS_DIR": str(root / "tfds")}
+  result = subprocess.run(
+      [sys.executable, "-m", "eval.retrieval", f"--model={tmp_path / 'missing'}",
+       f"--data={data}", "--split=test", "--progress=false"],
+      cwd=REPO, capture_output=True, text=True, env=environ, timeout=300, check=False)
+  assert result.returncode != 0
+  assert "does not exist" in result.stderr
+
+
+def test_main_eval_mode_with_config_overrides(tiny, tmp_path):
+  data, model, root = tiny
+  result = _run(["main.py", "--config=configs/zeroshot.py:smoke", f"--workdir={tmp_path}",
+                 "--mode=eval", f"--config.model.name={model}", f"--config.data.name={data}",
+                 "--config.data.eval_split=test"], tfds=str(root / "tfds"))
+  assert "ndcg@10" in result.stdout
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert set(metrics) == {"ndcg@10", "recall@10"}
+  assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == str(model)
+
+
+def test_main_rejects_unknown_config_key(tmp_path):
+  environ = {**os.environ, "XLA_FLAGS": ""}
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
+       "--mode=eval", "--config.eval.no_such_key=1"],
+      cwd=REPO, capture_output=True, text=True, env=environ, timeout=120, check=False)
+  assert result.returncode != 0
+  assert "no_such_key" in result.stderr
