@@ -1,8 +1,8 @@
 """Ranking metrics through pytrec_eval, and TREC run files.
 
-All metric maths is trec_eval's (through pytrec_eval); this module only names the measures, completes
-and truncates runs, and averages per-query values. A run is `{query_id: {doc_id: score}}` and qrels are
-`{query_id: {doc_id: relevance}}`, with string ids.
+All metric maths is trec_eval's (through pytrec_eval); this module only names the measures,
+completes and truncates runs, and averages per-query values. A run is `{query_id: {doc_id: score}}`
+and qrels are `{query_id: {doc_id: relevance}}`, with string ids.
 
 Metric names (k a positive integer):
   ndcg@k       trec_eval `ndcg_cut_k`
@@ -11,13 +11,13 @@ Metric names (k a positive integer):
   map          trec_eval `map`
   map@k        trec_eval `map_cut_k`
   mrr          trec_eval `recip_rank`
-  mrr@k        trec_eval `recip_rank` of the run truncated to each query's k best documents. trec_eval
-               has no cut-off for recip_rank, so this is how MRR@k is defined here (the MS MARCO
-               definition): a first relevant document at rank k + 1 or later scores 0.
+  mrr@k        trec_eval `recip_rank` of the run truncated to each query's k best documents.
+               trec_eval has no cut-off for recip_rank, so this is how MRR@k is defined here (the
+               MS MARCO definition): a first relevant document at rank k + 1 or later scores 0.
 
-trec_eval ranks a query's documents by score, descending, and breaks ties by document id, descending;
-the truncation for mrr@k and the rank column of `write_trec_run` follow the same order, so that a rank
-in a run file is the rank trec_eval evaluates.
+trec_eval ranks a query's documents by score, descending, and breaks ties by document id,
+descending; the truncation for mrr@k and the rank column of `write_trec_run` follow the same order,
+so that a rank in a run file is the rank trec_eval evaluates.
 """
 
 import collections
@@ -58,7 +58,8 @@ def _parse_metric(name: str) -> _Measure:
     return _Measure(name, "recip_rank", "recip_rank", int(cut) if cut else None)
   if cut is None:
     if family != "map":
-      raise ValueError(f"metric {name!r} needs a cut-off, e.g. {family}@10; supported: {SUPPORTED_METRICS}")
+      raise ValueError(
+          f"metric {name!r} needs a cut-off, e.g. {family}@10; supported: {SUPPORTED_METRICS}")
     return _Measure(name, "map", "map", None)
   trec_family = _CUT_MEASURES[family]
   return _Measure(name, f"{trec_family}.{cut}", f"{trec_family}_{cut}", None)
@@ -88,14 +89,18 @@ def evaluate_per_query(
   qrels = {str(qid): {str(doc): int(rel) for doc, rel in docs.items()}
            for qid, docs in qrels.items() if docs}
   # pytrec_eval drops queries that are missing from the run; an empty ranking makes it score them 0.
-  run = {qid: {str(doc): float(score) for doc, score in run.get(qid, {}).items()} for qid in qrels}
+  run_by_id = {str(qid): docs for qid, docs in run.items()}
+  run = {qid: {str(doc): float(score) for doc, score in run_by_id.get(qid, {}).items()}
+         for qid in qrels}
 
   by_depth = collections.defaultdict(list)
   for measure in measures:
     by_depth[measure.run_depth].append(measure)
   per_query = {qid: {} for qid in qrels}
   for depth, group in by_depth.items():
-    evaluated_run = run if depth is None else {qid: _top_documents(docs, depth) for qid, docs in run.items()}
+    evaluated_run = run
+    if depth is not None:
+      evaluated_run = {qid: _top_documents(docs, depth) for qid, docs in run.items()}
     evaluator = pytrec_eval.RelevanceEvaluator(qrels, {measure.trec_measure for measure in group})
     results = evaluator.evaluate(evaluated_run)
     for qid in qrels:
@@ -184,7 +189,8 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "retrieval_jax"
   with open(path, "w", encoding="utf-8") as f:
     for qid, docs in run.items():
       _check_token(str(qid), "query id")
-      for rank, (doc, score) in enumerate(_ranked({str(d): float(s) for d, s in docs.items()}), start=1):
+      ranked = _ranked({str(doc): float(score) for doc, score in docs.items()})
+      for rank, (doc, score) in enumerate(ranked, start=1):
         _check_token(doc, "doc id")
         f.write(f"{qid} Q0 {doc} {rank} {score!r} {tag}\n")
 
@@ -205,7 +211,8 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
       if not fields:
         continue
       if len(fields) != 6:
-        raise ValueError(f"{path}:{line_number}: expected 'qid Q0 docid rank score tag', got {line!r}")
+        raise ValueError(
+            f"{path}:{line_number}: expected 'qid Q0 docid rank score tag', got {line!r}")
       qid, _, doc, _, score, _ = fields
       docs = run.setdefault(qid, {})
       if doc in docs:
@@ -219,4 +226,5 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
 
 def _check_token(value: str, what: str) -> None:
   if not value or any(character.isspace() for character in value):
-    raise ValueError(f"{what} {value!r} is empty or contains whitespace; TREC files are space-separated")
+    raise ValueError(
+        f"{what} {value!r} is empty or contains whitespace; TREC files are space-separated")

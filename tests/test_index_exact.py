@@ -37,7 +37,8 @@ def test_conftest_gives_eight_devices():
 ])
 def test_matches_numpy_reference(num_docs, k, corpus_chunk, query_batch):
   queries, corpus = _random(37, num_docs, 24)
-  scores, indices = exact_search(queries, corpus, k, corpus_chunk=corpus_chunk, query_batch=query_batch)
+  scores, indices = exact_search(queries, corpus, k, corpus_chunk=corpus_chunk,
+                                 query_batch=query_batch)
   expected_scores, expected_indices = _reference(queries, corpus, k)
   assert scores.shape == indices.shape == (37, k)
   assert scores.dtype == np.float32 and indices.dtype == np.int64

@@ -1,4 +1,4 @@
-"""Tests for retrieval_jax.metrics: hand-derived values, MRR@k truncation, missing queries, run files."""
+"""Tests for retrieval_jax.metrics: hand-derived values, MRR@k cut, missing queries, run files."""
 
 import math
 
@@ -34,8 +34,10 @@ def test_per_query_values_match_hand_derivation():
   assert q1["map"] == pytest.approx(_Q1_AP)
   assert q1["map@2"] == pytest.approx(0.5 / 2)  # Only d1 at rank 2 is within the cut; 2 relevant.
   q2 = per_query["q2"]
-  assert all(q2[name] == pytest.approx(1.0) for name in ["ndcg@10", "mrr@10", "recall@1", "map", "map@2"])
-  assert q2["precision@2"] == pytest.approx(0.5)  # trec_eval divides by k even when fewer were retrieved.
+  for name in ["ndcg@10", "mrr@10", "recall@1", "map", "map@2"]:
+    assert q2[name] == pytest.approx(1.0)
+  # trec_eval divides by k even when fewer documents were retrieved.
+  assert q2["precision@2"] == pytest.approx(0.5)
   assert all(value == 0.0 for value in per_query["q3"].values())
 
 
@@ -66,7 +68,8 @@ def test_mrr_at_k_truncation_follows_trec_eval_tie_order():
   # trec_eval puts the tied "b" before "a" (doc id descending): "a" is at rank 2.
   qrels = {"q": {"a": 1}}
   run = {"q": {"a": 1.0, "b": 1.0}}
-  assert metrics.evaluate(qrels, run, ["mrr", "mrr@1", "mrr@2"]) == {"mrr": 0.5, "mrr@1": 0.0, "mrr@2": 0.5}
+  result = metrics.evaluate(qrels, run, ["mrr", "mrr@1", "mrr@2"])
+  assert result == {"mrr": 0.5, "mrr@1": 0.0, "mrr@2": 0.5}
 
 
 def test_query_with_only_zero_judgments_counts_as_zero_and_unjudged_is_dropped():
@@ -98,13 +101,15 @@ def test_run_from_topk_skips_padding_and_keeps_best_duplicate():
 
 def test_write_read_round_trip_is_exact(tmp_path):
   rng = np.random.default_rng(0)
-  run = {f"q{q}": {f"doc{d}": float(np.float32(rng.standard_normal())) for d in range(20)} for q in range(5)}
+  run = {f"q{q}": {f"doc{d}": float(np.float32(rng.standard_normal())) for d in range(20)}
+         for q in range(5)}
   run["q_empty"] = {}
   path = tmp_path / "run.trec"
   metrics.write_trec_run(path, run)
   read = metrics.read_trec_run(path)
   assert read == {qid: docs for qid, docs in run.items() if docs}
-  assert metrics.evaluate(_QRELS, read) == metrics.evaluate(_QRELS, {k: v for k, v in run.items() if v})
+  non_empty = {qid: docs for qid, docs in run.items() if docs}
+  assert metrics.evaluate(_QRELS, read) == metrics.evaluate(_QRELS, non_empty)
 
 
 def test_written_order_ranks_and_ties_are_deterministic(tmp_path):
@@ -118,8 +123,8 @@ def test_written_order_ranks_and_ties_are_deterministic(tmp_path):
       "q1 Q0 x 1 0.5 bm25",
   ]
   # The same run given in another order writes the same file.
-  metrics.write_trec_run(tmp_path / "again.trec", {"q2": {"a": 1.0, "b": 1.0, "c": 2.0}, "q1": {"x": 0.5}},
-                         tag="bm25")
+  reordered = {"q2": {"a": 1.0, "b": 1.0, "c": 2.0}, "q1": {"x": 0.5}}
+  metrics.write_trec_run(tmp_path / "again.trec", reordered, tag="bm25")
   assert (tmp_path / "again.trec").read_text() == path.read_text()
 
 

@@ -1,7 +1,7 @@
 """Search over a corpus: exact (JAX), approximate (ScaNN) and lexical (BM25).
 
-Every index returns `(scores, indices)`, both [num_queries, k], scores float32 decreasing and indices
-int64 corpus rows; a slot with no result holds index -1 and score -inf.
+Every index returns `(scores, indices)`, both [num_queries, k], scores float32 decreasing and
+indices int64 corpus rows; a slot with no result holds index -1 and score -inf.
 """
 
 from retrieval_jax.index.bm25 import BM25Index

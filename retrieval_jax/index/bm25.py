@@ -7,8 +7,8 @@ Scores are bm25s's own (`BM25.get_scores_from_ids`); what this wrapper adds is a
   * ties are broken by the lower document index, on every backend;
   * k larger than the corpus is an error, as in `exact_search`.
 
-bm25s is imported lazily: importing it runs a JAX computation, which must not happen before a launcher
-has had the chance to call `jax.distributed.initialize` or set XLA flags.
+bm25s is imported lazily: importing it runs a JAX computation, which must not happen before a
+launcher has had the chance to call `jax.distributed.initialize` or set XLA flags.
 """
 
 import json
@@ -41,10 +41,12 @@ class BM25Index:
 
   def __init__(self, retriever: Any, *, stemmer_language: str | None,
                stopwords: str | Sequence[str] | None):
-    """Wraps a bm25s.BM25 that was indexed with bm25s.tokenize(stemmer, stopwords) on stemmed text."""
+    """Wraps a bm25s.BM25 indexed on bm25s.tokenize(docs, stopwords=..., stemmer=...) output."""
     self._retriever = retriever
     self.stemmer_language = stemmer_language
-    self.stopwords = stopwords if stopwords is None or isinstance(stopwords, str) else list(stopwords)
+    if stopwords is not None and not isinstance(stopwords, str):
+      stopwords = list(stopwords)  # JSON-friendly for `save`.
+    self.stopwords = stopwords
     self._stemmer = _stemmer(stemmer_language)
 
   @classmethod
@@ -96,9 +98,10 @@ class BM25Index:
 
     Returns:
       scores: [num_queries, k] float32 BM25 scores, decreasing; -inf in slots with no result.
-      indices: [num_queries, k] int64 document numbers; among equal scores the lower one first; -1 in
-        the slots of a query that matches fewer than k documents (every slot, for a query with no
-        known term). Skip them (`metrics.run_from_topk` does): numpy would read -1 as the last row.
+      indices: [num_queries, k] int64 document numbers; among equal scores the lower one first;
+        -1 in the slots of a query that matches fewer than k documents (every slot, for a query
+        with no known term). Skip them (`metrics.run_from_topk` does): numpy would read -1 as the
+        last row.
 
     Raises:
       ValueError: if k < 1 or k > num_docs.
@@ -134,7 +137,8 @@ class BM25Index:
     with open(os.path.join(directory, _CONFIG_FILE), encoding="utf-8") as f:
       config = json.load(f)
     retriever = _bm25s().BM25.load(str(directory), load_vocab=True, show_progress=False)
-    return cls(retriever, stemmer_language=config["stemmer_language"], stopwords=config["stopwords"])
+    return cls(retriever, stemmer_language=config["stemmer_language"],
+               stopwords=config["stopwords"])
 
   def _stopwords_arg(self) -> str | list[str]:
     # bm25s.tokenize has no "no stopwords" name; an empty list means none.

@@ -6,9 +6,9 @@ per-device lists are merged into a running global top-k. Nothing larger than one
 and one batch of queries is ever on a device, so the corpus may be far larger than device memory.
 
 Ties are broken by the lower corpus index, whatever the number of devices or the chunk size:
-`jax.lax.top_k` puts the lower position first among equal values, and every concatenation below lists
-candidates in increasing corpus-index order (earlier chunks before later ones, device 0 before
-device 1, and each device's rows in order).
+`jax.lax.top_k` puts the lower position first among equal values, and every concatenation below
+lists candidates in increasing corpus-index order (earlier chunks before later ones, device 0
+before device 1, and each device's rows in order).
 """
 
 import functools
@@ -25,8 +25,7 @@ import tqdm
 # Dtypes that go to the device as they are and are widened to float32 there; anything else (float64,
 # integers) is converted to float32 on the host, one chunk at a time.
 _DEVICE_DTYPES = (np.dtype(np.float16), np.dtype(jnp.bfloat16), np.dtype(np.float32))
-
-
+# Rows per device come in whole multiples of this (see exact_search).
 _ROW_ALIGNMENT = 128
 
 
@@ -49,13 +48,13 @@ def exact_search(
 
   Args:
     queries: [num_queries, dim] query embeddings (float16, bfloat16, float32 or anything castable).
-    corpus: [num_docs, dim] document embeddings; may be a memory-mapped array, it is read chunk by chunk.
+    corpus: [num_docs, dim] document embeddings; may be memory-mapped: it is read chunk by chunk.
     k: how many results per query, 1 <= k <= num_docs.
     mesh: the devices to shard the corpus over; every device of the mesh gets an equal share of each
-      chunk (the rows are split over all mesh axes together). Its devices must be addressable by this
-      process. Default: `default_mesh()`.
-    corpus_chunk: corpus rows per device per step, rounded up to a multiple of 128 (fewer for a small
-      corpus, so that padding stays small).
+      chunk (the rows are split over all mesh axes together). Its devices must be addressable by
+      this process. Default: `default_mesh()`.
+    corpus_chunk: corpus rows per device per step, rounded up to a multiple of 128 (fewer for a
+      small corpus, so that padding stays small).
     query_batch: queries scored together in one step.
     progress: show a progress bar over the corpus chunks.
 
@@ -66,7 +65,7 @@ def exact_search(
       comes first.
 
   Raises:
-    ValueError: if the shapes disagree, k < 1, or k > num_docs (there are not k documents to return).
+    ValueError: if the shapes disagree, k < 1, or k > num_docs (there are not k documents).
   """
   queries = np.asarray(queries)
   corpus = corpus if isinstance(corpus, np.ndarray) else np.asarray(corpus)
@@ -78,9 +77,11 @@ def exact_search(
   if k < 1:
     raise ValueError(f"k must be at least 1, got {k}")
   if k > num_docs:
-    raise ValueError(f"k={k} is larger than the corpus ({num_docs} documents); ask for k <= {num_docs}")
+    raise ValueError(f"k={k} is larger than the corpus ({num_docs} documents); "
+                     f"ask for k <= {num_docs}")
   if corpus_chunk < 1 or query_batch < 1:
-    raise ValueError(f"corpus_chunk and query_batch must be positive, got {corpus_chunk}, {query_batch}")
+    raise ValueError(
+        f"corpus_chunk and query_batch must be positive, got {corpus_chunk}, {query_batch}")
   if num_queries == 0:
     return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
 
@@ -92,6 +93,8 @@ def exact_search(
   # (a ragged edge tile is summed in another order); it is also the TPU lane width.
   rows_per_device = _round_up(min(corpus_chunk, math.ceil(num_docs / num_devices)), _ROW_ALIGNMENT)
   rows_per_step = rows_per_device * num_devices
+  if num_docs + rows_per_step >= 2**31:  # Padded row ids must fit the int32 ids used on the device.
+    raise ValueError(f"{num_docs} documents is too many: row ids are int32 on the devices")
   batch_size = min(query_batch, num_queries)
   num_batches = math.ceil(num_queries / batch_size)
   step = _compiled_step(mesh, k, min(k, rows_per_device), rows_per_device)
@@ -104,8 +107,8 @@ def exact_search(
       for b in range(num_batches)
   ]
   # Start from k "no result" slots (-inf, index -1); k <= num_docs real scores always displace them.
-  running = [(jnp.full((batch_size, k), -jnp.inf, jnp.float32), jnp.full((batch_size, k), -1, jnp.int32))
-             for _ in range(num_batches)]
+  running = [(jnp.full((batch_size, k), -jnp.inf, jnp.float32),
+              jnp.full((batch_size, k), -1, jnp.int32)) for _ in range(num_batches)]
   running = jax.device_put(running, replicated)
   chunk_starts = range(0, num_docs, rows_per_step)
   for chunk_start in tqdm.tqdm(chunk_starts, desc="exact search", disable=not progress):
@@ -152,7 +155,7 @@ def _compiled_step(mesh: Mesh, k: int, local_k: int, rows_per_device: int):
                      precision=jax.lax.Precision.HIGHEST, preferred_element_type=jnp.float32)
     device = jax.lax.axis_index(axes)
     row_ids = chunk_start + device * rows_per_device + jnp.arange(rows_per_device, dtype=jnp.int32)
-    # Padding rows past the end of the corpus score -inf; k <= num_docs keeps them out of the result.
+    # Padding rows past the end of the corpus score -inf; k <= num_docs keeps them out of results.
     scores = jnp.where(row_ids[None, :] < num_docs, scores, -jnp.inf)
     local_scores, local_positions = jax.lax.top_k(scores, local_k)
     # Every device gets every device's list, in device order, i.e. in row order; each then does the

@@ -1,13 +1,14 @@
-"""Approximate maximum-inner-product search with ScaNN: a k-means tree, anisotropic hashing, reordering.
+"""Approximate inner-product search with ScaNN: a k-means tree, anisotropic hashing, reordering.
 
 `ScannIndex.build` trains a searcher on a corpus of embeddings, `search` returns the top-k like
 `exact_search` does, and `save` / `load` keep the searcher in ScaNN's own format with the config as
 JSON beside it.
 
-The defaults aim at recall@10 >= 0.95 against exact search on sentence-embedding corpora (checked in
-tests/test_index_scann.py on clustered synthetic data; on MiniLM embeddings of BEIR SciFact the default
-gives 0.996); lower num_leaves_to_search for speed when that is not needed. ScaNN's own rule of thumb
-is brute force below 20k points, and no tree below 100k: for small corpora `exact_search` is as fast.
+The defaults aim at recall@10 >= 0.95 against exact search on sentence-embedding corpora (checked
+in tests/test_index_scann.py on clustered synthetic data; on MiniLM embeddings of BEIR SciFact the
+default gives 0.996); lower num_leaves_to_search for speed when that is not needed. ScaNN's own rule
+of thumb is brute force below 20k points and no tree below 100k: for small corpora `exact_search`
+is as fast.
 """
 
 import dataclasses
@@ -20,8 +21,8 @@ import numpy as np
 from scann.scann_ops.py import scann_ops_pybind
 
 _CONFIG_FILE = "retrieval_jax_scann.json"
-# Below this many embeddings the tree and the hashing codebooks have too little to train on (a leaf of
-# a sqrt(n)-leaf tree holds a handful of points), while brute force over them costs nothing.
+# Below this many embeddings the tree and the hashing codebooks have too little to train on (a leaf
+# of a sqrt(n)-leaf tree holds a handful of points), while brute force over them costs nothing.
 MIN_DOCS_FOR_TREE = 1000
 # The default search scores at least this many embeddings (see auto_leaves_to_search).
 MIN_POINTS_SCORED = 2000
@@ -36,20 +37,21 @@ class ScannConfig:
 
   Attributes:
     num_leaves: k-means tree leaves; None: round(sqrt(num_docs)).
-    num_leaves_to_search: leaves scored per query; None: `auto_leaves_to_search(num_leaves, num_docs)`.
+    num_leaves_to_search: leaves scored per query; None: `auto_leaves_to_search`.
     training_sample_size: embeddings used to train the tree and the codebooks; None: all of them,
       up to 250,000.
     dimensions_per_block: dimensions per anisotropic-hashing code (2 is ScaNN's recommendation).
-    anisotropic_quantization_threshold: the eta of the anisotropic loss, relative to the norms; 0.2
-      is ScaNN's recommendation for normalized embeddings.
+    anisotropic_quantization_threshold: the inner-product threshold T of the anisotropic
+      (score-aware) quantization loss; 0.2 is ScaNN's recommendation for unit-norm embeddings.
     reorder_k: candidates rescored exactly before the final top-k (raised to k when k is larger).
     distance: 'dot_product' (scores are inner products) or 'squared_l2' (scores are negated squared
       distances, so that higher is better in both cases).
-    spherical: train the tree on the sphere (cosine k-means); None: when the embeddings are unit-norm,
-      which makes a large difference to recall for normalized embeddings.
+    spherical: train the tree on the sphere (cosine k-means); None: when the embeddings are
+      unit-norm, which makes a large difference to recall for normalized embeddings.
     soar_lambda: SOAR spilling (each embedding also goes to a second, "orthogonal" leaf), which
-      ScaNN recommends for new indices; it lifts SciFact recall@10 at a fifth of the leaves from 0.91
-      to 0.97. None turns it off (half the partition memory).
+      ScaNN recommends for new indices; it lifts SciFact recall@10 at a fifth of the leaves from
+      0.91 to 0.97. None turns it off (half the partition memory). ScaNN has SOAR for dot products
+      only, so it is not used with squared_l2.
     soar_overretrieve_factor: ScaNN's SOAR search over-retrieval, with its recommended 2.0.
   """
   num_leaves: int | None = None
@@ -112,7 +114,8 @@ class ScannIndex:
       raise ValueError(f"distance must be one of {_DISTANCES}, got {config.distance!r}")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
-      raise ValueError(f"expected [num_docs, dim] embeddings with num_docs >= 1, got {embeddings.shape}")
+      raise ValueError(
+          f"expected [num_docs, dim] embeddings with num_docs >= 1, got {embeddings.shape}")
     num_docs, dim = embeddings.shape
     builder = scann_ops_pybind.builder(embeddings, min(10, num_docs), config.distance)
     if num_docs < MIN_DOCS_FOR_TREE:
@@ -129,8 +132,9 @@ class ScannIndex:
     if spherical is None:
       spherical = config.distance == "dot_product" and _unit_norm(embeddings)
     soar = {}
-    if config.soar_lambda is not None:
-      soar = {"soar_lambda": config.soar_lambda, "overretrieve_factor": config.soar_overretrieve_factor}
+    if config.soar_lambda is not None and config.distance == "dot_product":
+      soar = {"soar_lambda": config.soar_lambda,
+              "overretrieve_factor": config.soar_overretrieve_factor}
     searcher = builder.tree(
         num_leaves=num_leaves, num_leaves_to_search=leaves_to_search,
         training_sample_size=sample_size, spherical=spherical, **soar,
@@ -181,7 +185,7 @@ class ScannIndex:
     return scores, indices
 
   def save(self, directory: str | os.PathLike) -> None:
-    """Writes the searcher (ScaNN's format, paths relative so the directory can move) and the config."""
+    """Writes the searcher (ScaNN's format, relative paths: the directory can move) and config."""
     directory = os.fspath(directory)
     os.makedirs(directory, exist_ok=True)
     self._searcher.serialize(directory, relative_path=True)
@@ -197,8 +201,8 @@ class ScannIndex:
     with open(os.path.join(directory, _CONFIG_FILE), encoding="utf-8") as f:
       state = json.load(f)
     searcher = scann_ops_pybind.load_searcher(directory)
-    return cls(searcher, ScannConfig(**state["config"]), num_docs=state["num_docs"], dim=state["dim"],
-               num_leaves_to_search=state["num_leaves_to_search"])
+    return cls(searcher, ScannConfig(**state["config"]), num_docs=state["num_docs"],
+               dim=state["dim"], num_leaves_to_search=state["num_leaves_to_search"])
 
 
 def _unit_norm(embeddings: np.ndarray, tolerance: float = 1e-3) -> bool:
