@@ -118,6 +118,8 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
   """
   if out_dtype not in (np.float32, np.float16):
     raise ValueError(f"out_dtype must be float32 or float16, got {out_dtype}")
+  if not len(texts):
+    raise ValueError("no texts to encode")
   mesh = mesh or data_mesh()
   devices = mesh.devices.size
   batch_size = -(-batch_size // devices) * devices

@@ -63,7 +63,7 @@ def test_tokenize_rejects_too_small_max_length(tokenizer):
     tok.tokenize(tokenizer, ["text"], max_length=1)
 
 
-# --- padded_length / length_bucketed_batches -------------------------------------------------------
+# --- padded_length / length_bucketed_batches ------------------------------------------------------
 
 
 def _expected_width(longest: int, multiple: int, max_length: int) -> int:
@@ -132,7 +132,8 @@ def test_length_bucketed_batches_properties(num, batch_size, multiple, max_lengt
     # Mask = prefix of ones of the sequence's length; ids are the sequence then padding.
     for r, i in enumerate(real):
       n = lengths[i]
-      np.testing.assert_array_equal(batch.attention_mask[r], (np.arange(width) < n).astype(np.int32))
+      np.testing.assert_array_equal(batch.attention_mask[r],
+                                    (np.arange(width) < n).astype(np.int32))
       np.testing.assert_array_equal(batch.input_ids[r, :n], corpus[i])
       assert np.all(batch.input_ids[r, n:] == pad_id)
     seen.extend(real.tolist())
@@ -173,3 +174,7 @@ def test_real_tokenizer_round_trip(tokenizer):
       if i >= 0:
         recovered[int(i)] = batch.input_ids[r][batch.attention_mask[r] > 0].tolist()
   assert recovered == dict(enumerate(ids))
+
+
+def test_tokenize_empty_list(tokenizer):
+  assert tok.tokenize(tokenizer, [], max_length=16) == []

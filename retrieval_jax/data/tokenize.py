@@ -35,6 +35,8 @@ def tokenize(tokenizer, texts: Sequence[str], max_length: int) -> list[list[int]
   bad = [i for i, text in enumerate(texts) if not isinstance(text, str)]
   if bad:
     raise TypeError(f"texts must be strings; item {bad[0]} is {type(texts[bad[0]]).__name__}")
+  if not texts:
+    return []  # HF fast tokenizers raise IndexError on an empty batch.
   encoded = tokenizer(list(texts), truncation=True, max_length=max_length, padding=False,
                       return_attention_mask=False, return_token_type_ids=False)
   return encoded["input_ids"]

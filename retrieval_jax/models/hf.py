@@ -238,6 +238,26 @@ def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = No
   return pathlib.Path(local)
 
 
+# sentence-transformers < 5 wrote one boolean per mode; several true ones are concatenated.
+_ST_LEGACY_POOLING_FLAGS = {
+    "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_tokens": "mean", "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean", "pooling_mode_lasttoken": "lasttoken"}
+_IDENTITY = "torch.nn.modules.linear.Identity"
+
+
+def _st_pooling_mode(pooling: dict[str, Any], where: pathlib.Path) -> str:
+  """`cls` or `mean` from a Pooling config of any sentence-transformers version."""
+  modes = pooling.get("pooling_mode")
+  if modes is None:
+    modes = [mode for flag, mode in _ST_LEGACY_POOLING_FLAGS.items() if pooling.get(flag)]
+  modes = [modes] if isinstance(modes, str) else list(modes)
+  if len(modes) != 1 or modes[0] not in ("cls", "mean"):
+    raise ValueError(f"{where}: pooling {modes} is not supported; only a single CLS or mean "
+                     "pooling is")
+  return modes[0]
+
+
 def read_sentence_transformers_pooling(model_dir: pathlib.Path) -> PoolingConfig | None:
   """The pooling a sentence-transformers directory declares (modules.json), if any."""
   modules_file = model_dir / "modules.json"
@@ -248,15 +268,13 @@ def read_sentence_transformers_pooling(model_dir: pathlib.Path) -> PoolingConfig
     kind = module["type"].rsplit(".", 1)[-1]
     sub = model_dir / module.get("path", "")
     if kind == "Pooling":
-      pooling = json.loads((sub / "config.json").read_text())
-      if pooling.get("pooling_mode_mean_tokens"):
-        mode = "mean"
-      elif pooling.get("pooling_mode_cls_token"):
-        mode = "cls"
-      else:
-        raise ValueError(f"{sub / 'config.json'}: only CLS or mean pooling is supported")
+      mode = _st_pooling_mode(json.loads((sub / "config.json").read_text()), sub / "config.json")
     elif kind == "Dense":
       dense = json.loads((sub / "config.json").read_text())
+      activation = dense.get("activation_function") or _IDENTITY
+      if activation != _IDENTITY:
+        raise ValueError(f"{sub / 'config.json'}: Dense activation {activation} is not "
+                         "supported; only a linear projection (Identity) is")
       projection = (dense["out_features"], dense.get("bias", True))
     elif kind == "Normalize":
       normalize = True
@@ -302,6 +320,9 @@ def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     raise FileNotFoundError(f"{config_file} not found: not a HF model directory")
   hf_config = json.loads(config_file.read_text())
   tensors = _strip_base_prefix(read_safetensors(model_dir))
+  if hf_config.get("add_pooling_layer") is False:
+    # Our export of a pooler-less encoder carries a zero pooler only for transformers' sake.
+    tensors = {n: v for n, v in tensors.items() if not n.startswith("pooler.")}
   config_overrides.setdefault(
       "with_pooler", any(name.startswith("pooler.") for name in tensors))
   config = EncoderConfig.from_hf(hf_config, **config_overrides)
@@ -336,8 +357,14 @@ def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params:
   out = pathlib.Path(directory)
   out.mkdir(parents=True, exist_ok=True)
   (out / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
-  safetensors.numpy.save_file(params_to_hf(params["backbone"], config), str(out / SAFETENSORS_FILE),
-                              metadata={"format": "pt"})
+  tensors = params_to_hf(params["backbone"], config)
+  if not config.with_pooler:
+    # transformers' BertModel always builds a pooler (add_pooling_layer is a constructor
+    # argument, not read from config.json): give it zeros rather than a random init warning.
+    hidden = config.hidden_size
+    tensors["pooler.dense.weight"] = np.zeros((hidden, hidden), np.float32)
+    tensors["pooler.dense.bias"] = np.zeros((hidden,), np.float32)
+  safetensors.numpy.save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
   if tokenizer_dir is not None:
     for name in TOKENIZER_FILES:
       if (pathlib.Path(tokenizer_dir) / name).exists():
