@@ -54,12 +54,7 @@ _PAD_TO = flags.DEFINE_integer("pad_to_multiple_of", 16,
 _REFERENCE = flags.DEFINE_bool("reference", True,
                                "Also time sentence-transformers (off: only our throughput).")
 
-# Why 32 by default: measured on 2 AMD EPYC cores at --limit=512 (docs/s, ours / reference):
-# batch 16: 41 / 40, 32: 43 / 40, 64: 42 / 38, 128: 39 / 36. Beyond 32 rows the [b, h, l, l]
-# attention scores (128 rows x 12 heads x 256^2 x 4 B = 400 MB per layer) fall out of cache and
-# both sides slow down; smaller batches also waste less padding once lengths vary. It is also
-# sentence-transformers' own default.
-_BATCH_SIZE_NOTE = "see the comment above _BATCH_SIZE"
+# BATCH_SIZE_NOTE_PLACEHOLDER
 
 
 def _median_rate(n_docs: int, seconds: Sequence[float]) -> float:
@@ -106,6 +101,9 @@ def load_documents(data: str | None, limit: int) -> tuple[list[str], pathlib.Pat
 
   root = paths.find_dataset(data or "scifact")
   if root is None:
+    if data:
+      raise app.UsageError(f"--data={data}: not a directory, nor a data set under "
+                           f"{', '.join(map(str, paths.search_roots()))}")
     where = ", ".join(str(p / "scifact") for p in paths.search_roots())
     raise app.UsageError(f"SciFact not found (looked in {where}); pass --data=/path/to/scifact or "
                          f"set ${paths.DATA_ENV} to the directory holding `scifact/`")
@@ -224,7 +222,7 @@ def format_table(result: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def main(argv: Sequence[str]) -> dict[str, Any]:
+def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   result = run(limit=_LIMIT.value, data=_DATA.value, model=_MODEL.value,
@@ -237,7 +235,6 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
-  return result
 
 
 if __name__ == "__main__":

@@ -1,0 +1,155 @@
+"""Contrastive and distillation losses: pure `jnp` functions of embeddings or scores.
+
+Every loss computes in float32 whatever the input dtype (bfloat16 embeddings are cast before the
+similarity matmul) and goes through `log_softmax`, so large logits never overflow. The functions
+take *global* arrays: under `jax.jit` with the batch sharded over the mesh's `data` axis, XLA
+gathers the passage embeddings for the similarity matmul, so in-batch negatives span the whole
+global batch without any explicit collective here.
+
+Passage layout used by the in-batch loss (and built by `dpr_passage_layout`):
+
+  passages = [positives (B rows) ; hard negatives (B * n_neg rows, query-major)]
+
+Row i < B is the positive of query i; query i's hard negatives are rows
+B + i * n_neg ... B + (i + 1) * n_neg - 1. Each query is scored against *every* row, so the other
+queries' positives and hard negatives are its in-batch negatives (DPR's "in-batch + BM25").
+`in_batch_softmax_loss` itself only needs `positive_index`, so any other layout works too.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+# The logits matmul is tiny next to the encoder, so it can afford full float32 precision even on
+# TPU (where the default rounds float32 operands to bfloat16 and would blur close scores).
+_PRECISION = jax.lax.Precision.HIGHEST
+
+
+def dpr_passage_layout(positives: Any, negatives: Any) -> tuple[Any, jax.Array]:
+  """Stacks positives and per-query hard negatives into one passage batch.
+
+  Works on arrays or pytrees of arrays (embeddings, or tokenised inputs such as
+  `{"input_ids": ..., "attention_mask": ...}` before encoding).
+
+  Args:
+    positives: Leaves [B, ...]: the positive passage of each query.
+    negatives: Leaves [B, n_neg, ...]: each query's hard negatives (n_neg may be 0).
+
+  Returns:
+    (passages, positive_index): passages with leaves [B * (1 + n_neg), ...] laid out as
+    [positives; negatives flattened query-major], and positive_index = arange(B) [B] int32.
+  """
+  def stack(pos, neg):
+    if neg.shape[0] != pos.shape[0] or neg.shape[2:] != pos.shape[1:]:
+      raise ValueError(f"negatives {neg.shape} do not match positives {pos.shape} as "
+                       "[B, n_neg, ...] vs [B, ...]")
+    return jnp.concatenate([pos, neg.reshape((-1,) + pos.shape[1:]).astype(pos.dtype)], axis=0)
+
+  passages = jax.tree_util.tree_map(stack, positives, negatives)
+  num_queries = jax.tree_util.tree_leaves(positives)[0].shape[0]
+  return passages, jnp.arange(num_queries, dtype=jnp.int32)
+
+
+def similarity_logits(query_emb: jax.Array, passage_emb: jax.Array,
+                      scale: float = 1.0) -> jax.Array:
+  """scale * query_emb @ passage_emb.T in float32: [B, d] x [P, d] -> [B, P]."""
+  query = query_emb.astype(jnp.float32)
+  passage = passage_emb.astype(jnp.float32)
+  return scale * jnp.matmul(query, passage.T, precision=_PRECISION)
+
+
+def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
+                          positive_index: jax.Array, scale: float = 1.0,
+                          symmetric: bool = False,
+                          passage_mask: jax.Array | None = None
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """NLL of each query's positive among all passages of the (global) batch.
+
+  Args:
+    query_emb: [B, d] query embeddings.
+    passage_emb: [P, d] passage embeddings, e.g. [B * (1 + n_neg), d] in the layout of
+      `dpr_passage_layout` (see the module docstring).
+    positive_index: [B] int, the row of passage_emb that is query i's positive.
+    scale: Logit multiplier (1 / temperature): 1 for DPR's raw dot product, 20 or 50 for
+      cosine similarities.
+    symmetric: Also add the passage -> query direction for the positive rows (softmax of each
+      positive passage over the B queries, target its own query) and average the two
+      directions, as in symmetric InfoNCE. Hard negatives only enter the query -> passage term.
+    passage_mask: Optional [P] bool; False rows (padding) get logit -inf and thus no
+      probability, in either direction.
+
+  Returns:
+    (loss, metrics): loss is a float32 scalar; metrics holds float32 scalars `accuracy` (share
+    of queries whose argmax passage is their positive) and `positive_logit_mean` (mean scaled
+    logit of the positives).
+  """
+  positive_index = positive_index.astype(jnp.int32)
+  logits = similarity_logits(query_emb, passage_emb, scale)  # [B, P]
+  if passage_mask is not None:
+    # -inf rather than a large negative number: exp() is then exactly 0, so a padding row can
+    # never take probability whatever the scale.
+    logits = jnp.where(passage_mask[None, :], logits, -jnp.inf)
+  rows = jnp.arange(logits.shape[0])
+  log_probs = jax.nn.log_softmax(logits, axis=-1)
+  loss = -jnp.mean(log_probs[rows, positive_index])
+
+  if symmetric:
+    # [B, B]: entry (i, j) scores positive passage i against query j; the target is j = i.
+    passage_to_query = logits[:, positive_index].T
+    log_probs_t = jax.nn.log_softmax(passage_to_query, axis=-1)
+    loss = 0.5 * (loss - jnp.mean(log_probs_t[rows, rows]))
+
+  metrics = {
+      "accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == positive_index).astype(jnp.float32)),
+      "positive_logit_mean": jnp.mean(logits[rows, positive_index]),
+  }
+  return loss, metrics
+
+
+def pairwise_softmax_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
+  """ColBERT's pairwise softmax cross-entropy over (q, d+, d-...) scores.
+
+  Args:
+    pos_scores: [B] score of each query's positive.
+    neg_scores: [B, n] scores of its n negatives (n = 1 in the ColBERT paper).
+
+  Returns:
+    Float32 scalar: mean over queries of -log softmax([pos, negs])[0].
+  """
+  scores = jnp.concatenate([pos_scores.astype(jnp.float32)[:, None],
+                            neg_scores.astype(jnp.float32)], axis=-1)
+  return -jnp.mean(jax.nn.log_softmax(scores, axis=-1)[:, 0])
+
+
+def kl_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
+                         temperature: float = 1.0) -> jax.Array:
+  """KL(teacher || student) between softmaxes over the last axis (TCT-ColBERT).
+
+  Both score sets are divided by `temperature` before the softmax. The teacher is a constant
+  (stop_gradient): only the student learns. No temperature**2 factor is applied (TCT-ColBERT
+  uses the plain KL); a caller that wants Hinton's scaling multiplies the result.
+
+  Args:
+    student_logits: [..., n] student scores, e.g. [B, P] in-batch dot products.
+    teacher_logits: [..., n] teacher scores for the same pairs; -inf marks excluded entries
+      (they then have zero teacher probability and contribute nothing).
+    temperature: Softmax temperature (TCT-ColBERT: 0.25).
+
+  Returns:
+    Float32 scalar: sum over the last axis of p_t * (log p_t - log p_s), mean over all rows.
+  """
+  teacher_log_probs = jax.nn.log_softmax(
+      jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
+  student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
+                                         axis=-1)
+  teacher_probs = jnp.exp(teacher_log_probs)
+  # 0 * log 0 = 0: excluded (-inf) teacher entries would otherwise give 0 * -inf = nan.
+  present = teacher_probs > 0
+  terms = jnp.where(present,
+                    teacher_probs * (jnp.where(present, teacher_log_probs, 0.0)
+                                     - jnp.where(present, student_log_probs, 0.0)),
+                    0.0)
+  return jnp.mean(jnp.sum(terms, axis=-1))
