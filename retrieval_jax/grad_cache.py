@@ -20,8 +20,9 @@ function and one params tree keep the gradient a single pytree that goes straigh
 
 Chunks are strided: chunk j holds rows j, j + num_chunks, j + 2 * num_chunks, ... When the rows
 are sharded over the mesh's `data` axis in contiguous blocks and chunk_size is a multiple of that
-axis, this split is a local reshape and every chunk stays spread over all devices; contiguous
-chunks would each sit on a few devices and leave the others idle (or force a reshuffle).
+axis, this split is a local reshape and each device embeds chunk_size / devices rows of every
+chunk. Contiguous chunks would each live on a few devices; XLA then all-gathers every chunk and
+each device computes the whole chunk redundantly (seen in the compiled HLO on 8 CPU devices).
 
 Dropout: chunk j of tower t always uses `chunk_rng(rng, t, j)`, in the forward and in the
 recomputation, so the recomputed activations are exactly the ones the loss saw.
@@ -50,6 +51,8 @@ def chunk_rng(rng: jax.Array | None, tower: str, chunk_index) -> jax.Array | Non
 def num_rows(inputs: Any) -> int:
   """The leading (row) dimension shared by every leaf of `inputs`."""
   sizes = {leaf.shape[0] for leaf in jax.tree_util.tree_leaves(inputs)}
+  if not sizes:
+    raise ValueError("inputs hold no arrays")
   if len(sizes) != 1:
     raise ValueError(f"input leaves disagree on the number of rows: {sorted(sizes)}")
   return sizes.pop()

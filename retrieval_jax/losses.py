@@ -79,7 +79,7 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
       positive passage over the B queries, target its own query) and average the two
       directions, as in symmetric InfoNCE. Hard negatives only enter the query -> passage term.
     passage_mask: Optional [P] bool; False rows (padding) get logit -inf and thus no
-      probability, in either direction.
+      probability. Positive rows must stay unmasked.
 
   Returns:
     (loss, metrics): loss is a float32 scalar; metrics holds float32 scalars `accuracy` (share
