@@ -113,6 +113,38 @@ def load_documents(data: str | None, limit: int) -> tuple[list[str], pathlib.Pat
   return (texts[:limit] if limit > 0 else texts), root
 
 
+class _CompileClock:
+  """Sums the trace, lowering and XLA compile seconds JAX reports (`jax.monitoring`) while active.
+
+  Exact even on a loaded machine, unlike "warm-up minus a timed run".
+  """
+  _BACKEND = "/jax/core/compile/backend_compile_duration"
+  _EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+             "/jax/core/compile/jaxpr_to_mlir_module_duration", _BACKEND)
+
+  def __init__(self):
+    self.seconds, self.compiles = 0.0, 0
+
+  def _listener(self, event: str, duration: float, **unused_kwargs) -> None:
+    if event in self._EVENTS:
+      self.seconds += duration
+      self.compiles += event == self._BACKEND
+
+  def __enter__(self) -> "_CompileClock":
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.monitoring.register_event_duration_secs_listener(self._listener)
+    return self
+
+  def __exit__(self, *unused_exc) -> None:
+    import jax  # pylint: disable=g-import-not-at-top
+    jax.monitoring.unregister_event_duration_listener(self._listener)
+
+
+def _rates(prefix: str, n_docs: int, seconds: Sequence[float]) -> dict[str, float]:
+  return {f"{prefix}_docs_per_s": _median_rate(n_docs, seconds),
+          f"{prefix}_docs_per_s_best": n_docs / min(seconds)}
+
+
 def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length: int,
         repeats: int, dtype: str, pad_to_multiple_of: int = 16,
         reference: bool = True) -> dict[str, Any]:
@@ -125,6 +157,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
   from retrieval_jax import encode  # pylint: disable=g-import-not-at-top
   from retrieval_jax.data import tokenize as tok  # pylint: disable=g-import-not-at-top
 
+  load_start = os.getloadavg()[0]
   texts, data_dir = load_documents(data, limit)
   n_docs = len(texts)
   encoder = encode.load_encoder(model, dtype=jnp.dtype(dtype))
@@ -142,7 +175,8 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
                                mesh=mesh, pad_to_multiple_of=pad_to_multiple_of, progress=False)
 
   results: dict[str, Any] = {}
-  ours_warmup, ours_emb = _timed(ours)
+  with _CompileClock() as warmup_clock:
+    ours_warmup, ours_emb = _timed(ours)
   seconds: dict[str, list[float]] = {"ours": []}
   sides: dict[str, Callable[[], Any]] = {"ours": ours}
   if reference:
@@ -160,40 +194,52 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
     seconds["reference"] = []
     sides["reference"] = theirs
     ref_emb = np.asarray(ref_emb, dtype=np.float32)
-    diff = np.abs(ours_emb.astype(np.float32) - ref_emb)
+    ours_emb = ours_emb.astype(np.float32)
     cosine = np.sum(ours_emb * ref_emb, axis=1) / np.maximum(
         np.linalg.norm(ours_emb, axis=1) * np.linalg.norm(ref_emb, axis=1), 1e-12)
     results.update(
-        max_abs_diff=float(diff.max()), min_cosine=float(cosine.min()),
+        max_abs_diff=float(np.abs(ours_emb - ref_emb).max()), min_cosine=float(cosine.min()),
         reference_warmup_s=ref_warmup,
         reference_padding_fraction=reference_padding_fraction(texts, lengths, rows),
         torch_version=torch.__version__, torch_threads=torch.get_num_threads(),
         torch_interop_threads=torch.get_num_interop_threads(),
         sentence_transformers_version=sentence_transformers.__version__)
 
-  for round_ in range(repeats):
-    order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
-    for name in order:
-      seconds[name].append(_timed(sides[name])[0])
+  with _CompileClock() as timed_clock:
+    for round_ in range(repeats):
+      order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
+      for name in order:
+        seconds[name].append(_timed(sides[name])[0])
 
-  ours_rate = _median_rate(n_docs, seconds["ours"])
-  out: dict[str, Any] = {"ours_docs_per_s": ours_rate}
+  out: dict[str, Any] = {"ours_docs_per_s": _median_rate(n_docs, seconds["ours"])}
   if reference:
-    ref_rate = _median_rate(n_docs, seconds["reference"])
-    out.update(reference_docs_per_s=ref_rate, ratio=ours_rate / ref_rate,
-               max_abs_diff=results.pop("max_abs_diff"))
+    # Each round's two timings are back to back, so their ratio cancels slow load drift that the
+    # ratio of medians does not.
+    per_round = [r / o for o, r in zip(seconds["ours"], seconds["reference"])]
+    out.update(reference_docs_per_s=_median_rate(n_docs, seconds["reference"]))
+    out.update(ratio=out["ours_docs_per_s"] / out["reference_docs_per_s"],
+               max_abs_diff=results.pop("max_abs_diff"), ratio_per_round=per_round,
+               ratio_paired_median=statistics.median(per_round),
+               **_rates("reference", n_docs, seconds["reference"]))
+    out["ratio_best"] = n_docs / min(seconds["ours"]) / out["reference_docs_per_s_best"]
   else:
     out.update(reference_docs_per_s=None, ratio=None, max_abs_diff=None)
   out.update(
       n_docs=n_docs, batch_size=batch_size, batch_rows=rows, max_length=max_length,
       pad_to_multiple_of=pad_to_multiple_of, dtype=dtype, repeats=repeats,
       ours_seconds=seconds["ours"], reference_seconds=seconds.get("reference"),
-      ours_warmup_s=ours_warmup, ours_compile_s=max(ours_warmup - min(seconds["ours"]), 0.0),
+      **_rates("ours", n_docs, seconds["ours"]),
+      ours_warmup_s=ours_warmup, ours_compile_s=warmup_clock.seconds,
+      ours_compiles=warmup_clock.compiles,
+      # encode_texts builds a new jax.jit per call: what that costs on every later call.
+      ours_compile_s_per_call=timed_clock.seconds / repeats,
+      ours_recompiles_per_call=timed_clock.compiles / repeats,
       tokenize_s=tokenize_s, mean_tokens_per_doc=float(lengths.mean()),
       docs_at_max_length=float(np.mean(lengths >= max_length)),
       **padding_stats(token_ids, rows, max_length, pad_to_multiple_of),
       devices=devices, platform=jax.default_backend(), jax_version=jax.__version__,
       cpu_count=os.cpu_count(), cpu=platform.processor() or platform.machine(),
+      loadavg_start=load_start, loadavg_end=os.getloadavg()[0],
       xla_flags=os.environ.get("XLA_FLAGS", ""), model_dir=str(encoder.model_dir),
       data_dir=str(data_dir), **results)
   return out
@@ -201,24 +247,28 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
 
 def format_table(result: dict[str, Any]) -> str:
   """A human-readable summary of `run`'s result."""
-  def fmt(value, spec=".1f"):
-    return "-" if value is None else format(value, spec)
+  def row(name, rate, best, warmup, padding):
+    return f"{name:22}{rate:>9.1f}{best:>9.1f}{warmup:>11.2f}{100 * padding:>8.1f}%"
 
   lines = [
       f"{result['n_docs']} docs, batch {result['batch_rows']}, max_length {result['max_length']}, "
       f"{result['devices']} {result['platform']} device(s), {result['dtype']}; "
       f"mean {result['mean_tokens_per_doc']:.0f} tokens/doc, "
-      f"{100 * result['docs_at_max_length']:.0f}% at the cap",
-      f"{'':22}{'docs/s':>9}{'warm-up s':>11}{'padding':>9}",
-      f"{'ours (JAX)':22}{fmt(result['ours_docs_per_s']):>9}{result['ours_warmup_s']:>11.2f}"
-      f"{100 * result['ours_padding_fraction']:>8.1f}%",
+      f"{100 * result['docs_at_max_length']:.0f}% at the cap; load {result['loadavg_start']:.1f}"
+      f"->{result['loadavg_end']:.1f}",
+      f"{'':22}{'docs/s':>9}{'best':>9}{'warm-up s':>11}{'padding':>9}",
+      row("ours (JAX)", result["ours_docs_per_s"], result["ours_docs_per_s_best"],
+          result["ours_warmup_s"], result["ours_padding_fraction"]),
   ]
   if result["reference_docs_per_s"] is not None:
-    lines.append(
-        f"{'sentence-transformers':22}{fmt(result['reference_docs_per_s']):>9}"
-        f"{result['reference_warmup_s']:>11.2f}{100 * result['reference_padding_fraction']:>8.1f}%")
-    lines.append(f"ratio ours/reference {result['ratio']:.3f}; max |diff| "
-                 f"{result['max_abs_diff']:.2e}; torch threads {result['torch_threads']}")
+    lines.append(row("sentence-transformers", result["reference_docs_per_s"],
+                     result["reference_docs_per_s_best"], result["reference_warmup_s"],
+                     result["reference_padding_fraction"]))
+    lines.append(f"ratio ours/reference {result['ratio']:.3f} (paired median "
+                 f"{result['ratio_paired_median']:.3f}, best {result['ratio_best']:.3f}); "
+                 f"max |diff| {result['max_abs_diff']:.2e}; torch threads {result['torch_threads']}")
+  lines.append(f"our compile {result['ours_compile_s']:.1f} s for {result['ours_compiles']} "
+               f"shape(s) in the warm-up, {result['ours_compile_s_per_call']:.2f} s per later call")
   return "\n".join(lines)
 
 
