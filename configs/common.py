@@ -39,6 +39,7 @@ def eval_config() -> ml_collections.ConfigDict:
       "save_embeddings": False,
       "embeddings_dtype": "float32",
       "check_exact": False,
+      "progress": True,
       "scann": {
           "num_leaves": ml_collections.FieldReference(None, field_type=int),
           "num_leaves_to_search": ml_collections.FieldReference(None, field_type=int),

@@ -15,11 +15,10 @@ name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import app, flags
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "minilm", "HF model directory, hub id, or `minilm` (packaged).")
@@ -56,48 +55,37 @@ flags.DEFINE_string("tfds_dir", None, "Where TFDS keeps prepared data.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
-def settings_from_flags():
-  """EvalSettings from the command line."""
-  from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.index import ScannConfig  # pylint: disable=g-import-not-at-top
+def config_from_flags():
+  """The `configs/common.py` skeleton with the flags written into it."""
+  from configs import common  # pylint: disable=g-import-not-at-top
 
-  return evaluation.EvalSettings(
+  config = common.base_config()
+  config.model.update(name=FLAGS.model, pooling=FLAGS.pooling, normalize=FLAGS.normalize,
+                      dtype=FLAGS.dtype)
+  config.data.update(name=FLAGS.data, eval_split=FLAGS.split, dev_fraction=FLAGS.dev_fraction,
+                     tfds_dir=FLAGS.tfds_dir)
+  config.eval.update(
       index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
       max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
-      batch_size=FLAGS.batch_size, embeddings_dtype=FLAGS.embeddings_dtype,
-      save_embeddings=FLAGS.save_embeddings,
-      scann=ScannConfig(num_leaves=FLAGS.scann_num_leaves,
-                        num_leaves_to_search=FLAGS.scann_leaves_to_search,
-                        reorder_k=FLAGS.scann_reorder_k,
-                        anisotropic_quantization_threshold=FLAGS.scann_aq_threshold),
-      check_exact=FLAGS.scann_check_exact, bm25_k1=FLAGS.bm25_k1, bm25_b=FLAGS.bm25_b,
+      batch_size=FLAGS.batch_size, save_embeddings=FLAGS.save_embeddings,
+      embeddings_dtype=FLAGS.embeddings_dtype, check_exact=FLAGS.scann_check_exact,
       progress=FLAGS.progress)
+  config.eval.scann.update(num_leaves=FLAGS.scann_num_leaves,
+                           num_leaves_to_search=FLAGS.scann_leaves_to_search,
+                           reorder_k=FLAGS.scann_reorder_k,
+                           anisotropic_quantization_threshold=FLAGS.scann_aq_threshold)
+  config.eval.bm25.update(k1=FLAGS.bm25_k1, b=FLAGS.bm25_b)
+  return config
 
 
 def run_from_flags() -> dict:
-  """Loads data and model as the flags say, evaluates, writes --out, returns the metrics."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  """Evaluates as the flags say, writes --out, prints a table, returns the metrics."""
+  from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
 
-  from retrieval_jax import encode, evaluation  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.data.beir import load_beir  # pylint: disable=g-import-not-at-top
-
-  settings = settings_from_flags()
-  data = load_beir(FLAGS.data, FLAGS.split, dev_fraction=FLAGS.dev_fraction,
-                   data_dir=FLAGS.tfds_dir)
-  logging.info("%s/%s: %d queries, %d documents", data.name, FLAGS.split, len(data.query_ids),
-               len(data.corpus_ids))
-  encoder = None
-  if settings.index != "bm25":
-    normalize = {"auto": None, "true": True, "false": False}[FLAGS.normalize]
-    encoder = encode.load_encoder(FLAGS.model, None if FLAGS.pooling == "auto" else FLAGS.pooling,
-                                  normalize=normalize, dtype=getattr(jnp, FLAGS.dtype))
-    logging.info("model %s from %s, pooling %s", FLAGS.model, encoder.model_dir, encoder.pooling)
-  result = evaluation.evaluate_retrieval(data, settings, encoder, FLAGS.out)
-  table = {**result.metrics, **result.extra, **result.timings}
-  print(f"\n{data.name} / {FLAGS.split} / {FLAGS.index} / "
-        f"{FLAGS.model if encoder else 'bm25'} ({len(data.query_ids)} queries, "
-        f"{len(data.corpus_ids)} docs)")
-  print(evaluation.format_table(table))
+  result = evaluation.evaluate_pretrained(config_from_flags(), FLAGS.out)
+  print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / "
+        f"{'bm25' if FLAGS.index == 'bm25' else FLAGS.model}")
+  print(evaluation.format_table({**result.metrics, **result.extra, **result.timings}))
   if FLAGS.out:
     print(f"wrote {os.path.join(FLAGS.out, 'metrics.json')} and run.trec")
   return {**result.metrics, **result.extra}

@@ -190,7 +190,8 @@ def settings_from_config(eval_config) -> EvalSettings:
                         num_leaves_to_search=scann.num_leaves_to_search,
                         reorder_k=scann.reorder_k,
                         anisotropic_quantization_threshold=scann.anisotropic_quantization_threshold),
-      bm25_k1=eval_config.bm25.k1, bm25_b=eval_config.bm25.b)
+      bm25_k1=eval_config.bm25.k1, bm25_b=eval_config.bm25.b,
+      progress=eval_config.get("progress", True))
 
 
 def evaluate_pretrained(config, out_dir: str | os.PathLike | None) -> EvalResult:
@@ -202,6 +203,8 @@ def evaluate_pretrained(config, out_dir: str | os.PathLike | None) -> EvalResult
   settings = settings_from_config(config.eval)
   data = load_beir(config.data.name, config.data.eval_split,
                    dev_fraction=config.data.dev_fraction, data_dir=config.data.tfds_dir)
+  logger.info("%s/%s: %d queries, %d documents", data.name, config.data.eval_split,
+              len(data.query_ids), len(data.corpus_ids))
   encoder = None
   if settings.index != "bm25":
     model = config.model
@@ -209,4 +212,5 @@ def evaluate_pretrained(config, out_dir: str | os.PathLike | None) -> EvalResult
         model.name, None if model.pooling == "auto" else model.pooling,
         normalize={"auto": None, "true": True, "false": False}[str(model.normalize).lower()],
         dtype=getattr(jnp, model.dtype))
+    logger.info("model %s from %s, %s", model.name, encoder.model_dir, encoder.pooling)
   return evaluate_retrieval(data, settings, encoder, out_dir)
