@@ -1,0 +1,184 @@
+"""Hard negatives for DPR-style training: a BM25 candidate pool per query, resampled each epoch.
+
+Mining (`bm25_negative_pool`) is the slow part and runs once; its result is saved with `save_pool`
+and read back with `load_pool`. Sampling (`sample_negatives`) is cheap and runs every epoch from an
+RNG seeded by (seed, epoch), so every epoch sees different negatives yet a rerun sees the same ones.
+
+A positive is a document judged with relevance > 0. Documents judged 0 are not positives: the
+annotator saw them and found them not relevant, which makes them good negatives, so they stay.
+No positive is ever returned as a negative, by either the pool or the random fallback.
+"""
+
+import dataclasses
+import os
+
+import numpy as np
+
+from retrieval_jax.data.beir import BeirData
+from retrieval_jax.index.bm25 import BM25Index
+
+
+@dataclasses.dataclass(frozen=True)
+class NegativePool:
+  """Ranked candidate negatives per training query.
+
+  Attributes:
+    query_ids: the queries, in the order of the rows below (`BeirData.query_ids`).
+    candidates: [num_queries, depth] int64 corpus rows, best BM25 score first, every positive
+      removed; -1 pads the slots past `counts` (a query matching few documents).
+    counts: [num_queries] int64, the number of valid candidates per row.
+    positives: [num_queries, max_positives] int64 corpus rows of the judged positives (relevance
+      > 0), -1 padded; kept so the random fallback of `sample_negatives` can avoid them.
+    num_docs: corpus size, the range of the random fallback.
+  """
+  query_ids: list[str]
+  candidates: np.ndarray
+  counts: np.ndarray
+  positives: np.ndarray
+  num_docs: int
+
+
+def _positive_rows(data: BeirData) -> list[np.ndarray]:
+  """Per query, every corpus row whose doc id is judged positive (by id, so duplicates go too)."""
+  rows_of_id: dict[str, list[int]] = {}
+  for row, doc_id in enumerate(data.corpus_ids):
+    rows_of_id.setdefault(doc_id, []).append(row)
+  result = []
+  for query_id in data.query_ids:
+    judged = data.qrels.get(query_id, {})
+    rows = [r for doc_id, rel in judged.items() if rel > 0 for r in rows_of_id.get(doc_id, [])]
+    result.append(np.unique(np.asarray(rows, np.int64)))
+  return result
+
+
+def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
+  out = np.full((len(rows), width), -1, np.int64)
+  for i, r in enumerate(rows):
+    out[i, :len(r)] = r[:width]
+  return out
+
+
+def bm25_negative_pool(data: BeirData, depth: int = 100, *, k1: float = 0.9, b: float = 0.4,
+                       index: BM25Index | None = None) -> NegativePool:
+  """Mines BM25 candidate negatives for every query of a (training) split.
+
+  Judged-zero documents are not positives and are kept as candidates.
+
+  Args:
+    data: the split; its whole corpus is searched.
+    depth: candidates kept per query. The search goes `depth` + (most positives of any query)
+      deep, so that `depth` negatives remain after the positives are removed where the query
+      matches enough documents.
+    k1: BM25 term-frequency saturation, used only when `index` is None.
+    b: BM25 length normalisation, used only when `index` is None.
+    index: a prebuilt index over `data.doc_strings()`, to skip building one.
+
+  Returns:
+    The pool, rows in `data.query_ids` order.
+
+  Raises:
+    ValueError: depth < 1, or `index` does not cover the corpus.
+  """
+  if depth < 1:
+    raise ValueError(f"depth must be at least 1, got {depth}")
+  num_docs = len(data.corpus_ids)
+  if index is None:
+    index = BM25Index.build(data.doc_strings(), k1=k1, b=b)
+  elif index.num_docs != num_docs:
+    raise ValueError(f"index holds {index.num_docs} documents but the corpus has {num_docs}")
+  positives = _positive_rows(data)
+  most_positives = max((len(p) for p in positives), default=0)
+  k = min(depth + most_positives, num_docs)
+  if data.query_ids:
+    _, found = index.search(data.query_texts, k)
+  else:
+    found = np.zeros((0, k), np.int64)
+  kept = []
+  for row, pos in zip(found, positives):
+    row = row[row >= 0]
+    kept.append(row[~np.isin(row, pos)][:depth])
+  return NegativePool(query_ids=list(data.query_ids), candidates=_pad(kept, depth),
+                      counts=np.array([len(r) for r in kept], np.int64),
+                      positives=_pad(positives, max(most_positives, 1)), num_docs=num_docs)
+
+
+def _fill(rng: np.random.Generator, exclude: np.ndarray, num_docs: int, need: int) -> np.ndarray:
+  """`need` distinct random rows of range(num_docs) not in `exclude`; the caller checks there are
+  enough."""
+  if 2 * len(exclude) >= num_docs:  # Small corpus: enumerate what is allowed.
+    return rng.choice(np.setdiff1d(np.arange(num_docs), exclude), need, replace=False)
+  # Large corpus: rejection sampling, far cheaper than materialising range(num_docs) per query.
+  chosen = np.zeros(0, np.int64)
+  while len(chosen) < need:
+    draw = rng.integers(0, num_docs, 2 * need + 8)
+    draw = draw[~np.isin(draw, exclude) & ~np.isin(draw, chosen)]
+    _, first = np.unique(draw, return_index=True)
+    chosen = np.concatenate([chosen, draw[np.sort(first)]])
+  return chosen[:need]
+
+
+def sample_negatives(pool: NegativePool, num_negatives: int, *, seed: int, epoch: int,
+                     top_k: int | None = None) -> np.ndarray:
+  """Draws hard negatives for one epoch.
+
+  Each query gets `num_negatives` distinct rows sampled without replacement from its first
+  `top_k` candidates. `top_k=1` with one negative is DPR's choice: the best-ranked non-positive,
+  deterministically. A query with fewer candidates than `num_negatives` (few BM25 matches, or
+  `top_k` small) gets all of them, then is filled with random corpus rows that are neither
+  positives nor already chosen, so that every batch has the same shape.
+
+  Args:
+    pool: from `bm25_negative_pool` or `load_pool`.
+    num_negatives: negatives per query, >= 1.
+    seed: the run's seed, >= 0.
+    epoch: the epoch, >= 0; the RNG is `np.random.default_rng([seed, epoch])`.
+    top_k: sample among the best `top_k` candidates (None: all of the pool).
+
+  Returns:
+    [num_queries, num_negatives] int64 corpus rows, never a positive and never -1.
+
+  Raises:
+    ValueError: bad arguments, or a corpus too small to supply enough non-positives.
+  """
+  if num_negatives < 1:
+    raise ValueError(f"num_negatives must be at least 1, got {num_negatives}")
+  if top_k is not None and top_k < 1:
+    raise ValueError(f"top_k must be at least 1 or None, got {top_k}")
+  if seed < 0 or epoch < 0:
+    raise ValueError(f"seed and epoch must be non-negative, got seed={seed}, epoch={epoch}")
+  rng = np.random.default_rng([seed, epoch])
+  width = pool.candidates.shape[1] if top_k is None else min(top_k, pool.candidates.shape[1])
+  limit = np.minimum(pool.counts, width)
+  # Uniform random keys, invalid slots last: the smallest keys are a uniform subset in random
+  # order, drawn for all queries at once; a single valid slot (top_k=1) is picked for certain.
+  keys = rng.random((len(pool.query_ids), width))
+  keys[np.arange(width)[None, :] >= limit[:, None]] = np.inf
+  taken = min(num_negatives, width)
+  order = np.argsort(keys, axis=1, kind="stable")[:, :taken]
+  out = np.full((len(pool.query_ids), num_negatives), -1, np.int64)
+  out[:, :taken] = np.take_along_axis(pool.candidates[:, :width], order, axis=1)
+  for q in np.flatnonzero(limit < num_negatives):
+    have = out[q, :limit[q]]
+    positives = pool.positives[q][pool.positives[q] >= 0]
+    if pool.num_docs - len(positives) < num_negatives:
+      raise ValueError(f"query {pool.query_ids[q]!r}: the corpus has only "
+                       f"{pool.num_docs - len(positives)} non-positive documents, "
+                       f"{num_negatives} negatives were asked for")
+    exclude = np.union1d(positives, have)
+    out[q, limit[q]:] = _fill(rng, exclude, pool.num_docs, num_negatives - limit[q])
+  return out
+
+
+def save_pool(path: str | os.PathLike, pool: NegativePool) -> None:
+  """Writes a pool as .npz (numpy adds the suffix if `path` lacks it)."""
+  np.savez(path, query_ids=np.asarray(pool.query_ids, dtype=str), candidates=pool.candidates,
+           counts=pool.counts, positives=pool.positives, num_docs=np.int64(pool.num_docs))
+
+
+def load_pool(path: str | os.PathLike) -> NegativePool:
+  """Reads a pool written by `save_pool`."""
+  with np.load(path, allow_pickle=False) as f:
+    return NegativePool(query_ids=[str(q) for q in f["query_ids"]],
+                        candidates=f["candidates"].astype(np.int64),
+                        counts=f["counts"].astype(np.int64),
+                        positives=f["positives"].astype(np.int64), num_docs=int(f["num_docs"]))
