@@ -151,8 +151,7 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
   while pending:
     collect()
   bar.close()
-  if out is None:
-    raise ValueError("no texts to encode")
+  assert out is not None  # texts is non-empty, so at least one batch ran.
   return out
 
 
