@@ -1,0 +1,213 @@
+"""Orbax checkpoints of the train state, and the run's config beside them.
+
+The only Orbax user in the library. A workdir looks like:
+
+  workdir/config.json            # `save_config`: the ml_collections config as JSON
+  workdir/checkpoints/<step>/    # one Orbax checkpoint per saved step:
+      state/                     #   the state pytree (params, optimizer state, step, RNG)
+      extra/                     #   a small JSON dict (data position, seeds, ...)
+
+A state is any pytree of arrays, e.g.
+
+  state = dict(params=params, opt_state=opt_state, step=jnp.int32(step),
+               rng=jax.random.key_data(key))   # typed keys: store their uint32 key data
+
+and is restored with `jax.random.wrap_key_data(state["rng"])`. Restoring takes abstract
+targets with shardings, so arrays are read straight onto the devices of the *current* mesh,
+whatever mesh wrote them: a run saved on (8, 1) resumes on (4, 2) or on one device.
+
+Typical use by the training loop:
+
+  ckpt = Checkpointer(workdir, max_to_keep=3, save_interval_steps=1000)
+  if ckpt.latest_step() is not None:                      # resume
+    state, extra = ckpt.restore(abstract_state=abstract, shardings=shardings)
+  for step in ...:
+    ckpt.save(step, state, extra={"data_position": pos})  # no-op between intervals
+  ckpt.save(last_step, state, extra=..., force=True)      # always keep the end
+  ckpt.close()                                            # waits for async writes
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+CHECKPOINT_SUBDIR = "checkpoints"
+CONFIG_FILE = "config.json"
+
+
+def _is_sharding(x: Any) -> bool:
+  return isinstance(x, jax.sharding.Sharding)
+
+
+def _check_no_typed_keys(tree: Any) -> None:
+  """Typed PRNG keys have no on-disk format; fail early with the fix instead of deep in Orbax."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+    dtype = getattr(leaf, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+      raise TypeError(f"state leaf {jax.tree_util.keystr(path)} is a typed PRNG key; store "
+                      "jax.random.key_data(key) and rebuild it with jax.random.wrap_key_data")
+
+
+def restore_targets(abstract_state: Any, shardings: Any = None) -> Any:
+  """`jax.ShapeDtypeStruct` targets carrying the sharding each array is restored onto.
+
+  Args:
+    abstract_state: The state's structure with arrays or `ShapeDtypeStruct` leaves, e.g.
+      `jax.eval_shape(init_state, ...)`.
+    shardings: A single `Sharding` for every leaf, or a tree of them matching
+      `abstract_state` or a prefix of it (one sharding then covers a whole subtree, e.g. a
+      replicated `opt_state`). None: each leaf's own `.sharding`, else the first local device.
+
+  Returns:
+    A tree like `abstract_state` of `ShapeDtypeStruct(shape, dtype, sharding=...)`.
+  """
+  # Without a sharding Orbax would fall back to the one saved in the checkpoint, which names
+  # devices of the writer's mesh; a single local device is always valid instead.
+  default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+  def target(leaf, sharding=None):
+    sharding = sharding or getattr(leaf, "sharding", None) or default
+    return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding)
+
+  if shardings is None or _is_sharding(shardings):
+    return jax.tree_util.tree_map(lambda leaf: target(leaf, shardings), abstract_state)
+  return jax.tree_util.tree_map(
+      lambda sharding, subtree: jax.tree_util.tree_map(lambda x: target(x, sharding), subtree),
+      shardings, abstract_state, is_leaf=lambda x: x is None or _is_sharding(x))
+
+
+class Checkpointer:
+  """Periodic, asynchronous, keep-last-N checkpoints in `workdir/checkpoints`."""
+
+  def __init__(self, workdir: str | os.PathLike, *, max_to_keep: int | None = 3,
+               save_interval_steps: int = 1, async_save: bool = True):
+    """Opens (or creates) the checkpoint directory of `workdir`.
+
+    Args:
+      workdir: The run directory; checkpoints go to its `checkpoints` subdirectory.
+      max_to_keep: Keep only the newest N steps (None: keep all).
+      save_interval_steps: `save` writes only steps divisible by this, unless forced.
+      async_save: Write in a background thread so training continues during the write;
+        `wait`, `restore` and `close` wait for it.
+    """
+    # Orbax wants absolute paths (it also accepts gs:// via epath, which abspath would break).
+    workdir = str(workdir)
+    self.directory = workdir if "://" in workdir else os.path.abspath(workdir)
+    self.directory = os.path.join(self.directory, CHECKPOINT_SUBDIR)
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
+        enable_async_checkpointing=async_save)
+    self._interval = save_interval_steps
+    self._manager = ocp.CheckpointManager(self.directory, options=options,
+                                          item_names=("state", "extra"))
+
+  def save(self, step: int, state: Any, *, extra: dict[str, Any] | None = None,
+           force: bool = False) -> bool:
+    """Starts saving `state` and `extra` at `step` if the interval (or `force`) says so.
+
+    Args:
+      step: The training step; the checkpoint's name.
+      state: A pytree of arrays (sharded or not). Arrays must not be donated or deleted
+        before the asynchronous write has copied them; Orbax copies them to host first.
+      extra: JSON-serialisable dict stored beside the state (data position, seeds, ...).
+      force: Save even if `step` is off the interval (the final step, before a stop).
+
+    Returns:
+      Whether a save was started.
+    """
+    # Orbax also saves the first step it sees, whatever the interval; a resumed run would then
+    # write an off-interval checkpoint at every restart, so the interval is checked here.
+    if not force and int(step) % self._interval:
+      return False
+    _check_no_typed_keys(state)
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
+                              extra=ocp.args.JsonSave(dict(extra or {})))
+    return self._manager.save(int(step), args=args, force=force)
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk (and older steps are pruned)."""
+    self._manager.wait_until_finished()
+
+  def latest_step(self) -> int | None:
+    """The newest saved step, or None when there is none."""
+    return self._manager.latest_step()
+
+  def all_steps(self) -> list[int]:
+    """The saved steps, ascending."""
+    return sorted(self._manager.all_steps())
+
+  def restore(self, step: int | None = None, *, abstract_state: Any,
+              shardings: Any = None) -> tuple[Any, dict[str, Any]]:
+    """Reads a checkpoint directly onto the given shardings.
+
+    Args:
+      step: The step to restore; None: the latest.
+      abstract_state: The state's structure, shapes and dtypes (see `restore_targets`).
+      shardings: Where each array goes (see `restore_targets`); may differ from the mesh
+        that wrote the checkpoint.
+
+    Returns:
+      (state, extra): the state shaped like `abstract_state`, and the saved extra dict.
+
+    Raises:
+      FileNotFoundError: There is no checkpoint in the directory (the message names it).
+      ValueError: `step` was not saved (the message lists the saved steps).
+    """
+    self.wait()  # a step still being written is not yet listed, nor readable
+    steps = self.all_steps()
+    if not steps:
+      raise FileNotFoundError(f"no checkpoint in {self.directory}")
+    step = steps[-1] if step is None else int(step)
+    if step not in steps:
+      raise ValueError(f"no checkpoint for step {step} in {self.directory}; saved steps: {steps}")
+    args = ocp.args.Composite(
+        state=ocp.args.StandardRestore(restore_targets(abstract_state, shardings)),
+        extra=ocp.args.JsonRestore())
+    restored = self._manager.restore(step, args=args)
+    return restored["state"], dict(restored["extra"] or {})
+
+  def close(self) -> None:
+    """Waits for pending saves and releases Orbax's threads."""
+    self._manager.close()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def save_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict | dict) -> str:
+  """Writes `config` as `workdir/config.json` (process 0 only) and returns the path.
+
+  JSON has no tuples: they come back as lists from `load_config`.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if jax.process_index() == 0:
+    if isinstance(config, ml_collections.ConfigDict):
+      config = config.to_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so a crash never leaves a half-written config next to checkpoints.
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+  return str(path)
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+  """The config `save_config` wrote in `workdir`.
+
+  Raises:
+    FileNotFoundError: Naming the missing `config.json`.
+  """
+  path = pathlib.Path(workdir) / CONFIG_FILE
+  if not path.exists():
+    raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (expected {path})")
+  return ml_collections.ConfigDict(json.loads(path.read_text()))
