@@ -22,12 +22,16 @@ import time
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("data", "scifact", "BEIR directory or name.")
-flags.DEFINE_string("model", "minilm", "Model (must be a sentence-transformers directory).")
-flags.DEFINE_integer("max_length", 256, "Token cap for queries and documents.")
-flags.DEFINE_integer("batch_size", 64, "Encoding batch size for both models.")
-flags.DEFINE_integer("limit_docs", None, "Use only the first N documents (quick checks).")
-flags.DEFINE_string("out", None, "Write the results as JSON here.")
+
+
+def _define_flags():
+  """Flags live here, not at import, so tests can import `compare` beside other CLIs."""
+  flags.DEFINE_string("data", "scifact", "BEIR directory or name.")
+  flags.DEFINE_string("model", "minilm", "Model (must be a sentence-transformers directory).")
+  flags.DEFINE_integer("max_length", 256, "Token cap for queries and documents.")
+  flags.DEFINE_integer("batch_size", 64, "Encoding batch size for both models.")
+  flags.DEFINE_integer("limit_docs", None, "Use only the first N documents (quick checks).")
+  flags.DEFINE_string("out", None, "Write the results as JSON here.")
 
 
 def _subset(data, query_ids):
@@ -146,5 +150,6 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(main)
