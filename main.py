@@ -1,11 +1,14 @@
 r"""retrieval_jax launcher: one config per paper recipe, overridable from the command line.
 
+  python main.py --config=configs/dpr.py:cpu --workdir=/tmp/dpr_cpu
+  python main.py --config=configs/dpr.py --config.optim.lr=2e-5 --workdir=/tmp/dpr
+  python main.py --config=configs/dpr.py:cpu --workdir=/tmp/dpr_cpu --mode=eval
   python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot --mode=eval
-  python main.py --config=configs/zeroshot.py:bm25 --config.data.name=/path/to/beir/dir \
-      --workdir=/tmp/bm25 --mode=eval
 
 `--config=FILE[:VARIANT]` loads `get_config(VARIANT)` from FILE; `--config.a.b=value`
-overrides one field (an unknown field is an error). Results go to `--workdir`.
+overrides one field (an unknown field is an error). Everything goes to `--workdir`; running
+the same command again resumes from its latest checkpoint. `--mode=eval` evaluates the
+checkpoint `--step` (default the latest) of a trained recipe.
 """
 
 import json
@@ -17,33 +20,50 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file[:variant].",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results (and checkpoints).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "What to run.")
+_STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default latest).")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "true", "false"],
+    "Call jax.distributed.initialize(): auto = when SLURM, Open MPI, a multi-host TPU or "
+    "JAX_COORDINATOR_ADDRESS describes a multi-process job.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # Imported here: nothing may touch a JAX device before jax.distributed is initialised.
+  from retrieval_jax import distributed  # pylint: disable=g-import-not-at-top
+
+  distributed.maybe_initialize(_DISTRIBUTED.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json_best_effort(indent=2))
   recipe = config.get("recipe", None)
   if recipe == "zeroshot":
     if _MODE.value != "eval":
       raise app.UsageError("recipe 'zeroshot' evaluates a pretrained model and has nothing to "
                            "train: use --mode=eval")
-    from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
+    from retrieval_jax import checkpoint, evaluation  # pylint: disable=g-import-not-at-top
 
+    checkpoint.save_config(workdir, config)
     result = evaluation.evaluate_pretrained(config, workdir)
     print(evaluation.format_table({**result.metrics, **result.extra}))
     logging.info("metrics: %s", json.dumps(result.metrics))
     return
-  raise app.UsageError(f"recipe {recipe!r} is not available in this version of retrieval_jax; "
-                       "available: zeroshot")
+  from retrieval_jax import evaluation, recipes, train  # pylint: disable=g-import-not-at-top
+
+  try:
+    recipes.get(recipe)
+  except ValueError as error:
+    raise app.UsageError(f"{error} (or 'zeroshot' with --mode=eval)") from None
+  summary = train.run(config, workdir, _MODE.value, _STEP.value)
+  if summary.get("eval"):
+    print(f"\n{config.data.name} / {config.data.eval_split} at step {summary['step']}")
+    print(evaluation.format_table(summary["eval"]))
+  logging.info("summary: %s", json.dumps(summary, default=str))
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Defaults every recipe config starts from: model, data, evaluation.
+"""Defaults every recipe config starts from: model, data, evaluation, and training.
 
 Configs import only `ml_collections` and each other. Every field here can be overridden
 on the command line, e.g. `--config.eval.index=scann`.
@@ -58,3 +58,75 @@ def base_config() -> ml_collections.ConfigDict:
       "data": data_config(),
       "eval": eval_config(),
   })
+
+
+def train_config() -> ml_collections.ConfigDict:
+  """The training loop (`retrieval_jax.train`): steps, lengths, logging, checkpoints, eval."""
+  return ml_collections.ConfigDict({
+      "batch_size": 128,            # global: rows per step over all processes and devices
+      "num_epochs": 1,
+      # Optimizer steps; overrides num_epochs when set.
+      "num_steps": ml_collections.FieldReference(None, field_type=int),
+      # Stop this invocation after this step (with a checkpoint), as a preempted job would;
+      # the schedule still runs to the full length when the run is resumed.
+      "stop_at_step": ml_collections.FieldReference(None, field_type=int),
+      "query_max_length": 64,
+      "passage_max_length": 256,
+      "pad_to_multiple_of": 32,     # padded lengths are multiples: few compiled shapes
+      "log_every_steps": 50,
+      "eval_every_steps": 0,        # 0: evaluate only at the end (train_and_eval)
+      "checkpoint_every_steps": 1000,
+      "keep_checkpoints": 3,
+      "async_checkpoints": True,
+      "progress": True,
+      "export": True,               # HF + sentence-transformers export at the end
+  })
+
+
+def optim_config() -> ml_collections.ConfigDict:
+  """`retrieval_jax.optim.optimizer_from_config`: AdamW, warm-up + linear decay, clipping."""
+  return ml_collections.ConfigDict({
+      "lr": 2e-5,
+      "warmup_steps": ml_collections.FieldReference(None, field_type=int),
+      "warmup_ratio": ml_collections.FieldReference(0.1, field_type=float),
+      "weight_decay": 0.0,
+      "max_grad_norm": 1.0,
+      "b1": 0.9,
+      "b2": 0.999,
+      "eps": 1e-8,
+  })
+
+
+def mesh_config() -> ml_collections.ConfigDict:
+  """Device mesh axes; -1 takes the devices the other axis leaves."""
+  return ml_collections.ConfigDict({"data": -1, "model": 1})
+
+
+def loss_config() -> ml_collections.ConfigDict:
+  """The contrastive loss (`retrieval_jax.losses.in_batch_softmax_loss`) and GradCache."""
+  return ml_collections.ConfigDict({
+      "scale": 1.0,                 # 1 / temperature
+      "symmetric": False,
+      "grad_cache": False,
+      "chunk_size": 32,             # rows per GradCache forward; divides both towers' rows
+  })
+
+
+def training_config() -> ml_collections.ConfigDict:
+  """`base_config` plus the sections every trained recipe has."""
+  config = base_config()
+  config.model.shared_towers = False
+  # None: the checkpoint's dropout (BERT: 0.1); a number overrides hidden and attention dropout.
+  config.model.dropout = ml_collections.FieldReference(None, field_type=float)
+  config.model.remat = False
+  # The tokenizer's directory, hub id or `minilm`; None: the model's own. Required when
+  # name == "random": a freshly initialised encoder of the shape below (smoke runs, tests).
+  config.model.tokenizer = ml_collections.FieldReference(None, field_type=str)
+  config.model.random = ml_collections.ConfigDict({
+      "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64})
+  config.data.train_split = "train_minus_dev"
+  config.train = train_config()
+  config.optim = optim_config()
+  config.mesh = mesh_config()
+  config.loss = loss_config()
+  return config

@@ -8,8 +8,11 @@ Examples:
   python eval/retrieval.py --index=bm25 --data=scifact --split=dev --out=/tmp/bm25_scifact
   # ScaNN instead of exact search, reporting its top-10 overlap with exact search:
   python eval/retrieval.py --model=minilm --index=scann --scann_check_exact --out=/tmp/scann
+  # A training run's checkpoint (the latest, or --step=N), e.g. after main.py --workdir=/tmp/dpr:
+  python eval/retrieval.py --model=/tmp/dpr --data=scifact --split=dev
 
-`--model` is a HF directory, a hub id, or `minilm`. `--data` is a BEIR directory or a data set
+`--model` is a HF directory, a hub id, `minilm`, or a training workdir (a directory with
+config.json and checkpoints/: its query and passage towers are restored from the checkpoint). `--data` is a BEIR directory or a data set
 name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
 """
 
@@ -21,7 +24,9 @@ import sys
 from absl import app, flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("model", "minilm", "HF model directory, hub id, or `minilm` (packaged).")
+flags.DEFINE_string("model", "minilm", "HF model directory, hub id, `minilm` (packaged), or a "
+                    "training workdir (config.json + checkpoints/).")
+flags.DEFINE_integer("step", None, "With a training workdir: the checkpoint step (default latest).")
 flags.DEFINE_enum("pooling", "auto", ["auto", "cls", "mean", "pooler"],
                   "Pooling; `auto` uses what the checkpoint's sentence-transformers files declare "
                   "(CLS when there are none).")
@@ -78,10 +83,30 @@ def config_from_flags():
   return config
 
 
+def is_training_workdir(path: str) -> bool:
+  """Whether `path` is a `main.py` workdir (config.json and checkpoints/), not a HF directory."""
+  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
+      os.path.join(path, "checkpoints"))
+
+
 def run_from_flags() -> dict:
   """Evaluates as the flags say, writes --out, prints a table, returns the metrics."""
   from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
 
+  if FLAGS.index != "bm25" and is_training_workdir(FLAGS.model):
+    from retrieval_jax import checkpoint, recipes  # pylint: disable=g-import-not-at-top
+
+    flag_config = config_from_flags()
+    result = recipes.evaluate_checkpoint(
+        checkpoint.load_config(FLAGS.model), FLAGS.model, FLAGS.step,
+        eval_config=flag_config.eval, data_config=flag_config.data, out_dir=FLAGS.out)
+    print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / {FLAGS.model} step {result['step']}")
+    print(evaluation.format_table(result["metrics"]))
+    print(f"wrote {os.path.join(result['out_dir'], 'metrics.json')} and run.trec")
+    return dict(result["metrics"], step=result["step"])
+  if FLAGS.step is not None:
+    raise app.UsageError(f"--step needs a training workdir; {FLAGS.model} is not one "
+                         "(no config.json and checkpoints/)")
   result = evaluation.evaluate_pretrained(config_from_flags(), FLAGS.out)
   print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / "
         f"{'bm25' if FLAGS.index == 'bm25' else FLAGS.model}")

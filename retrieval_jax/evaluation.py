@@ -79,12 +79,13 @@ class EvalResult:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _dense_search(data: BeirData, encoder: encode.LoadedEncoder, settings: EvalSettings,
+def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
+                  query_encoder: encode.LoadedEncoder, settings: EvalSettings,
                   out_dir: pathlib.Path | None, timings: dict, extra: dict):
   """Embeds queries and corpus, then searches with exact top-k or ScaNN."""
   query_len = settings.query_max_length or settings.max_length
   start = time.perf_counter()
-  query_emb = encode.encode_texts(encoder, data.query_texts, max_length=query_len,
+  query_emb = encode.encode_texts(query_encoder, data.query_texts, max_length=query_len,
                                   batch_size=settings.batch_size, progress=settings.progress,
                                   desc="queries")
   corpus_emb = encode.encode_texts(encoder, data.doc_strings(), max_length=settings.max_length,
@@ -130,14 +131,17 @@ def _bm25_search(data: BeirData, settings: EvalSettings, timings: dict):
 
 def evaluate_retrieval(data: BeirData, settings: EvalSettings,
                        encoder: encode.LoadedEncoder | None = None,
-                       out_dir: str | os.PathLike | None = None) -> EvalResult:
+                       out_dir: str | os.PathLike | None = None, *,
+                       query_encoder: encode.LoadedEncoder | None = None) -> EvalResult:
   """Retrieves for every query of `data` and scores the run against its qrels.
 
   Args:
     data: Corpus, queries and qrels of one split.
     settings: Index type, depth, lengths, metrics.
-    encoder: The dense model (None only for index='bm25').
+    encoder: The dense model (None only for index='bm25'); embeds the corpus, and the
+      queries too unless `query_encoder` is given.
     out_dir: If given, receives metrics.json, run.trec (and embeddings / the ScaNN index).
+    query_encoder: A separate query tower (DPR); None: `encoder` embeds the queries.
 
   Returns:
     EvalResult with flat metric keys such as `ndcg@10`.
@@ -152,7 +156,8 @@ def evaluate_retrieval(data: BeirData, settings: EvalSettings,
   if settings.index == "bm25":
     scores, indices = _bm25_search(data, settings, timings)
   else:
-    scores, indices = _dense_search(data, encoder, settings, out, timings, extra)
+    scores, indices = _dense_search(data, encoder, query_encoder or encoder, settings, out,
+                                    timings, extra)
   run = metrics.run_from_topk(data.query_ids, data.corpus_ids, scores, indices)
   values = metrics.evaluate(data.qrels, run, settings.metrics)
   result = EvalResult(values, run, timings, extra)

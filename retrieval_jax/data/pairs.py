@@ -1,0 +1,318 @@
+"""Contrastive (DPR-style) training batches: a query, one positive passage and its hard negatives.
+
+Everything here is a pure function of (seed, step): the epoch order, the positive drawn for each
+query and the negatives all come from RNGs seeded by (seed, epoch, purpose), so batch `k` is the
+same whether a run reaches it directly or resumes at it, and the same in every process. Each
+process tokenises the texts of the whole global batch and keeps its own rows: tokenising is cheap
+next to a forward pass, and it makes every process pad to the same lengths without any
+communication (jit needs one shape across processes).
+
+RNG streams, one per purpose:
+  `default_rng([seed, epoch, 2])`: the epoch's example order (`epoch_order`).
+  `default_rng([seed, epoch, 1])`: which positive each query gets this epoch.
+  `default_rng([seed, epoch])`: hard negatives (`index.mining.sample_negatives`, via the caller).
+The order's tag is 2, not 0: `SeedSequence` pads its entropy with zeros, so `[seed, epoch, 0]`
+seeds exactly the same generator as `[seed, epoch]`, the negatives' stream.
+
+No JAX in this module (`data/` is numpy only).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import copy
+import dataclasses
+import logging
+import threading
+from collections.abc import Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from retrieval_jax.data import tokenize as tok
+from retrieval_jax.data.beir import BeirData
+
+# Purpose tags appended to [seed, epoch]; never 0 (a trailing 0 does not change the seed).
+_POSITIVE_STREAM = 1
+_ORDER_STREAM = 2
+POSITION_FIELDS = ("step", "epoch", "batch_in_epoch", "examples_seen")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairDataset:
+  """Training queries with at least one positive, and the corpus their passages come from."""
+  query_ids: list[str]          # in BeirData.query_ids order
+  query_texts: list[str]
+  positives: list[np.ndarray]   # per query: int64 corpus rows with relevance > 0, sorted unique
+  doc_texts: list[str]          # BeirData.doc_strings(), the whole corpus
+  query_rows: np.ndarray        # int64: each kept query's row in BeirData.query_ids
+
+
+def pairs_from_beir(data: BeirData) -> PairDataset:
+  """The (query, positives) examples of a BEIR split.
+
+  A positive is a document judged with relevance > 0, as in `index.mining`; a judged-zero
+  document is a negative. Queries with no positive cannot form a pair and are dropped.
+
+  Raises:
+    ValueError: no query of the split has a positive judgement.
+  """
+  rows_of_id: dict[str, list[int]] = {}
+  for row, doc_id in enumerate(data.corpus_ids):
+    rows_of_id.setdefault(doc_id, []).append(row)
+  kept, positives = [], []
+  for q, query_id in enumerate(data.query_ids):
+    judged = data.qrels.get(query_id, {})
+    rows = [r for doc_id, rel in judged.items() if rel > 0 for r in rows_of_id.get(doc_id, [])]
+    if rows:
+      kept.append(q)
+      positives.append(np.unique(np.asarray(rows, np.int64)))
+  dropped = len(data.query_ids) - len(kept)
+  if dropped:
+    logging.info("%s: dropped %d of %d queries with no positive judgement", data.name, dropped,
+                 len(data.query_ids))
+  if not kept:
+    raise ValueError(f"data set {data.name!r}: no query has a positive judgement (relevance > 0) "
+                     f"among its {len(data.query_ids)} judged queries")
+  return PairDataset(query_ids=[data.query_ids[q] for q in kept],
+                     query_texts=[data.query_texts[q] for q in kept], positives=positives,
+                     doc_texts=data.doc_strings(), query_rows=np.asarray(kept, np.int64))
+
+
+def steps_per_epoch(num_examples: int, global_batch: int) -> int:
+  """Full global batches per epoch; the remainder is dropped (DPR/Tevatron `drop_last`), so every
+  step has one shape and the in-batch softmax always has `global_batch` candidates."""
+  if not 1 <= global_batch <= num_examples:
+    raise ValueError(f"train.batch_size must be between 1 and the number of training examples "
+                     f"({num_examples}), got {global_batch}")
+  return num_examples // global_batch
+
+
+def _check_seed_epoch(seed: int, epoch: int) -> None:
+  if seed < 0:
+    raise ValueError(f"seed must be non-negative, got {seed}")
+  if epoch < 0:
+    raise ValueError(f"epoch must be non-negative, got {epoch}")
+
+
+def epoch_order(num_examples: int, *, seed: int, epoch: int) -> np.ndarray:
+  """The example order of one epoch: a permutation of range(num_examples) (int64), drawn from
+  `default_rng([seed, epoch, 2])` (see the module docstring for why not 0)."""
+  _check_seed_epoch(seed, epoch)
+  return np.random.default_rng([seed, epoch, _ORDER_STREAM]).permutation(num_examples)
+
+
+# pylint: disable-next=redefined-outer-name
+def step_position(step: int, steps_per_epoch: int) -> tuple[int, int]:
+  """(epoch, batch index within the epoch) of a global step."""
+  if step < 0:
+    raise ValueError(f"step must be non-negative, got {step}")
+  if steps_per_epoch < 1:
+    raise ValueError(f"steps_per_epoch must be at least 1, got {steps_per_epoch}")
+  return divmod(step, steps_per_epoch)
+
+
+def _pad(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+  """[rows, width] int32 ids and attention mask of unpadded sequences (each at most `width`)."""
+  input_ids = np.full((len(ids), width), pad_id, np.int32)
+  mask = np.zeros((len(ids), width), np.int32)
+  for r, row in enumerate(ids):
+    input_ids[r, :len(row)] = row
+    mask[r, :len(row)] = 1
+  return input_ids, mask
+
+
+class PairBatcher:
+  """Process-local tokenised batches of (query, positive, hard negatives), by global step.
+
+  Epoch e's global batch b holds the examples `epoch_order(...)[b * G:(b + 1) * G]`; this process
+  gets rows [process_index * G / P, (process_index + 1) * G / P) of it.
+  """
+
+  def __init__(self, dataset: PairDataset, tokenizer, *, global_batch: int, num_negatives: int,
+               negatives_fn: Callable[[int], np.ndarray] | None, query_max_length: int,
+               passage_max_length: int, seed: int, process_index: int = 0,
+               process_count: int = 1, pad_to_multiple_of: int = 32):
+    """Checks the arguments; nothing is tokenised until a batch is asked for.
+
+    Args:
+      dataset: from `pairs_from_beir`.
+      tokenizer: a HF fast tokenizer (copied: see below).
+      global_batch: examples per step over all processes (`train.batch_size`).
+      num_negatives: hard negatives per example, >= 0 (0: in-batch negatives only).
+      negatives_fn: epoch -> int array [len(dataset.query_ids), >= num_negatives] of corpus rows,
+        rows indexed like `dataset.query_ids`; only the first `num_negatives` columns are used.
+        Called at most once per epoch when steps are visited in order (the last epoch's result
+        is cached). None only when num_negatives == 0.
+      query_max_length: token cap of queries (`train.query_max_length`).
+      passage_max_length: token cap of passages (`train.passage_max_length`).
+      seed: the run's seed, >= 0.
+      process_index: this process (`jax.process_index()`).
+      process_count: processes sharing the global batch (`jax.process_count()`).
+      pad_to_multiple_of: padded lengths are multiples of this (`train.pad_to_multiple_of`), so
+        a run compiles a handful of shapes.
+
+    Raises:
+      ValueError: an invalid argument; the message names its config key.
+    """
+    if process_count < 1 or not 0 <= process_index < process_count:
+      raise ValueError(f"need 0 <= process_index < process_count, got process_index="
+                       f"{process_index}, process_count={process_count}")
+    if global_batch % process_count:
+      raise ValueError(f"train.batch_size ({global_batch}) must be divisible by the number of "
+                       f"processes ({process_count})")
+    if num_negatives < 0:
+      raise ValueError(f"num_negatives must be non-negative, got {num_negatives}")
+    if negatives_fn is None and num_negatives > 0:
+      raise ValueError(f"num_negatives={num_negatives} needs a negatives_fn")
+    for key, value in (("train.query_max_length", query_max_length),
+                       ("train.passage_max_length", passage_max_length)):
+      if value < 2:
+        raise ValueError(f"{key} must be at least 2 (room for special tokens), got {value}")
+    if pad_to_multiple_of < 1:
+      raise ValueError(f"train.pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
+    _check_seed_epoch(seed, 0)
+    self._steps_per_epoch = steps_per_epoch(len(dataset.query_ids), global_batch)
+    self.dataset = dataset
+    # A private copy: HF fast tokenizers set truncation on the shared backend at every call, so a
+    # caller tokenising with other lengths while we prefetch in a thread would race with us.
+    self._tokenizer = copy.deepcopy(tokenizer)
+    self._pad_id = tokenizer.pad_token_id
+    if self._pad_id is None:
+      raise ValueError("the tokenizer has no pad token")
+    self.global_batch = global_batch
+    self.local_batch = global_batch // process_count
+    self.num_negatives = num_negatives
+    self._negatives_fn = negatives_fn
+    self.query_max_length = query_max_length
+    self.passage_max_length = passage_max_length
+    self.seed = seed
+    self.process_index = process_index
+    self.process_count = process_count
+    self.pad_to_multiple_of = pad_to_multiple_of
+    self._counts = np.asarray([len(p) for p in dataset.positives], np.int64)
+    # One epoch of state (order, chosen positives, negatives), guarded: `iterate` builds the next
+    # batch in a thread while the caller may ask for one itself.
+    self._lock = threading.Lock()
+    self._epoch: int | None = None
+    self._epoch_state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self._steps_per_epoch
+
+  def _negatives(self, epoch: int) -> np.ndarray:
+    """The epoch's [num_queries, num_negatives] corpus rows, checked."""
+    num_queries = len(self.dataset.query_ids)
+    if self.num_negatives == 0:
+      return np.zeros((num_queries, 0), np.int64)
+    negatives = np.asarray(self._negatives_fn(epoch))
+    if (negatives.ndim != 2 or negatives.shape[0] != num_queries
+        or negatives.shape[1] < self.num_negatives):
+      raise ValueError(f"negatives_fn({epoch}) returned shape {negatives.shape}, expected "
+                       f"[{num_queries}, >= {self.num_negatives}] (rows like dataset.query_ids)")
+    if not np.issubdtype(negatives.dtype, np.integer):
+      raise ValueError(f"negatives_fn({epoch}) returned {negatives.dtype}, expected corpus rows")
+    negatives = negatives[:, :self.num_negatives].astype(np.int64)
+    num_docs = len(self.dataset.doc_texts)
+    if negatives.size and (negatives.min() < 0 or negatives.max() >= num_docs):
+      raise ValueError(f"negatives_fn({epoch}) returned rows outside the corpus [0, {num_docs}) "
+                       f"(min {negatives.min()}, max {negatives.max()}; -1 is padding, not a row)")
+    return negatives
+
+  def _state(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(order, positive row per query, negatives) of an epoch; the caller holds the lock."""
+    if self._epoch != epoch:
+      num_queries = len(self.dataset.query_ids)
+      order = epoch_order(num_queries, seed=self.seed, epoch=epoch)
+      # One draw for all queries, so a query's positive does not depend on where it lands.
+      rng = np.random.default_rng([self.seed, epoch, _POSITIVE_STREAM])
+      choice = rng.integers(0, self._counts)
+      positive = np.asarray([p[c] for p, c in zip(self.dataset.positives, choice)], np.int64)
+      self._epoch_state = (order, positive, self._negatives(epoch))
+      self._epoch = epoch
+    return self._epoch_state
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    """This process's slice of global batch `step`.
+
+    Returns:
+      `query_input_ids`, `query_attention_mask`: int32 [local, Lq];
+      `passage_input_ids`, `passage_attention_mask`: int32 [local, 1 + num_negatives, Lp], slot 0
+        the positive, slots 1.. the query's negatives;
+      `example_index`: int64 [local], the dataset index of each row.
+      Lq and Lp are the longest sequence of the global batch rounded up to `pad_to_multiple_of`
+      and capped at the max length, so they agree across processes.
+    """
+    epoch, b = step_position(step, self._steps_per_epoch)
+    g, n = self.global_batch, self.num_negatives
+    with self._lock:
+      order, positive, negatives = self._state(epoch)
+      examples = order[b * g:(b + 1) * g].astype(np.int64)
+      passages = np.concatenate([positive[examples, None], negatives[examples]], axis=1)
+      query_ids = tok.tokenize(self._tokenizer, [self.dataset.query_texts[i] for i in examples],
+                               self.query_max_length)
+      passage_ids = tok.tokenize(self._tokenizer,
+                                 [self.dataset.doc_texts[r] for r in passages.reshape(-1)],
+                                 self.passage_max_length)
+    lq = tok.padded_length(max(map(len, query_ids)), self.pad_to_multiple_of,
+                           self.query_max_length)
+    lp = tok.padded_length(max(map(len, passage_ids)), self.pad_to_multiple_of,
+                           self.passage_max_length)
+    start, stop = self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch
+    q_ids, q_mask = _pad(query_ids[start:stop], lq, self._pad_id)
+    p_ids, p_mask = _pad(passage_ids[start * (1 + n):stop * (1 + n)], lp, self._pad_id)
+    shape = (self.local_batch, 1 + n, lp)
+    return {"query_input_ids": q_ids, "query_attention_mask": q_mask,
+            "passage_input_ids": p_ids.reshape(shape),
+            "passage_attention_mask": p_mask.reshape(shape),
+            "example_index": examples[start:stop]}
+
+  def position(self, step: int) -> dict[str, int]:
+    """The data position after `step` steps, as plain ints (JSON, saved in checkpoints)."""
+    epoch, b = step_position(step, self._steps_per_epoch)
+    return {"step": int(step), "epoch": int(epoch), "batch_in_epoch": int(b),
+            "examples_seen": int(step) * self.global_batch}
+
+  def check_position(self, position: Mapping[str, int]) -> None:
+    """Raises ValueError when a restored position is not where this batcher would be.
+
+    A mismatch means the batch size or the training data changed between saving and resuming:
+    the resumed run would silently see a different sequence of examples.
+    """
+    missing = [key for key in POSITION_FIELDS if key not in position]
+    if missing:
+      raise ValueError(f"data position {dict(position)} lacks {', '.join(missing)}")
+    expected = self.position(int(position["step"]))
+    for key in POSITION_FIELDS:
+      if int(position[key]) != expected[key]:
+        raise ValueError(
+            f"data position mismatch in {key!r}: the checkpoint says {position[key]}, this run "
+            f"computes {expected[key]} for step {expected['step']} (train.batch_size "
+            f"{self.global_batch}, {len(self.dataset.query_ids)} examples, "
+            f"{self._steps_per_epoch} steps per epoch); did the batch size or the data change?")
+
+  def iterate(self, start_step: int,
+              end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(step, batch) for step in [start_step, end_step), the next batch built in a thread.
+
+    Each batch is a function of its step alone, so a run resumed at step k yields exactly what an
+    uninterrupted run yields from k on, prefetching or not.
+    """
+    if not 0 <= start_step <= end_step:
+      raise ValueError(f"need 0 <= start_step <= end_step, got {start_step}, {end_step}")
+    if start_step == end_step:
+      return
+    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pair_batches")
+    pending = None
+    try:
+      pending = executor.submit(self.batch, start_step)
+      for step in range(start_step, end_step):
+        current = pending.result()
+        if step + 1 < end_step:
+          pending = executor.submit(self.batch, step + 1)
+        yield step, current
+    finally:
+      # Closed early (break, exception): drop the prefetched batch, let the thread finish.
+      if pending is not None:
+        pending.cancel()
+      executor.shutdown(wait=True)

@@ -1,0 +1,235 @@
+"""The one training loop: every recipe's state and step, sharded over the mesh, checkpointed.
+
+`run(config, workdir, mode)` is what `main.py` calls. The loop is generic; the recipe
+(`retrieval_jax.recipes.<config.recipe>`) supplies the state, the pure step, the batches and
+the evaluation. What the loop guarantees for every recipe:
+
+- the step is `jax.jit(step, in_shardings=..., out_shardings=..., donate_argnums=0)` over the
+  config's ('data', 'model') mesh, with batches assembled from per-process slices;
+- invalid configs fail in `recipe.build`, before anything compiles, naming the key;
+- resume: the latest checkpoint in `workdir` is restored (onto the current mesh, whatever mesh
+  wrote it) and the data pipeline continues at the same position, so a resumed run equals an
+  uninterrupted one;
+- metrics are fetched from the devices only at log, checkpoint and eval points (asynchronous
+  dispatch keeps the host ahead otherwise); a non-finite loss there stops the run with
+  `NonFiniteLossError` before any checkpoint of the bad state is written;
+- console progress bar, log lines and TensorBoard events under `workdir/tensorboard`;
+- evaluation on the eval split every `train.eval_every_steps` and at the end
+  (`train_and_eval`), under `workdir/eval/step_<N>/`; a HF export under `workdir/export/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import pathlib
+import time
+from typing import Any
+
+import jax
+import numpy as np
+
+from retrieval_jax import checkpoint, metric_writer, recipes, sharding
+
+logger = logging.getLogger(__name__)
+
+MODES = ("train", "eval", "train_and_eval")
+
+
+class NonFiniteLossError(RuntimeError):
+  """The loss or gradient norm became NaN or infinite; the run stopped without saving it."""
+
+
+@dataclasses.dataclass
+class TrainResult:
+  """What a call of `train` did."""
+  step: int                                  # the last step trained (== state step)
+  train_metrics: dict[str, float]            # means over the last logging interval
+  eval_metrics: dict[str, float] | None      # the final evaluation, if one ran
+  stopped_early: bool                        # train.stop_at_step ended it before the schedule
+  info: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+  """Process-local rows -> global arrays sharded over `data` (one process: the whole batch)."""
+  return {key: jax.make_array_from_process_local_data(batch_sharding, value)
+          for key, value in local.items() if key != "example_index"}
+
+
+def _every(step: int, interval: int) -> bool:
+  return bool(interval) and interval > 0 and step % interval == 0
+
+
+class _MetricBuffer:
+  """Device metrics of the steps since the last sync; fetched in one transfer."""
+
+  def __init__(self):
+    self._pending: list[tuple[int, dict]] = []
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def fetch(self) -> tuple[dict[str, float], int]:
+    """(mean of each metric, number of steps), raising NonFiniteLossError on a bad step."""
+    pending, self._pending = self._pending, []
+    if not pending:
+      return {}, 0
+    host = jax.device_get([m for _, m in pending])
+    for (step, _), values in zip(pending, host):
+      if float(values.get("finite", 1.0)) < 1.0 or not np.isfinite(float(values["loss"])):
+        shown = ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+        raise NonFiniteLossError(f"non-finite loss or gradient at step {step} ({shown})")
+    means = {key: float(np.mean([float(v[key]) for v in host])) for key in host[0]}
+    means.pop("finite", None)
+    means["lr"] = float(host[-1]["lr"])  # the current rate, not the interval's mean
+    return means, len(host)
+
+
+def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -> TrainResult:
+  """Trains `config.recipe` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: The recipe config (see `configs/`).
+    workdir: Run directory: config.json, checkpoints/, tensorboard/, eval/, export/.
+    final_eval: Evaluate on `data.eval_split` after the last step.
+
+  Returns:
+    A `TrainResult`.
+
+  Raises:
+    ValueError: An invalid config, naming the key (before compiling).
+    NonFiniteLossError: The loss became non-finite; the newest checkpoint is the last good one.
+  """
+  workdir = pathlib.Path(workdir)
+  recipe_module = recipes.get(config.recipe)
+  mesh = sharding.mesh_from_config(config)
+  recipe = recipe_module.build(config, workdir, mesh)
+  checkpoint.save_config(workdir, config)
+  train_config = config.train
+  logger.info("recipe %s on mesh %s: %s", recipe.name, dict(mesh.shape), recipe.info)
+
+  ckpt = checkpoint.Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints,
+                                 save_interval_steps=train_config.checkpoint_every_steps,
+                                 async_save=train_config.async_checkpoints)
+  writer = metric_writer.MetricWriter(workdir / "tensorboard")
+  try:
+    return _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval)
+  finally:
+    ckpt.close()  # waits for the last asynchronous save
+    writer.close()
+
+
+def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> TrainResult:
+  train_config = config.train
+  start = ckpt.latest_step()
+  if start is None:
+    state, start = recipe.init_state(), 0
+    writer.write_hparams(config.to_dict())
+  else:
+    state, extra = ckpt.restore(start, abstract_state=recipe.abstract_state,
+                                shardings=recipe.state_shardings)
+    recipe.batcher.check_position(extra["data_position"])
+    logger.info("resumed from step %d (%s)", start, extra["data_position"])
+  end = recipe.total_steps
+  stop = end if train_config.get("stop_at_step") is None else min(end, train_config.stop_at_step)
+
+  step_fn = jax.jit(recipe.train_step,
+                    in_shardings=(recipe.state_shardings, recipe.batch_sharding),
+                    out_shardings=(recipe.state_shardings, sharding.replicated(mesh)),
+                    donate_argnums=0)
+  global_batch = int(train_config.batch_size)
+  bar = metric_writer.ProgressBar(end, start, enabled=train_config.progress, desc=recipe.name)
+  buffer = _MetricBuffer()
+  last_means: dict[str, float] = {}
+  interval_start = time.perf_counter()
+  step = start
+
+  def sync(step: int, with_rate: bool = True) -> None:
+    """Fetches the pending metrics (stopping on a non-finite one) and writes them."""
+    nonlocal last_means, interval_start
+    try:
+      means, count = buffer.fetch()
+    except NonFiniteLossError as error:
+      bar.close()
+      ckpt.wait()
+      good = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"{error}. Training stopped; the last good checkpoint is "
+          f"{'step ' + str(good) if good is not None else 'none'} in {ckpt.directory}. "
+          "Lower optim.lr, raise optim.warmup_steps, or check the data.") from None
+    if not count:
+      return
+    if with_rate:
+      elapsed = time.perf_counter() - interval_start
+      means.update(steps_per_s=count / elapsed, examples_per_s=count * global_batch / elapsed)
+    writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+    bar.update(step, {k: means[k] for k in ("loss", "accuracy", "lr") if k in means})
+    last_means = means
+    interval_start = time.perf_counter()
+
+  def evaluate(step: int) -> dict[str, float]:
+    out_dir = workdir / "eval" / f"step_{step}"
+    values = recipe.evaluate(state, str(out_dir))
+    writer.write_scalars(step, {f"{config.data.eval_split}/{k}": v for k, v in values.items()})
+    logger.info("eval at step %d: %s", step, values)
+    return values
+
+  for step_index, local_batch in recipe.batcher.iterate(start, stop):
+    state, metrics = step_fn(state, _global_batch(local_batch, recipe.batch_sharding))
+    step = step_index + 1
+    buffer.add(step, metrics)
+    save_due = _every(step, train_config.checkpoint_every_steps)
+    eval_due = _every(step, train_config.eval_every_steps) and step < end
+    if step == start + 1:
+      # The first step includes compilation: log it (the initial loss) without a rate.
+      jax.block_until_ready(metrics)
+      logger.info("first step (with compilation): %.1f s", time.perf_counter() - interval_start)
+      sync(step, with_rate=False)
+    elif _every(step, train_config.log_every_steps) or save_due or eval_due or step == stop:
+      sync(step)
+    if save_due:
+      ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)})
+    if eval_due:
+      evaluate(step)
+      interval_start = time.perf_counter()  # keep evaluation out of the training rate
+  sync(step)
+  bar.close()
+  if step > start:
+    ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)}, force=True)
+  stopped_early = step < end
+  eval_metrics = None
+  if not stopped_early:
+    if final_eval:
+      eval_metrics = evaluate(step)
+    if train_config.export and jax.process_index() == 0:
+      written = recipe.export(state, str(workdir / "export"))
+      logger.info("exported %s", [str(p) for p in written])
+  return TrainResult(step=step, train_metrics=last_means, eval_metrics=eval_metrics,
+                     stopped_early=stopped_early, info=recipe.info)
+
+
+def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
+        step: int | None = None) -> dict[str, Any]:
+  """`main.py`'s entry point: train, evaluate a checkpoint, or both.
+
+  Args:
+    config: The recipe config.
+    workdir: The run directory.
+    mode: `train`, `eval` (the checkpoint at `step`, default the latest) or `train_and_eval`.
+    step: For `eval`: which checkpoint.
+
+  Returns:
+    A summary dict: `step`, and `train` / `eval` metrics where they ran.
+  """
+  if mode not in MODES:
+    raise ValueError(f"mode={mode!r} is not one of {MODES}")
+  if mode == "eval":
+    result = recipes.evaluate_checkpoint(config, workdir, step)
+    return {"step": result["step"], "eval": result["metrics"]}
+  result = train(config, workdir, final_eval=mode == "train_and_eval")
+  summary = {"step": result.step, "train": result.train_metrics, "info": result.info,
+             "stopped_early": result.stopped_early}
+  if result.eval_metrics is not None:
+    summary["eval"] = result.eval_metrics
+  return summary
