@@ -143,7 +143,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
   buffer = _MetricBuffer()
   last_means: dict[str, float] = {}
   interval_start = time.perf_counter()
-  step = start
+  step = saved_step = start
 
   def sync(step: int, with_rate: bool = True) -> None:
     """Fetches the pending metrics (stopping on a non-finite one) and writes them."""
@@ -190,12 +190,13 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
       sync(step)
     if save_due:
       ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)})
+      saved_step = step
     if eval_due:
       evaluate(step)
       interval_start = time.perf_counter()  # keep evaluation out of the training rate
   sync(step)
   bar.close()
-  if step > start:
+  if step > start and step != saved_step:
     ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)}, force=True)
   stopped_early = step < end
   eval_metrics = None
