@@ -53,10 +53,12 @@ def get_config(arg: str = ""):
     config.model.update(name="minilm", pooling="mean", normalize="true", shared_towers=True)
     config.data.update(name="scifact", train_split="train_minus_dev", eval_split="dev")
     config.negatives.update(depth=30)
-    config.train.update(batch_size=32, num_epochs=1, query_max_length=64,
-                        passage_max_length=128, log_every_steps=5, checkpoint_every_steps=20)
+    config.train.update(batch_size=32, num_epochs=4, query_max_length=64,
+                        passage_max_length=128, pad_to_multiple_of=16, log_every_steps=5,
+                        checkpoint_every_steps=20)
     config.optim.update(lr=2e-5, warmup_steps=None, warmup_ratio=0.1, max_grad_norm=1.0)
     config.loss.update(scale=20.0)  # cosine similarities / temperature 0.05
+    config.eval.update(batch_size=32)  # ~10% faster than 128 on 2 CPU cores
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
     config.data.update(name="synthetic", train_split="train_minus_dev", eval_split="dev")

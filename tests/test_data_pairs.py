@@ -316,7 +316,8 @@ def test_iterate_stops_its_thread_when_closed_early(dataset, tokenizer):
 def test_position_round_trip(dataset, tokenizer):
   batcher = _batcher(dataset, tokenizer)
   position = batcher.position(7)
-  assert position == {"step": 7, "epoch": 2, "batch_in_epoch": 1, "examples_seen": 56}
+  assert position == {"step": 7, "epoch": 2, "batch_in_epoch": 1, "examples_seen": 56,
+                      "num_examples": len(dataset.query_ids)}
   restored = json.loads(json.dumps(position))
   batcher.check_position(restored)
   _batcher(dataset, tokenizer, process_index=1, process_count=2).check_position(restored)
@@ -333,6 +334,13 @@ def test_check_position_mismatches(dataset, tokenizer):
     _batcher(smaller, tokenizer).check_position(position)
   with pytest.raises(ValueError, match="'examples_seen'"):
     _batcher(dataset, tokenizer).check_position({**position, "examples_seen": 55})
+  # Different data that leaves the epoch and batch index unchanged is still caught.
+  one_more = pairs.PairDataset(*(getattr(dataset, f)[:len(dataset.query_ids) - 1] for f in
+                                 ("query_ids", "query_texts", "positives")),
+                               dataset.doc_texts, dataset.query_rows[:-1])
+  early = _batcher(dataset, tokenizer).position(1)
+  with pytest.raises(ValueError, match="'num_examples'"):
+    _batcher(one_more, tokenizer).check_position(early)
   with pytest.raises(ValueError, match="batch_in_epoch"):
     _batcher(dataset, tokenizer).check_position({"step": 7, "epoch": 2, "examples_seen": 56})
 

@@ -34,7 +34,8 @@ from retrieval_jax.data.beir import BeirData
 # Purpose tags appended to [seed, epoch]; never 0 (a trailing 0 does not change the seed).
 _POSITIVE_STREAM = 1
 _ORDER_STREAM = 2
-POSITION_FIELDS = ("step", "epoch", "batch_in_epoch", "examples_seen")
+# num_examples last: a change of data that also moves the epoch is reported as the epoch.
+POSITION_FIELDS = ("step", "epoch", "batch_in_epoch", "examples_seen", "num_examples")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -271,7 +272,8 @@ class PairBatcher:
     """The data position after `step` steps, as plain ints (JSON, saved in checkpoints)."""
     epoch, b = step_position(step, self._steps_per_epoch)
     return {"step": int(step), "epoch": int(epoch), "batch_in_epoch": int(b),
-            "examples_seen": int(step) * self.global_batch}
+            "examples_seen": int(step) * self.global_batch,
+            "num_examples": len(self.dataset.query_ids)}
 
   def check_position(self, position: Mapping[str, int]) -> None:
     """Raises ValueError when a restored position is not where this batcher would be.

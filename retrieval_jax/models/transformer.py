@@ -127,12 +127,23 @@ class FeedForward(nn.Module):
     h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)),
                  name="intermediate")(x)
-    h = nn.gelu(h, approximate=cfg.gelu_approximate)
+    h = _gelu(h, cfg.gelu_approximate)
     h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
                  name="output")(h)
     h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     return _layer_norm(cfg, "output_LayerNorm")(h + x)
+
+
+def _gelu(x: jax.Array, approximate: bool) -> jax.Array:
+  """GELU; the exact one as x/2 * (1 + erf(x / sqrt 2)), PyTorch's and HF's formula.
+
+  `nn.gelu(approximate=False)` computes it through `erfc`, which XLA:CPU evaluates ~2.5% of a
+  training step slower (MiniLM, batch 16) than `erf` for the same values (to float rounding).
+  """
+  if approximate:
+    return nn.gelu(x, approximate=True)
+  return 0.5 * x * (1.0 + jax.lax.erf(x * jnp.asarray(2 ** -0.5, x.dtype)))
 
 
 class TransformerBlock(nn.Module):
