@@ -47,7 +47,7 @@ def _final_params(workdir):
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
   workdir = tmp_path_factory.mktemp("smoke")
-  summary = train.run(_smoke(), workdir, "train_and_eval")
+  summary = train.run(_smoke(**{"train.eval_every_steps": 3}), workdir, "train_and_eval")
   return workdir, summary
 
 
@@ -65,6 +65,9 @@ def test_train_and_eval_writes_everything(smoke_run):
     assert tag in scalars, f"{tag} missing from {sorted(scalars)}"
   # Every log interval (2), checkpoint (3) and the first step.
   assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 6]
+  # Periodic evaluation at step 3, the final one at 6.
+  assert [step for step, _ in scalars["dev/ndcg@10"]] == [3, 6]
+  assert (workdir / "eval" / "step_3" / "metrics.json").exists()
   metrics = json.loads((workdir / "eval" / "step_6" / "metrics.json").read_text())
   assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"])
   assert (workdir / "eval" / "step_6" / "run.trec").exists()
