@@ -123,33 +123,6 @@ def load_documents(data: str | None, limit: int) -> tuple[list[str], pathlib.Pat
   return (texts[:limit] if limit > 0 else texts), root
 
 
-class _CompileClock:
-  """Sums the trace, lowering and XLA compile seconds JAX reports (`jax.monitoring`) while active.
-
-  Exact even on a loaded machine, unlike "warm-up minus a timed run".
-  """
-  _BACKEND = "/jax/core/compile/backend_compile_duration"
-  _EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-             "/jax/core/compile/jaxpr_to_mlir_module_duration", _BACKEND)
-
-  def __init__(self):
-    self.seconds, self.compiles = 0.0, 0
-
-  def _listener(self, event: str, duration: float, **unused_kwargs) -> None:
-    if event in self._EVENTS:
-      self.seconds += duration
-      self.compiles += event == self._BACKEND
-
-  def __enter__(self) -> "_CompileClock":
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.monitoring.register_event_duration_secs_listener(self._listener)
-    return self
-
-  def __exit__(self, *unused_exc) -> None:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.monitoring.unregister_event_duration_listener(self._listener)
-
-
 def _rates(prefix: str, n_docs: int, seconds: Sequence[float]) -> dict[str, float]:
   return {f"{prefix}_docs_per_s": _median_rate(n_docs, seconds),
           f"{prefix}_docs_per_s_best": n_docs / min(seconds)}
@@ -162,6 +135,8 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
   if repeats < 1 or batch_size < 1 or max_length < 2:
     raise app.UsageError("--repeats, --batch_size must be >= 1 and --max_length >= 2")
   import jax  # pylint: disable=g-import-not-at-top
+
+  from eval import compile_clock  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from retrieval_jax import encode  # pylint: disable=g-import-not-at-top
@@ -185,7 +160,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
                                mesh=mesh, pad_to_multiple_of=pad_to_multiple_of, progress=False)
 
   results: dict[str, Any] = {}
-  with _CompileClock() as warmup_clock:
+  with compile_clock.CompileClock() as warmup_clock:
     ours_warmup, ours_emb = _timed(ours)
   seconds: dict[str, list[float]] = {"ours": []}
   sides: dict[str, Callable[[], Any]] = {"ours": ours}
@@ -215,7 +190,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
         torch_interop_threads=torch.get_num_interop_threads(),
         sentence_transformers_version=sentence_transformers.__version__)
 
-  with _CompileClock() as timed_clock:
+  with compile_clock.CompileClock() as timed_clock:
     for round_ in range(repeats):
       order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
       for name in order:

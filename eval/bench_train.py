@@ -106,33 +106,6 @@ def _timed(fn):
   return time.perf_counter() - start, result
 
 
-class _CompileCounter:
-  """Counts XLA compilations and their seconds (`jax.monitoring`) while active.
-
-  A copy of bench_encode's clock: importing that module would define its flags a second time.
-  """
-  _BACKEND = "/jax/core/compile/backend_compile_duration"
-  _EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
-             "/jax/core/compile/jaxpr_to_mlir_module_duration", _BACKEND)
-
-  def __init__(self):
-    self.seconds, self.compiles = 0.0, 0
-
-  def _listener(self, event: str, duration: float, **unused_kwargs) -> None:
-    if event in self._EVENTS:
-      self.seconds += duration
-      self.compiles += event == self._BACKEND
-
-  def __enter__(self) -> "_CompileCounter":
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.monitoring.register_event_duration_secs_listener(self._listener)
-    return self
-
-  def __exit__(self, *unused_exc) -> None:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.monitoring.unregister_event_duration_listener(self._listener)
-
-
 def load_split(data: str | None):
   """(BeirData of the training split, description): SciFact if found, else synthetic."""
   from retrieval_jax.data import beir, paths, synthetic  # pylint: disable=g-import-not-at-top
@@ -339,6 +312,8 @@ def run(*, model: str = "minilm", data: str | None = None, batch_size: int = 16,
   if min(query_max_length, passage_max_length) < 2:
     raise app.UsageError("--query_max_length and --passage_max_length must be >= 2")
   import jax  # pylint: disable=g-import-not-at-top
+
+  from eval import compile_clock  # pylint: disable=g-import-not-at-top
   import sentence_transformers  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
@@ -374,7 +349,7 @@ def run(*, model: str = "minilm", data: str | None = None, batch_size: int = 16,
   loss_ours_no_dropout = ours.loss_no_dropout(0)
 
   warmup = [step % steps for step in range(max(warmup_steps, steps))]
-  with _CompileCounter() as warmup_compiles:
+  with compile_clock.CompileClock() as warmup_compiles:
     start = time.perf_counter()
     first_ours = [ours.train(step)[2] for step in warmup][0]
     ours_warmup_s = time.perf_counter() - start
@@ -391,7 +366,7 @@ def run(*, model: str = "minilm", data: str | None = None, batch_size: int = 16,
            "reference": lambda step: reference.train(batches[step])[:2]}
   seconds = {name: [] for name in sides}
   prepare = {name: [] for name in sides}
-  with _CompileCounter() as timed_compiles:
+  with compile_clock.CompileClock() as timed_compiles:
     for round_ in range(rounds):
       order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
       for name in order:
