@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from retrieval_jax import checkpoint, metric_writer, recipes, train
-from retrieval_jax.recipes import dual_encoder
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
