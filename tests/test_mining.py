@@ -172,3 +172,66 @@ def test_scifact_train_pool(scifact_dir):
   for epoch in range(3):
     _assert_no_positives(data, mining.sample_negatives(pool, 2, seed=0, epoch=epoch))
   _assert_no_positives(data, mining.sample_negatives(pool, 1, seed=0, epoch=0, top_k=1))
+
+
+# --- dense (ANCE) pools ----------------------------------------------------------------------------
+
+
+def _dense_setup(num_docs=1500, num_queries=40, dim=32, seed=0):
+  """Random unit embeddings; each query sits near its 1-2 positive documents."""
+  rng = np.random.default_rng(seed)
+  corpus = rng.normal(size=(num_docs, dim)).astype(np.float32)
+  corpus /= np.linalg.norm(corpus, axis=1, keepdims=True)
+  qrels, queries = {}, []
+  for q in range(num_queries):
+    positives = rng.choice(num_docs, rng.integers(1, 3), replace=False)
+    qrels[f"q{q}"] = {f"d{d}": 1 for d in positives}
+    queries.append(corpus[positives].mean(0) + 0.3 * rng.normal(size=dim))
+  data = BeirData(name="dense", corpus_ids=[f"d{i}" for i in range(num_docs)],
+                  corpus_titles=[""] * num_docs, corpus_texts=["x"] * num_docs,
+                  query_ids=list(qrels), query_texts=["q"] * num_queries, qrels=qrels)
+  return data, np.asarray(queries, np.float32), corpus
+
+
+def _positive_sets(data):
+  return [{int(d[1:]) for d in data.qrels[q]} for q in data.query_ids]
+
+
+def test_dense_pool_exhaustive_scann_equals_exact():
+  data, queries, corpus = _dense_setup()
+  exact = mining.dense_negative_pool(queries, corpus, data, depth=20, index="exact")
+  exhaustive = mining.ScannConfig(num_leaves=10, num_leaves_to_search=10, reorder_k=len(corpus))
+  approximate = mining.dense_negative_pool(queries, corpus, data, depth=20, index="scann",
+                                           scann_config=exhaustive)
+  np.testing.assert_array_equal(approximate.candidates, exact.candidates)
+  np.testing.assert_array_equal(exact.counts, 20)
+  # And exact mining is the NumPy ranking minus the positives.
+  for row, positives in enumerate(_positive_sets(data)):
+    ranking = [d for d in np.argsort(-(corpus @ queries[row]), kind="stable")
+               if d not in positives][:20]
+    np.testing.assert_array_equal(exact.candidates[row], ranking)
+
+
+def test_dense_pool_never_holds_a_positive_and_margin_drops_near_positives():
+  data, queries, corpus = _dense_setup(num_docs=300)
+  pool = mining.dense_negative_pool(queries, corpus, data, depth=50, index="exact")
+  guarded = mining.dense_negative_pool(queries, corpus, data, depth=50, index="exact",
+                                       false_negative_margin=0.1)
+  for row, positives in enumerate(_positive_sets(data)):
+    assert not positives & set(pool.candidates[row].tolist())
+    best = max(float(corpus[d] @ queries[row]) for d in positives)
+    kept = guarded.candidates[row][:guarded.counts[row]]
+    assert np.all(corpus[kept] @ queries[row] <= best - 0.1 + 1e-6)
+    dropped = [d for d in pool.candidates[row] if corpus[d] @ queries[row] > best - 0.1]
+    assert not set(dropped) & set(kept.tolist())
+  assert guarded.counts.sum() < pool.counts.sum()  # the margin did drop something
+
+
+def test_dense_pool_errors():
+  data, queries, corpus = _dense_setup(num_docs=300)
+  with pytest.raises(ValueError, match="do not match"):
+    mining.dense_negative_pool(queries[:-1], corpus, data)
+  with pytest.raises(ValueError, match="index"):
+    mining.dense_negative_pool(queries, corpus, data, index="faiss")
+  with pytest.raises(ValueError, match="depth"):
+    mining.dense_negative_pool(queries, corpus, data, depth=0)

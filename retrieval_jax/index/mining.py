@@ -1,6 +1,7 @@
-"""Hard negatives for DPR-style training: a BM25 candidate pool per query, resampled each epoch.
+"""Hard negatives: a candidate pool per query (BM25 or dense retrieval), resampled each epoch.
 
-Mining (`bm25_negative_pool`) is the slow part and runs once; its result is saved with `save_pool`
+Mining is the slow part: `bm25_negative_pool` (DPR) runs once; `dense_negative_pool` (ANCE) runs
+at every index refresh, on embeddings of the model being trained. A pool is saved with `save_pool`
 and read back with `load_pool`. Sampling (`sample_negatives`) is cheap and runs every epoch from an
 RNG seeded by (seed, epoch), so every epoch sees different negatives yet a rerun sees the same ones.
 
@@ -16,6 +17,8 @@ import numpy as np
 
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index.bm25 import BM25Index
+from retrieval_jax.index.exact import exact_search
+from retrieval_jax.index.scann_index import ScannConfig, ScannIndex
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,19 +90,80 @@ def bm25_negative_pool(data: BeirData, depth: int = 100, *, k1: float = 0.9, b: 
   elif index.num_docs != num_docs:
     raise ValueError(f"index holds {index.num_docs} documents but the corpus has {num_docs}")
   positives = _positive_rows(data)
-  most_positives = max((len(p) for p in positives), default=0)
-  k = min(depth + most_positives, num_docs)
+  k = _search_depth(depth, positives, num_docs)
   if data.query_ids:
     _, found = index.search(data.query_texts, k)
   else:
     found = np.zeros((0, k), np.int64)
+  return _pool_from_ranking(data, found, positives, depth)
+
+
+def _search_depth(depth: int, positives: list[np.ndarray], num_docs: int) -> int:
+  """How deep to search so that `depth` candidates remain after removing the positives."""
+  return min(depth + max((len(p) for p in positives), default=0), num_docs)
+
+
+def _pool_from_ranking(data: BeirData, found: np.ndarray, positives: list[np.ndarray],
+                       depth: int, dropped: np.ndarray | None = None) -> NegativePool:
+  """The pool of ranked rows `found` [queries, k] minus positives (and `dropped` slots)."""
   kept = []
-  for row, pos in zip(found, positives):
-    row = row[row >= 0]
-    kept.append(row[~np.isin(row, pos)][:depth])
+  for q, (row, pos) in enumerate(zip(found, positives)):
+    keep = (row >= 0) & ~np.isin(row, pos)
+    if dropped is not None:
+      keep &= ~dropped[q]
+    kept.append(row[keep][:depth])
+  most_positives = max((len(p) for p in positives), default=0)
   return NegativePool(query_ids=list(data.query_ids), candidates=_pad(kept, depth),
                       counts=np.array([len(r) for r in kept], np.int64),
-                      positives=_pad(positives, max(most_positives, 1)), num_docs=num_docs)
+                      positives=_pad(positives, max(most_positives, 1)),
+                      num_docs=len(data.corpus_ids))
+
+
+def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: BeirData,
+                        depth: int = 200, *, index: str = "scann",
+                        scann_config: ScannConfig | None = None,
+                        false_negative_margin: float | None = None) -> NegativePool:
+  """Mines negatives from the whole corpus with a dense model (ANCE's ANN negatives).
+
+  Args:
+    query_emb: [num_queries, d] embeddings of `data.query_ids`, in that order.
+    corpus_emb: [num_docs, d] embeddings of `data.corpus_ids`.
+    data: the training split (its judgements define the positives).
+    depth: candidates kept per query after removing positives (ANCE: 200).
+    index: `scann` (approximate, as ANCE's ANN index) or `exact` (JAX top-k).
+    scann_config: ScaNN settings for index='scann'.
+    false_negative_margin: if set, also drop candidates scoring above the query's best positive
+      minus this margin: unjudged documents the model already ranks like a positive are likely
+      relevant (false negatives). None keeps them, as ANCE does.
+
+  Returns:
+    The pool, rows in `data.query_ids` order, candidates best-scored first.
+
+  Raises:
+    ValueError: mismatched shapes, depth < 1 or an unknown index.
+  """
+  if depth < 1:
+    raise ValueError(f"depth must be at least 1, got {depth}")
+  if index not in ("scann", "exact"):
+    raise ValueError(f"index must be 'scann' or 'exact', got {index!r}")
+  query_emb = np.asarray(query_emb, np.float32)
+  corpus_emb = np.asarray(corpus_emb, np.float32)
+  if query_emb.shape[0] != len(data.query_ids) or corpus_emb.shape[0] != len(data.corpus_ids):
+    raise ValueError(f"embeddings {query_emb.shape} / {corpus_emb.shape} do not match the "
+                     f"{len(data.query_ids)} queries / {len(data.corpus_ids)} documents")
+  positives = _positive_rows(data)
+  k = _search_depth(depth, positives, len(data.corpus_ids))
+  if index == "exact":
+    scores, found = exact_search(query_emb, corpus_emb, k)
+  else:
+    scores, found = ScannIndex.build(corpus_emb, scann_config or ScannConfig()).search(
+        query_emb, k)
+  dropped = None
+  if false_negative_margin is not None:
+    best_positive = np.array([np.max(corpus_emb[p] @ query_emb[q]) if len(p) else np.inf
+                              for q, p in enumerate(positives)], np.float32)
+    dropped = scores > (best_positive - false_negative_margin)[:, None]
+  return _pool_from_ranking(data, found, positives, depth, dropped)
 
 
 def _fill(rng: np.random.Generator, exclude: np.ndarray, num_docs: int, need: int) -> np.ndarray:
