@@ -58,7 +58,7 @@ def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax
 
 
 def _every(step: int, interval: int) -> bool:
-  return bool(interval) and interval > 0 and step % interval == 0
+  return interval > 0 and step % interval == 0
 
 
 class _MetricBuffer:

@@ -16,7 +16,7 @@ import os
 import pathlib
 import re
 import shutil
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import safetensors.numpy
@@ -182,6 +182,26 @@ def params_to_hf(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, 
   return tensors
 
 
+def _has_pooler_weights(names: Iterable[str], hf_config: Mapping[str, Any]) -> bool:
+  """Whether prefix-stripped tensor names hold BERT's pooler.
+
+  Our export of a pooler-less encoder carries a zero pooler only for transformers' sake and
+  says so with `add_pooling_layer: false`; that one does not count.
+  """
+  return hf_config.get("add_pooling_layer") is not False and any(
+      name.startswith("pooler.") for name in names)
+
+
+def checkpoint_has_pooler(model_dir: str | os.PathLike, hf_config: Mapping[str, Any]) -> bool:
+  """`_has_pooler_weights` from the safetensors headers alone (no tensor is read)."""
+  model_dir = pathlib.Path(model_dir)
+  names = {}
+  for path in sorted(model_dir.glob("*.safetensors")):
+    with safetensors.safe_open(str(path), "numpy") as f:
+      names.update(dict.fromkeys(f.keys()))
+  return _has_pooler_weights(_strip_base_prefix(names), hf_config)
+
+
 def read_safetensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
   """All tensors of a HF directory: `model.safetensors` or the shards its index names."""
   model_dir = pathlib.Path(model_dir)
@@ -320,11 +340,9 @@ def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     raise FileNotFoundError(f"{config_file} not found: not a HF model directory")
   hf_config = json.loads(config_file.read_text())
   tensors = _strip_base_prefix(read_safetensors(model_dir))
+  config_overrides.setdefault("with_pooler", _has_pooler_weights(tensors, hf_config))
   if hf_config.get("add_pooling_layer") is False:
-    # Our export of a pooler-less encoder carries a zero pooler only for transformers' sake.
     tensors = {n: v for n, v in tensors.items() if not n.startswith("pooler.")}
-  config_overrides.setdefault(
-      "with_pooler", any(name.startswith("pooler.") for name in tensors))
   config = EncoderConfig.from_hf(hf_config, **config_overrides)
   params: dict[str, Any] = {"backbone": hf_to_params(tensors, config), "head": {}}
   pooling = read_sentence_transformers_pooling(model_dir)

@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from retrieval_jax import evaluation, sharding
+from retrieval_jax import evaluation, optim, sharding
 from retrieval_jax.data import pairs, synthetic
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.data.beir import BeirData, DataError, load_beir
@@ -134,8 +134,8 @@ def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> b
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_to_multiple_of=int(config.train.pad_to_multiple_of))
   steps = total_steps(config, batcher.steps_per_epoch)
-  tx = dual_encoder.build_optimizer(config, steps)
-  schedule = dual_encoder.optim.schedule_from_config(config.optim, steps)
+  tx = optim.optimizer_from_config(config.optim, steps)
+  schedule = optim.schedule_from_config(config.optim, steps)
   shardings = dual_encoder.state_shardings(dual, tx, mesh)
   step_fn = functools.partial(dual_encoder.train_step, dual=dual, tx=tx, schedule=schedule,
                               loss_config=config.loss)
@@ -177,7 +177,7 @@ def restore_encoders(config: Any, workdir: str | os.PathLike, step: int | None =
   from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
   dual, spec = build_model(config)
-  tx = dual_encoder.build_optimizer(config, 1)  # the schedule's length does not shape the state
+  tx = optim.optimizer_from_config(config.optim, 1)  # the schedule's length does not shape the state
   mesh = sharding.make_mesh(-1, 1, jax.local_devices())
   with checkpoint.Checkpointer(workdir, async_save=False) as ckpt:
     state, _ = ckpt.restore(step, abstract_state=dual_encoder.abstract_state(dual, tx),

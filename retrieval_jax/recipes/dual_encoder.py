@@ -30,7 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from retrieval_jax import encode, grad_cache, losses, optim, sharding
+from retrieval_jax import encode, grad_cache, losses, sharding
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import hf
 from retrieval_jax.models.config import EncoderConfig
@@ -122,9 +122,8 @@ def model_spec(model_config: Any) -> ModelSpec:
     raise ValueError(f"model.name={model_config.name!r}: {config_file} not found")
   hf_config = json.loads(config_file.read_text())
   declared = hf.read_sentence_transformers_pooling(model_dir) or PoolingConfig()
-  # Our exports of pooler-less encoders carry a zero pooler that load_pretrained drops.
-  has_pooler = hf_config.get("add_pooling_layer") is not False and _has_pooler(model_dir)
-  encoder = EncoderConfig.from_hf(hf_config, with_pooler=has_pooler, **overrides)
+  encoder = EncoderConfig.from_hf(
+      hf_config, with_pooler=hf.checkpoint_has_pooler(model_dir, hf_config), **overrides)
   pooling = declared
   if pooling_mode is not None:
     pooling = dataclasses.replace(pooling, mode=pooling_mode)
@@ -133,17 +132,6 @@ def model_spec(model_config: Any) -> ModelSpec:
   tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer) if model_config.get(
       "tokenizer") else model_dir
   return ModelSpec(encoder, pooling, model_dir, tokenizer_dir)
-
-
-def _has_pooler(model_dir: pathlib.Path) -> bool:
-  """Whether the checkpoint stores BERT's pooler (read from safetensors headers only)."""
-  import safetensors  # pylint: disable=g-import-not-at-top
-  names = []
-  for path in sorted(model_dir.glob("*.safetensors")):
-    with safetensors.safe_open(str(path), "numpy") as f:
-      names.extend(f.keys())
-  return any(name.split(".", 1)[-1].startswith("pooler.") or name.startswith("pooler.")
-             for name in names)
 
 
 def initial_tower_params(spec: ModelSpec, seed: int) -> Any:
@@ -161,10 +149,6 @@ def initial_tower_params(spec: ModelSpec, seed: int) -> Any:
     raise ValueError(f"parameters of {spec.model_dir} do not match the model built from "
                      f"config.model (pooling {spec.pooling}); encoder {encoder}")
   return params
-
-
-def build_optimizer(config: Any, total_steps: int) -> optax.GradientTransformation:
-  return optim.optimizer_from_config(config.optim, total_steps)
 
 
 def state_shardings(dual: DualEncoder, tx: optax.GradientTransformation, mesh) -> dict:
