@@ -6,6 +6,7 @@ The only Orbax user in the library. A workdir looks like:
   workdir/checkpoints/<step>/    # one Orbax checkpoint per saved step:
       state/                     #   the state pytree (params, optimizer state, step, RNG)
       extra/                     #   a small JSON dict (data position, seeds, ...)
+      host/                      #   optional host numpy arrays (ANCE's negatives in use)
 
 A state is any pytree of arrays, e.g.
 
@@ -106,10 +107,10 @@ class Checkpointer:
         enable_async_checkpointing=async_save)
     self._interval = save_interval_steps
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "extra"))
+                                          item_names=("state", "extra", "host"))
 
   def save(self, step: int, state: Any, *, extra: dict[str, Any] | None = None,
-           force: bool = False) -> bool:
+           host: dict[str, Any] | None = None, force: bool = False) -> bool:
     """Starts saving `state` and `extra` at `step` if the interval (or `force`) says so.
 
     Args:
@@ -117,6 +118,8 @@ class Checkpointer:
       state: A pytree of arrays (sharded or not). Arrays must not be donated or deleted
         before the asynchronous write has copied them; Orbax copies them to host first.
       extra: JSON-serialisable dict stored beside the state (data position, seeds, ...).
+      host: Optional dict of host numpy arrays, the same in every process (too large for
+        JSON: e.g. the hard negatives a run trains on); read back by `restore_host`.
       force: Save even if `step` is off the interval (the final step, before a stop).
 
     Returns:
@@ -127,9 +130,10 @@ class Checkpointer:
     if not force and int(step) % self._interval:
       return False
     _check_no_typed_keys(state)
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state),
-                              extra=ocp.args.JsonSave(dict(extra or {})))
-    return self._manager.save(int(step), args=args, force=force)
+    items = dict(state=ocp.args.StandardSave(state), extra=ocp.args.JsonSave(dict(extra or {})))
+    if host:
+      items["host"] = ocp.args.StandardSave(dict(host))
+    return self._manager.save(int(step), args=ocp.args.Composite(**items), force=force)
 
   def wait(self) -> None:
     """Blocks until every started save is on disk (and older steps are pruned)."""
@@ -172,6 +176,15 @@ class Checkpointer:
         extra=ocp.args.JsonRestore())
     restored = self._manager.restore(step, args=args)
     return restored["state"], dict(restored["extra"] or {})
+
+  def restore_host(self, step: int) -> dict[str, Any] | None:
+    """The host arrays saved with `step` (numpy, dtypes kept), or None if it has none."""
+    self.wait()
+    if self._manager.item_metadata(int(step)).get("host") is None:
+      return None
+    restored = self._manager.restore(int(step),
+                                     args=ocp.args.Composite(host=ocp.args.StandardRestore()))
+    return dict(restored["host"])
 
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's threads."""

@@ -120,25 +120,57 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
     raise ValueError(f"out_dtype must be float32 or float16, got {out_dtype}")
   if not len(texts):
     raise ValueError("no texts to encode")
+  token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
+  return encode_token_ids(encoder, token_ids, max_length=max_length, batch_size=batch_size,
+                          mesh=mesh, out_dtype=out_dtype, pad_to_multiple_of=pad_to_multiple_of,
+                          progress=progress, desc=desc)
+
+
+def encode_token_ids(encoder: LoadedEncoder, token_ids: Sequence[Sequence[int]], *,
+                     max_length: int, batch_size: int = 128, mesh: Mesh | None = None,
+                     out_dtype=np.float32, pad_to_multiple_of: int = 16, progress: bool = True,
+                     desc: str = "encode") -> np.ndarray:
+  """Embeds already-tokenised sequences in input order (e.g. MaxP passages).
+
+  Args:
+    encoder: From `load_encoder` (or built by a recipe).
+    token_ids: Unpadded token ids with special tokens, each at most `max_length` long.
+    max_length: Token cap, special tokens included (the largest padded length).
+    batch_size: Global rows per forward; rounded up to a multiple of the mesh size.
+    mesh: Devices to shard the batch over (default: all local devices).
+    out_dtype: float32 or float16 for the returned array.
+    pad_to_multiple_of: Length bucket size (fewer compiled shapes vs less padding).
+    progress: Show a tqdm bar.
+    desc: The bar's label.
+
+  Returns:
+    [len(token_ids), dim] array.
+
+  Raises:
+    ValueError: on an unsupported out_dtype, no sequences, or a sequence over max_length.
+  """
+  if out_dtype not in (np.float32, np.float16):
+    raise ValueError(f"out_dtype must be float32 or float16, got {out_dtype}")
+  if not len(token_ids):
+    raise ValueError("no token_ids to encode")
   mesh = mesh or data_mesh()
   devices = mesh.devices.size
   batch_size = -(-batch_size // devices) * devices
   forward, replicated = _make_forward(encoder.model, mesh)
   params = jax.device_put(encoder.params, replicated)
-  token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
   pad_id = encoder.tokenizer.pad_token_id or 0
   batches = tok.length_bucketed_batches(token_ids, batch_size, pad_id, max_length,
                                         pad_to_multiple_of=pad_to_multiple_of)
   out: np.ndarray | None = None
   pending: collections.deque = collections.deque()
-  bar = tqdm(total=len(texts), desc=desc, unit="text", disable=not progress)
+  bar = tqdm(total=len(token_ids), desc=desc, unit="text", disable=not progress)
 
   def collect():
     nonlocal out
     batch, result = pending.popleft()
     values = np.asarray(result)
     if out is None:
-      out = np.empty((len(texts), values.shape[-1]), dtype=out_dtype)
+      out = np.empty((len(token_ids), values.shape[-1]), dtype=out_dtype)
     real = batch.indices >= 0
     out[batch.indices[real]] = values[real]
     bar.update(batch.num_real)
@@ -151,7 +183,7 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
   while pending:
     collect()
   bar.close()
-  assert out is not None  # texts is non-empty, so at least one batch ran.
+  assert out is not None  # token_ids is non-empty, so at least one batch ran.
   return out
 
 

@@ -18,8 +18,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from retrieval_jax import encode, metrics
+from retrieval_jax.data import passages
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index import BM25Index, ScannConfig, ScannIndex, exact_search
+from retrieval_jax.index import maxp
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +37,10 @@ class EvalSettings:
     index: `exact` (JAX top-k), `scann` or `bm25`.
     depth: Documents retrieved per query (the run's depth; >= the largest metric cutoff).
     metrics: Metric names for `retrieval_jax.metrics.evaluate`.
-    max_length: Document token cap.
+    max_length: Document token cap (per passage with max_passages > 1).
+    max_passages: 1 is FirstP (a document is its first `max_length` tokens); more is MaxP
+      (ANCE): a document is split into up to this many passages of `max_length` tokens,
+      searched as passages, and scored by its best passage.
     query_max_length: Query token cap (None: same as max_length).
     batch_size: Encoding batch size (global, over all local devices).
     embeddings_dtype: `float32` or `float16` for saved embeddings.
@@ -51,6 +56,7 @@ class EvalSettings:
   depth: int = 100
   metrics: Sequence[str] = DEFAULT_METRICS
   max_length: int = 256
+  max_passages: int = 1
   query_max_length: int | None = None
   batch_size: int = 128
   embeddings_dtype: str = "float32"
@@ -66,6 +72,8 @@ class EvalSettings:
       raise ValueError(f"index={self.index!r} is not one of {INDEX_TYPES}")
     if self.depth < 1:
       raise ValueError(f"depth must be positive, got {self.depth}")
+    if self.max_passages < 1:
+      raise ValueError(f"max_passages must be at least 1, got {self.max_passages}")
     if self.embeddings_dtype not in ("float32", "float16"):
       raise ValueError(f"embeddings_dtype must be float32 or float16, got {self.embeddings_dtype}")
 
@@ -82,32 +90,62 @@ class EvalResult:
 def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
                   query_encoder: encode.LoadedEncoder, settings: EvalSettings,
                   out_dir: pathlib.Path | None, timings: dict, extra: dict):
-  """Embeds queries and corpus, then searches with exact top-k or ScaNN."""
+  """Embeds queries and corpus, then searches with exact top-k or ScaNN.
+
+  With max_passages > 1 the corpus rows searched are passages, and the ranked passages are
+  folded into ranked documents by their best passage (MaxP).
+  """
   query_len = settings.query_max_length or settings.max_length
   start = time.perf_counter()
   query_emb = encode.encode_texts(query_encoder, data.query_texts, max_length=query_len,
                                   batch_size=settings.batch_size, progress=settings.progress,
                                   desc="queries")
-  corpus_emb = encode.encode_texts(encoder, data.doc_strings(), max_length=settings.max_length,
-                                   batch_size=settings.batch_size, progress=settings.progress,
-                                   desc="corpus")
+  doc_of = None  # FirstP: corpus rows are documents.
+  if settings.max_passages == 1:
+    corpus_emb = encode.encode_texts(encoder, data.doc_strings(),
+                                     max_length=settings.max_length,
+                                     batch_size=settings.batch_size,
+                                     progress=settings.progress, desc="corpus")
+  else:
+    token_ids, doc_of = passages.split_documents(encoder.tokenizer, data.doc_strings(),
+                                                 settings.max_length, settings.max_passages)
+    extra["num_passages"] = len(token_ids)
+    corpus_emb = encode.encode_token_ids(encoder, token_ids, max_length=settings.max_length,
+                                         batch_size=settings.batch_size,
+                                         progress=settings.progress, desc="passages")
   timings["encode_s"] = time.perf_counter() - start
   if out_dir is not None and settings.save_embeddings:
     dtype = np.dtype(settings.embeddings_dtype).type
-    encode.save_embeddings(out_dir / "corpus_embeddings.npy", corpus_emb, dtype)
+    if doc_of is None:
+      encode.save_embeddings(out_dir / "corpus_embeddings.npy", corpus_emb, dtype)
+    else:
+      # Rows are passages: keep their documents beside them so the file can be searched again.
+      encode.save_embeddings(out_dir / "passage_embeddings.npy", corpus_emb, dtype)
+      np.save(out_dir / "passage_doc_of.npy", doc_of)
     encode.save_embeddings(out_dir / "query_embeddings.npy", query_emb, dtype)
-  depth = min(settings.depth, len(corpus_emb))
+  depth = min(settings.depth, len(data.corpus_ids))
+
+  def searched_depth(docs: int) -> int:
+    # k * max_passages passages always hold the exact top-k documents (see index/maxp.py).
+    return docs if doc_of is None else min(docs * settings.max_passages, len(corpus_emb))
+
+  def to_docs(scores, rows, docs: int):
+    return (scores, rows) if doc_of is None else maxp.max_over_passages(scores, rows, doc_of,
+                                                                        docs)
+
   start = time.perf_counter()
   if settings.index == "exact":
-    scores, indices = exact_search(query_emb, corpus_emb, depth, progress=settings.progress)
+    scores, indices = to_docs(*exact_search(query_emb, corpus_emb, searched_depth(depth),
+                                            progress=settings.progress), depth)
   else:
     index = ScannIndex.build(corpus_emb, settings.scann)
     timings["index_build_s"] = time.perf_counter() - start
-    scores, indices = index.search(query_emb, depth)
+    scores, indices = to_docs(*index.search(query_emb, searched_depth(depth)), depth)
     if out_dir is not None:
       index.save(out_dir / "scann")
     if settings.check_exact:
-      exact_indices = exact_search(query_emb, corpus_emb, min(10, depth))[1]
+      top = min(10, depth)
+      exact_indices = to_docs(*exact_search(query_emb, corpus_emb, searched_depth(top)), top)[1]
       extra["scann_overlap@10"] = topk_overlap(indices[:, :10], exact_indices)
   timings["search_s"] = time.perf_counter() - start
   return scores, indices
@@ -188,7 +226,8 @@ def settings_from_config(eval_config) -> EvalSettings:
   scann = eval_config.scann
   return EvalSettings(
       index=eval_config.index, depth=eval_config.depth, metrics=tuple(eval_config.metrics),
-      max_length=eval_config.max_length, query_max_length=eval_config.query_max_length,
+      max_length=eval_config.max_length, max_passages=eval_config.get("max_passages", 1),
+      query_max_length=eval_config.query_max_length,
       batch_size=eval_config.batch_size, embeddings_dtype=eval_config.embeddings_dtype,
       save_embeddings=eval_config.save_embeddings, check_exact=eval_config.check_exact,
       scann=ScannConfig(num_leaves=scann.num_leaves,

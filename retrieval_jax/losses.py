@@ -64,7 +64,8 @@ def similarity_logits(query_emb: jax.Array, passage_emb: jax.Array,
 def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
                           positive_index: jax.Array, scale: float = 1.0,
                           symmetric: bool = False,
-                          passage_mask: jax.Array | None = None
+                          passage_mask: jax.Array | None = None,
+                          passages_per_doc: int = 1
                           ) -> tuple[jax.Array, dict[str, jax.Array]]:
   """NLL of each query's positive among all passages of the (global) batch.
 
@@ -80,6 +81,10 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
       directions, as in symmetric InfoNCE. Hard negatives only enter the query -> passage term.
     passage_mask: Optional [P] bool; False rows (padding) get logit -inf and thus no
       probability. Positive rows must stay unmasked.
+    passages_per_doc: MaxP (ANCE): rows come in consecutive groups of this many passages of
+      one document, and a document's logit is the max over its (unmasked) passages; then
+      `positive_index` and the softmax are over the P / passages_per_doc documents. Every
+      document needs at least one unmasked passage.
 
   Returns:
     (loss, metrics): loss is a float32 scalar; metrics holds float32 scalars `accuracy` (share
@@ -92,6 +97,11 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
     # -inf rather than a large negative number: exp() is then exactly 0, so a padding row can
     # never take probability whatever the scale.
     logits = jnp.where(passage_mask[None, :], logits, -jnp.inf)
+  if passages_per_doc > 1:
+    num_rows, num_passages = logits.shape
+    if num_passages % passages_per_doc:
+      raise ValueError(f"{num_passages} passages do not form groups of {passages_per_doc}")
+    logits = jnp.max(logits.reshape(num_rows, -1, passages_per_doc), axis=-1)
   rows = jnp.arange(logits.shape[0])
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   loss = -jnp.mean(log_probs[rows, positive_index])

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from retrieval_jax import checkpoint, metric_writer, recipes, sharding
+from retrieval_jax.recipes import base as recipe_base
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ class TrainResult:
 def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
   """Process-local rows -> global arrays sharded over `data` (one process: the whole batch)."""
   return {key: jax.make_array_from_process_local_data(batch_sharding, value)
-          for key, value in local.items() if key != "example_index"}
+          for key, value in local.items() if key not in recipe_base.HOST_KEYS}
 
 
 def _every(step: int, interval: int) -> bool:
@@ -116,6 +117,8 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
   try:
     return _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval)
   finally:
+    for hook in recipe.hooks:
+      hook.close()
     ckpt.close()  # waits for the last asynchronous save
     writer.close()
 
@@ -123,6 +126,7 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
 def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> TrainResult:
   train_config = config.train
   start = ckpt.latest_step()
+  host = None
   if start is None:
     state, start = recipe.init_state(), 0
     writer.write_hparams(config.to_dict())
@@ -130,7 +134,10 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     state, extra = ckpt.restore(start, abstract_state=recipe.abstract_state,
                                 shardings=recipe.state_shardings)
     recipe.batcher.check_position(extra["data_position"])
+    host = ckpt.restore_host(start)
     logger.info("resumed from step %d (%s)", start, extra["data_position"])
+  for hook in recipe.hooks:
+    hook.start(start, state, host)
   end = recipe.total_steps
   stop = end if train_config.get("stop_at_step") is None else min(end, train_config.stop_at_step)
 
@@ -163,7 +170,9 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     if with_rate:
       elapsed = time.perf_counter() - interval_start
       means.update(steps_per_s=count / elapsed, examples_per_s=count * global_batch / elapsed)
-    writer.write_scalars(step, {f"train/{k}": v for k, v in means.items()})
+    for hook in recipe.hooks:
+      means.update(hook.scalars(step))
+    writer.write_scalars(step, {k if "/" in k else f"train/{k}": v for k, v in means.items()})
     bar.update(step, {k: means[k] for k in ("loss", "accuracy", "lr") if k in means})
     last_means = means
     interval_start = time.perf_counter()
@@ -175,10 +184,20 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     logger.info("eval at step %d: %s", step, values)
     return values
 
+  def save(step: int, force: bool = False) -> None:
+    extra, host = {"data_position": recipe.batcher.position(step)}, {}
+    for hook in recipe.hooks:
+      hook_extra, hook_host = hook.checkpoint_payload()
+      extra.update(hook_extra)
+      host.update(hook_host)
+    ckpt.save(step, state, extra=extra, host=host or None, force=force)
+
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
     state, metrics = step_fn(state, _global_batch(local_batch, recipe.batch_sharding))
     step = step_index + 1
     buffer.add(step, metrics)
+    for hook in recipe.hooks:
+      hook.after_step(step, state)
     save_due = _every(step, train_config.checkpoint_every_steps)
     eval_due = _every(step, train_config.eval_every_steps) and step < end
     if step == start + 1:
@@ -189,7 +208,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     elif _every(step, train_config.log_every_steps) or save_due or eval_due or step == stop:
       sync(step)
     if save_due:
-      ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)})
+      save(step)
       saved_step = step
     if eval_due:
       evaluate(step)
@@ -197,7 +216,10 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
   sync(step)
   bar.close()
   if step > start and step != saved_step:
-    ckpt.save(step, state, extra={"data_position": recipe.batcher.position(step)}, force=True)
+    save(step, force=True)
+  info = dict(recipe.info)
+  for hook in recipe.hooks:
+    info.update(hook.finish())
   stopped_early = step < end
   eval_metrics = None
   if not stopped_early:
@@ -207,7 +229,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
       written = recipe.export(state, str(workdir / "export"))
       logger.info("exported %s", [str(p) for p in written])
   return TrainResult(step=step, train_metrics=last_means, eval_metrics=eval_metrics,
-                     stopped_early=stopped_early, info=recipe.info)
+                     stopped_early=stopped_early, info=info)
 
 
 def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",

@@ -76,6 +76,22 @@ def test_round_trip_is_bit_identical_with_extra(tmp_path, state):
                                 jax.random.bits(jax.random.key(42), (4,)))
 
 
+def test_host_arrays_round_trip_and_absent(tmp_path, state):
+  host = {"candidates": np.arange(12, dtype=np.int64).reshape(3, 4) - 1,
+          "snapshot_step": np.int64(40)}
+  with checkpoint.Checkpointer(tmp_path) as ckpt:
+    ckpt.save(1, state)
+    ckpt.save(2, state, host=host)
+    assert ckpt.restore_host(1) is None
+    restored = ckpt.restore_host(2)
+    # The state item is unaffected by the optional host item.
+    _assert_identical(ckpt.restore(2, abstract_state=_abstract(state))[0], state)
+  assert sorted(restored) == sorted(host)
+  for key, value in host.items():
+    assert restored[key].dtype == np.int64  # int64 kept although JAX runs without x64
+    np.testing.assert_array_equal(restored[key], value)
+
+
 def test_keep_last_n_interval_and_force(tmp_path, state):
   with checkpoint.Checkpointer(tmp_path, max_to_keep=2, save_interval_steps=5) as ckpt:
     saved = {step: ckpt.save(step, state) for step in range(1, 16)}

@@ -249,7 +249,9 @@ def test_process_slices_concatenate_to_the_global_batch(dataset, tokenizer, proc
       local = 8 // process_count
       assert s["query_input_ids"].shape == (local, expected["query_input_ids"].shape[1])
       assert s["passage_input_ids"].shape[1:] == expected["passage_input_ids"].shape[1:]
-    joined = {key: np.concatenate([s[key] for s in slices]) for key in expected}
+    joined = {key: np.concatenate([np.atleast_1d(s[key]) for s in slices]) for key in expected}
+    joined["negatives_version"] = slices[0]["negatives_version"]
+    assert all(s["negatives_version"] == 0 for s in slices)
     _assert_batches_equal(joined, expected)
 
 
@@ -367,4 +369,82 @@ def test_invalid_arguments(dataset, tokenizer, kwargs, message):
 def test_negatives_need_a_negatives_fn(dataset, tokenizer):
   with pytest.raises(ValueError, match="negatives_fn"):
     pairs.PairBatcher(dataset, tokenizer, global_batch=8, num_negatives=2, negatives_fn=None,
+                      query_max_length=32, passage_max_length=48, seed=0)
+
+
+# --- negative sets that change while training (ANCE) --------------------------------------------
+
+
+class _Set:
+  """A NegativeSet whose every negative is one constant corpus row, so a batch shows its set."""
+
+  def __init__(self, version: int, row: int, num_queries: int, width: int = 2):
+    self.version, self.row, self.shape = version, row, (num_queries, width)
+
+  def for_epoch(self, epoch: int) -> np.ndarray:
+    del epoch
+    return np.full(self.shape, self.row, np.int64)
+
+
+def _negative_rows(batch, tokenizer, dataset, passage_max_length=48) -> set[int]:
+  """Which corpus rows the negative slots of a batch hold (matched by their tokens)."""
+  by_ids = {tuple(ids): r for r, ids in enumerate(
+      tok.tokenize(tokenizer, dataset.doc_texts, passage_max_length))}
+  found = set()
+  for ids, mask in zip(batch["passage_input_ids"][:, 1:].reshape(-1, batch[
+      "passage_input_ids"].shape[-1]), batch["passage_attention_mask"][:, 1:].reshape(
+          -1, batch["passage_input_ids"].shape[-1])):
+    found.add(by_ids[tuple(_unpadded(ids, mask))])
+  return found
+
+
+def test_swap_between_steps_applies_from_the_next_step(dataset, tokenizer):
+  """A set installed after step k's batch was taken (and k+1's prefetched) is used from k+1
+  on, and each batch holds the negatives of exactly one set."""
+  n = len(dataset.query_ids)
+  current = {"set": _Set(0, 11, n)}
+  batcher = pairs.PairBatcher(dataset, tokenizer, global_batch=8, num_negatives=2,
+                              negatives_fn=None, query_max_length=32, passage_max_length=48,
+                              seed=3, negative_sets=lambda: current["set"])
+  seen = []
+  for step, batch in batcher.iterate(0, 6):
+    seen.append((step, int(batch["negatives_version"]),
+                 _negative_rows(batch, tokenizer, dataset)))
+    if step == 2:  # the prefetch of step 3 is already under way with set 0
+      current["set"] = _Set(1, 23, n)
+  assert seen == [(0, 0, {11}), (1, 0, {11}), (2, 0, {11}), (3, 1, {23}), (4, 1, {23}),
+                  (5, 1, {23})]
+
+
+def test_concurrent_swaps_never_mix_sets(dataset, tokenizer):
+  """Sets replaced from another thread while batches are built: every batch is one set."""
+  n = len(dataset.query_ids)
+  sets = [_Set(v, v, n) for v in range(40)]
+  current = {"set": sets[0]}
+  batcher = pairs.PairBatcher(dataset, tokenizer, global_batch=8, num_negatives=2,
+                              negatives_fn=None, query_max_length=32, passage_max_length=48,
+                              seed=3, negative_sets=lambda: current["set"])
+  stop = threading.Event()
+
+  def swapper():
+    i = 0
+    while not stop.is_set():
+      i = (i + 1) % len(sets)
+      current["set"] = sets[i]
+
+  thread = threading.Thread(target=swapper)
+  thread.start()
+  try:
+    for step in range(12):
+      batch = batcher.batch(step)
+      assert _negative_rows(batch, tokenizer, dataset) == {int(batch["negatives_version"])}
+  finally:
+    stop.set()
+    thread.join()
+
+
+def test_negatives_fn_and_negative_sets_exclude_each_other(dataset, tokenizer):
+  with pytest.raises(ValueError, match="not both"):
+    pairs.PairBatcher(dataset, tokenizer, global_batch=8, num_negatives=2,
+                      negatives_fn=lambda e: None, negative_sets=lambda: None,
                       query_max_length=32, passage_max_length=48, seed=0)

@@ -11,6 +11,7 @@ import pytest
 import sentence_transformers
 
 from retrieval_jax import encode
+from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models.pooling import PoolingConfig
 
 _MAX_LENGTH = 256
@@ -115,6 +116,24 @@ def test_float16_output(encoder, sharded):
                             out_dtype=np.float16, batch_size=8, progress=False)
   assert out.dtype == np.float16 and out.shape == (len(short), 384)
   np.testing.assert_allclose(out.astype(np.float32), sharded[short], atol=2e-3)
+
+
+def test_encode_token_ids_is_encode_texts_on_tokenised_input(encoder, sharded):
+  token_ids = tok.tokenize(encoder.tokenizer, _TEXTS, _MAX_LENGTH)
+  out = encode.encode_token_ids(encoder, token_ids, max_length=_MAX_LENGTH, batch_size=8,
+                                progress=False)
+  np.testing.assert_array_equal(out, sharded)  # One implementation: bit-identical.
+
+
+def test_encode_token_ids_rejects_bad_input(encoder):
+  with pytest.raises(ValueError, match="no token_ids"):
+    encode.encode_token_ids(encoder, [], max_length=16, progress=False)
+  with pytest.raises(ValueError, match="max_length=16"):
+    encode.encode_token_ids(encoder, [[101] + [1037] * 20 + [102]], max_length=16,
+                            progress=False)
+  with pytest.raises(ValueError, match="out_dtype"):
+    encode.encode_token_ids(encoder, [[101, 102]], max_length=16, out_dtype=np.float64,
+                            progress=False)
 
 
 def test_rejects_bad_output_dtype(encoder):

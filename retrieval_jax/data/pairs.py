@@ -25,9 +25,11 @@ import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Protocol
 
 import numpy as np
 
+from retrieval_jax.data import passages as doc_passages
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.data.beir import BeirData
 
@@ -36,6 +38,28 @@ _POSITIVE_STREAM = 1
 _ORDER_STREAM = 2
 # num_examples last: a change of data that also moves the epoch is reported as the epoch.
 POSITION_FIELDS = ("step", "epoch", "batch_in_epoch", "examples_seen", "num_examples")
+
+
+class NegativeSet(Protocol):
+  """One immutable set of hard negatives (ANCE swaps sets while training goes on).
+
+  Attributes:
+    version: Distinguishes sets; a batch records the version it was built from.
+  """
+  version: int
+
+  def for_epoch(self, epoch: int) -> np.ndarray:
+    """[num_queries, >= num_negatives] corpus rows, rows like `PairDataset.query_ids`."""
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedNegatives:
+  """A set that never changes (DPR's BM25 pool): `negatives_fn(epoch)` as version 0."""
+  negatives_fn: Callable[[int], np.ndarray]
+  version: int = 0
+
+  def for_epoch(self, epoch: int) -> np.ndarray:
+    return self.negatives_fn(epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,7 +156,8 @@ class PairBatcher:
   def __init__(self, dataset: PairDataset, tokenizer, *, global_batch: int, num_negatives: int,
                negatives_fn: Callable[[int], np.ndarray] | None, query_max_length: int,
                passage_max_length: int, seed: int, process_index: int = 0,
-               process_count: int = 1, pad_to_multiple_of: int = 32):
+               process_count: int = 1, pad_to_multiple_of: int = 32,
+               negative_sets: Callable[[], NegativeSet] | None = None, max_passages: int = 1):
     """Checks the arguments; nothing is tokenised until a batch is asked for.
 
     Args:
@@ -151,6 +176,13 @@ class PairBatcher:
       process_count: processes sharing the global batch (`jax.process_count()`).
       pad_to_multiple_of: padded lengths are multiples of this (`train.pad_to_multiple_of`), so
         a run compiles a handful of shapes.
+      negative_sets: instead of `negatives_fn`: () -> the `NegativeSet` in use now, for
+        negatives that change while training (ANCE). A batch is built from one set read once
+        (never a mix of two); `iterate` rebuilds a prefetched batch whose set was replaced
+        before its step ran, so a set installed between steps k-1 and k is used from step k on.
+      max_passages: 1: a document is its first `passage_max_length` tokens (FirstP). N > 1
+        (MaxP): its first N passages of that length (`data.passages.split_documents`), and
+        the passage arrays gain an axis of N (a missing passage is all padding).
 
     Raises:
       ValueError: an invalid argument; the message names its config key.
@@ -163,12 +195,16 @@ class PairBatcher:
                        f"processes ({process_count})")
     if num_negatives < 0:
       raise ValueError(f"num_negatives must be non-negative, got {num_negatives}")
-    if negatives_fn is None and num_negatives > 0:
-      raise ValueError(f"num_negatives={num_negatives} needs a negatives_fn")
+    if negatives_fn is not None and negative_sets is not None:
+      raise ValueError("give negatives_fn or negative_sets, not both")
+    if negatives_fn is None and negative_sets is None and num_negatives > 0:
+      raise ValueError(f"num_negatives={num_negatives} needs a negatives_fn or negative_sets")
     for key, value in (("train.query_max_length", query_max_length),
                        ("train.passage_max_length", passage_max_length)):
       if value < 2:
         raise ValueError(f"{key} must be at least 2 (room for special tokens), got {value}")
+    if max_passages < 1:
+      raise ValueError(f"data.max_passages must be at least 1, got {max_passages}")
     if pad_to_multiple_of < 1:
       raise ValueError(f"train.pad_to_multiple_of must be at least 1, got {pad_to_multiple_of}")
     _check_seed_epoch(seed, 0)
@@ -183,30 +219,35 @@ class PairBatcher:
     self.global_batch = global_batch
     self.local_batch = global_batch // process_count
     self.num_negatives = num_negatives
-    self._negatives_fn = negatives_fn
+    self._dynamic = negative_sets is not None
+    if negative_sets is None:
+      fixed = FixedNegatives(negatives_fn or (lambda epoch: None))
+      negative_sets = lambda: fixed
+    self._negative_sets = negative_sets
     self.query_max_length = query_max_length
     self.passage_max_length = passage_max_length
     self.seed = seed
     self.process_index = process_index
     self.process_count = process_count
     self.pad_to_multiple_of = pad_to_multiple_of
+    self.max_passages = max_passages
     self._counts = np.asarray([len(p) for p in dataset.positives], np.int64)
     # One epoch of state (order, chosen positives, negatives), guarded: `iterate` builds the next
-    # batch in a thread while the caller may ask for one itself.
+    # batch in a thread while the caller may ask for one itself. Keyed by (epoch, set version).
     self._lock = threading.Lock()
-    self._epoch: int | None = None
+    self._epoch: tuple[int, int] | None = None
     self._epoch_state: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None
 
   @property
   def steps_per_epoch(self) -> int:
     return self._steps_per_epoch
 
-  def _negatives(self, epoch: int) -> np.ndarray:
+  def _negatives(self, epoch: int, negative_set: NegativeSet) -> np.ndarray:
     """The epoch's [num_queries, num_negatives] corpus rows, checked."""
     num_queries = len(self.dataset.query_ids)
     if self.num_negatives == 0:
       return np.zeros((num_queries, 0), np.int64)
-    negatives = np.asarray(self._negatives_fn(epoch))
+    negatives = np.asarray(negative_set.for_epoch(epoch))
     if (negatives.ndim != 2 or negatives.shape[0] != num_queries
         or negatives.shape[1] < self.num_negatives):
       raise ValueError(f"negatives_fn({epoch}) returned shape {negatives.shape}, expected "
@@ -220,17 +261,18 @@ class PairBatcher:
                        f"(min {negatives.min()}, max {negatives.max()}; -1 is padding, not a row)")
     return negatives
 
-  def _state(self, epoch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  def _state(self, epoch: int,
+             negative_set: NegativeSet) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(order, positive row per query, negatives) of an epoch; the caller holds the lock."""
-    if self._epoch != epoch:
+    if self._epoch != (epoch, negative_set.version):
       num_queries = len(self.dataset.query_ids)
       order = epoch_order(num_queries, seed=self.seed, epoch=epoch)
       # One draw for all queries, so a query's positive does not depend on where it lands.
       rng = np.random.default_rng([self.seed, epoch, _POSITIVE_STREAM])
       choice = rng.integers(0, self._counts)
       positive = np.asarray([p[c] for p, c in zip(self.dataset.positives, choice)], np.int64)
-      self._epoch_state = (order, positive, self._negatives(epoch))
-      self._epoch = epoch
+      self._epoch_state = (order, positive, self._negatives(epoch, negative_set))
+      self._epoch = (epoch, negative_set.version)
     return self._epoch_state
 
   def batch(self, step: int) -> dict[str, np.ndarray]:
@@ -240,33 +282,52 @@ class PairBatcher:
       `query_input_ids`, `query_attention_mask`: int32 [local, Lq];
       `passage_input_ids`, `passage_attention_mask`: int32 [local, 1 + num_negatives, Lp], slot 0
         the positive, slots 1.. the query's negatives;
-      `example_index`: int64 [local], the dataset index of each row.
+      `example_index`: int64 [local], the dataset index of each row;
+      `negatives_version`: int64 scalar, the `NegativeSet.version` the negatives came from.
+      (`example_index` and `negatives_version` are host-side facts, not model inputs.)
       Lq and Lp are the longest sequence of the global batch rounded up to `pad_to_multiple_of`
       and capped at the max length, so they agree across processes.
     """
     epoch, b = step_position(step, self._steps_per_epoch)
     g, n = self.global_batch, self.num_negatives
+    negative_set = self._negative_sets()  # read once: the whole batch comes from this set
     with self._lock:
-      order, positive, negatives = self._state(epoch)
+      order, positive, negatives = self._state(epoch, negative_set)
       examples = order[b * g:(b + 1) * g].astype(np.int64)
       passages = np.concatenate([positive[examples, None], negatives[examples]], axis=1)
       query_ids = tok.tokenize(self._tokenizer, [self.dataset.query_texts[i] for i in examples],
                                self.query_max_length)
-      passage_ids = tok.tokenize(self._tokenizer,
-                                 [self.dataset.doc_texts[r] for r in passages.reshape(-1)],
-                                 self.passage_max_length)
+      passage_ids = self._passage_token_ids(passages.reshape(-1))
     lq = tok.padded_length(max(map(len, query_ids)), self.pad_to_multiple_of,
                            self.query_max_length)
     lp = tok.padded_length(max(map(len, passage_ids)), self.pad_to_multiple_of,
                            self.passage_max_length)
     start, stop = self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch
     q_ids, q_mask = _pad(query_ids[start:stop], lq, self._pad_id)
-    p_ids, p_mask = _pad(passage_ids[start * (1 + n):stop * (1 + n)], lp, self._pad_id)
-    shape = (self.local_batch, 1 + n, lp)
+    per_doc = self.max_passages
+    rows = passage_ids[start * (1 + n) * per_doc:stop * (1 + n) * per_doc]
+    p_ids, p_mask = _pad(rows, lp, self._pad_id)
+    shape = (self.local_batch, 1 + n, lp) if per_doc == 1 else (self.local_batch, 1 + n,
+                                                                 per_doc, lp)
     return {"query_input_ids": q_ids, "query_attention_mask": q_mask,
             "passage_input_ids": p_ids.reshape(shape),
             "passage_attention_mask": p_mask.reshape(shape),
-            "example_index": examples[start:stop]}
+            "example_index": examples[start:stop],
+            "negatives_version": np.int64(negative_set.version)}
+
+  def _passage_token_ids(self, docs: np.ndarray) -> list[list[int]]:
+    """Token ids of the documents `docs`: one row each (FirstP), or `max_passages` rows each
+    (MaxP), a missing passage as an empty row; the caller holds the lock."""
+    texts = [self.dataset.doc_texts[r] for r in docs]
+    if self.max_passages == 1:
+      return tok.tokenize(self._tokenizer, texts, self.passage_max_length)
+    ids, doc_of = doc_passages.split_documents(self._tokenizer, texts, self.passage_max_length,
+                                               self.max_passages)
+    out: list[list[int]] = [[] for _ in range(len(docs) * self.max_passages)]
+    first = np.searchsorted(doc_of, doc_of, side="left")  # doc_of is sorted
+    for i, (passage, d) in enumerate(zip(ids, doc_of)):
+      out[d * self.max_passages + i - first[i]] = passage
+    return out
 
   def position(self, step: int) -> dict[str, int]:
     """The data position after `step` steps, as plain ints (JSON, saved in checkpoints)."""
@@ -297,8 +358,9 @@ class PairBatcher:
               end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(step, batch) for step in [start_step, end_step), the next batch built in a thread.
 
-    Each batch is a function of its step alone, so a run resumed at step k yields exactly what an
-    uninterrupted run yields from k on, prefetching or not.
+    Each batch is a function of its step (and, with `negative_sets`, of the set in use when
+    its step comes), so a run resumed at step k yields exactly what an uninterrupted run yields
+    from k on, prefetching or not.
     """
     if not 0 <= start_step <= end_step:
       raise ValueError(f"need 0 <= start_step <= end_step, got {start_step}, {end_step}")
@@ -310,6 +372,8 @@ class PairBatcher:
       pending = executor.submit(self.batch, start_step)
       for step in range(start_step, end_step):
         current = pending.result()
+        if self._dynamic and current["negatives_version"] != self._negative_sets().version:
+          current = self.batch(step)  # a new set was installed after the prefetch: rebuild
         if step + 1 < end_step:
           pending = executor.submit(self.batch, step + 1)
         yield step, current

@@ -17,6 +17,7 @@ import numpy as np
 
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index.bm25 import BM25Index
+from retrieval_jax.index import maxp
 from retrieval_jax.index.exact import exact_search
 from retrieval_jax.index.scann_index import ScannConfig, ScannIndex
 
@@ -122,12 +123,14 @@ def _pool_from_ranking(data: BeirData, found: np.ndarray, positives: list[np.nda
 def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: BeirData,
                         depth: int = 200, *, index: str = "scann",
                         scann_config: ScannConfig | None = None,
-                        false_negative_margin: float | None = None) -> NegativePool:
+                        false_negative_margin: float | None = None,
+                        passage_doc: np.ndarray | None = None) -> NegativePool:
   """Mines negatives from the whole corpus with a dense model (ANCE's ANN negatives).
 
   Args:
     query_emb: [num_queries, d] embeddings of `data.query_ids`, in that order.
-    corpus_emb: [num_docs, d] embeddings of `data.corpus_ids`.
+    corpus_emb: [num_docs, d] embeddings of `data.corpus_ids`; with `passage_doc`, [num_passages,
+      d] embeddings of the documents' passages (MaxP).
     data: the training split (its judgements define the positives).
     depth: candidates kept per query after removing positives (ANCE: 200).
     index: `scann` (approximate, as ANCE's ANN index) or `exact` (JAX top-k).
@@ -135,6 +138,8 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
     false_negative_margin: if set, also drop candidates scoring above the query's best positive
       minus this margin: unjudged documents the model already ranks like a positive are likely
       relevant (false negatives). None keeps them, as ANCE does.
+    passage_doc: MaxP: [num_passages] int64, the document row of each row of `corpus_emb`
+      (from `data.passages.split_documents`); a document scores the max over its passages.
 
   Returns:
     The pool, rows in `data.query_ids` order, candidates best-scored first.
@@ -148,20 +153,33 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
     raise ValueError(f"index must be 'scann' or 'exact', got {index!r}")
   query_emb = np.asarray(query_emb, np.float32)
   corpus_emb = np.asarray(corpus_emb, np.float32)
-  if query_emb.shape[0] != len(data.query_ids) or corpus_emb.shape[0] != len(data.corpus_ids):
+  num_docs = len(data.corpus_ids)
+  if passage_doc is None:
+    passage_doc = np.arange(num_docs)
+  passage_doc = np.asarray(passage_doc, np.int64)
+  if (query_emb.shape[0] != len(data.query_ids) or corpus_emb.shape[0] != len(passage_doc)
+      or (len(passage_doc) and (passage_doc.min() < 0 or passage_doc.max() >= num_docs))):
     raise ValueError(f"embeddings {query_emb.shape} / {corpus_emb.shape} do not match the "
-                     f"{len(data.query_ids)} queries / {len(data.corpus_ids)} documents")
+                     f"{len(data.query_ids)} queries / {num_docs} documents "
+                     f"({len(passage_doc)} passages)")
   positives = _positive_rows(data)
-  k = _search_depth(depth, positives, len(data.corpus_ids))
+  k = _search_depth(depth, positives, num_docs)
+  # MaxP: deep enough in passages that k distinct documents are found when every document has
+  # its full share of passages.
+  per_doc = int(np.bincount(passage_doc, minlength=1).max()) if len(passage_doc) else 1
+  passage_k = min(k * per_doc, len(passage_doc))
   if index == "exact":
-    scores, found = exact_search(query_emb, corpus_emb, k)
+    scores, found = exact_search(query_emb, corpus_emb, passage_k)
   else:
     scores, found = ScannIndex.build(corpus_emb, scann_config or ScannConfig()).search(
-        query_emb, k)
+        query_emb, passage_k)
+  if per_doc > 1 or len(passage_doc) != num_docs:
+    scores, found = maxp.max_over_passages(scores, found, passage_doc, k)
   dropped = None
   if false_negative_margin is not None:
-    best_positive = np.array([np.max(corpus_emb[p] @ query_emb[q]) if len(p) else np.inf
-                              for q, p in enumerate(positives)], np.float32)
+    passages_of = [np.flatnonzero(np.isin(passage_doc, p)) for p in positives]
+    best_positive = np.array([np.max(corpus_emb[rows] @ query_emb[q]) if len(rows) else np.inf
+                              for q, rows in enumerate(passages_of)], np.float32)
     dropped = scores > (best_positive - false_negative_margin)[:, None]
   return _pool_from_ranking(data, found, positives, depth, dropped)
 

@@ -14,6 +14,10 @@ import jax
 import numpy as np
 
 
+# Batch entries that describe the batch for the host (logs, checks) and never reach the step.
+HOST_KEYS = frozenset({"example_index", "negatives_version"})
+
+
 class Batcher(Protocol):
   """The input pipeline: deterministic batches by step (see `data.pairs.PairBatcher`)."""
   steps_per_epoch: int
@@ -21,6 +25,28 @@ class Batcher(Protocol):
   def iterate(self, start_step: int, end_step: int) -> Iterator[tuple[int, dict]]: ...
   def position(self, step: int) -> dict[str, int]: ...
   def check_position(self, position: Mapping[str, int]) -> None: ...
+
+
+class Hook(Protocol):
+  """Work the loop runs between steps (ANCE's negative refresh, `negative_refresh`)."""
+
+  def start(self, step: int, state: Any, host: dict[str, np.ndarray] | None) -> None:
+    """Before the first step; `host`: the arrays the restored checkpoint holds (or None)."""
+
+  def after_step(self, step: int, state: Any) -> None:
+    """After `step` updates, before the checkpoint and evaluation of that step."""
+
+  def scalars(self, step: int) -> dict[str, float]:
+    """Values logged with the training metrics."""
+
+  def checkpoint_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON facts, host arrays) saved with each checkpoint."""
+
+  def finish(self) -> dict[str, Any]:
+    """After the last step: a summary for the run's info."""
+
+  def close(self) -> None:
+    """Releases threads; called whatever happened."""
 
 
 @dataclasses.dataclass
@@ -40,6 +66,7 @@ class Recipe:
     evaluate: (state, out_dir or None) -> flat metrics (`ndcg@10`, ...) on the eval split.
     export: (state, out_dir) -> writes the trained model in an interchange format.
     info: Facts for the log (examples, parameters, ...).
+    hooks: Called between steps, saved in checkpoints (see `Hook`).
   """
   name: str
   total_steps: int
@@ -52,6 +79,7 @@ class Recipe:
   evaluate: Callable[[Any, str | None], dict[str, float]]
   export: Callable[[Any, str], Any]
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  hooks: list[Hook] = dataclasses.field(default_factory=list)
 
 
 def count_params(tree: Any) -> int:

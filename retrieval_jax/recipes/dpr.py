@@ -7,12 +7,13 @@ workdir and cached as `negatives/bm25_<split>.npz`, next to a JSON of what it wa
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
 import os
 import pathlib
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -44,18 +45,24 @@ def load_split(data_config: Any, split: str) -> BeirData:
     raise ValueError(f"data.name={name!r}, split {split!r}: {error}") from error
 
 
-def _pool_settings(config: Any) -> dict:
+def _pool_settings(config: Any, depth: int) -> dict:
   negatives = config.negatives
   return dict(data=str(config.data.name), split=config.data.train_split,
-              dev_fraction=config.data.dev_fraction, depth=int(negatives.depth),
+              dev_fraction=config.data.dev_fraction, depth=int(depth),
               k1=float(negatives.k1), b=float(negatives.b))
 
 
-def negative_pool(config: Any, data: BeirData, workdir: str | os.PathLike) -> mining.NegativePool:
-  """The BM25 pool of the training split: read from the workdir's cache, else mined (and saved)."""
-  if config.negatives.source != "bm25":
-    raise ValueError(f"negatives.source={config.negatives.source!r}: DPR mines 'bm25' negatives")
-  settings = _pool_settings(config)
+def negative_pool(config: Any, data: BeirData, workdir: str | os.PathLike,
+                  depth: int | None = None) -> mining.NegativePool:
+  """The BM25 pool of the training split: read from the workdir's cache, else mined (and saved).
+
+  Args:
+    config: The run's config (`negatives.k1`, `negatives.b`, `data.*`).
+    data: The training split.
+    workdir: The cache lives in `workdir/negatives/`.
+    depth: Candidates per query; default `negatives.depth`.
+  """
+  settings = _pool_settings(config, config.negatives.depth if depth is None else depth)
   cache = pathlib.Path(workdir) / "negatives" / f"bm25_{config.data.train_split}.npz"
   meta = cache.with_suffix(".json")
   if cache.exists() and meta.exists() and json.loads(meta.read_text()) == settings:
@@ -110,30 +117,72 @@ def _check_config(config: Any, spec: dual_encoder.ModelSpec) -> None:
                        f"{spec.encoder.max_position_embeddings}] (the model's positions)")
 
 
+@dataclasses.dataclass(frozen=True)
+class TrainingData:
+  """What a recipe's negatives are made from (see `build_contrastive`)."""
+  config: Any
+  workdir: pathlib.Path
+  data: BeirData                 # the training split
+  dataset: pairs.PairDataset     # its (query, positives) examples
+  dual: dual_encoder.DualEncoder
+  spec: dual_encoder.ModelSpec
+  tokenizer: Any
+  total_steps: int
+
+
+def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
+  """DPR's negatives: a fixed BM25 pool, resampled every epoch. -> (batcher kwargs, hooks)."""
+  config, num_negatives = ctx.config, int(ctx.config.negatives.num)
+  if not num_negatives:
+    return {"negatives_fn": None}, []
+  pool = negative_pool(config, ctx.data, ctx.workdir)
+  seed, top_k, rows = int(config.seed), config.negatives.get("top_k"), ctx.dataset.query_rows
+
+  def negatives_for_epoch(epoch: int) -> np.ndarray:
+    return mining.sample_negatives(pool, num_negatives, seed=seed, epoch=epoch, top_k=top_k)[rows]
+
+  return {"negatives_fn": negatives_for_epoch}, []
+
+
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train DPR as `config` says."""
+  if config.negatives.source != "bm25":
+    raise ValueError(f"negatives.source={config.negatives.source!r}: DPR mines 'bm25' negatives")
+  return build_contrastive(config, workdir, mesh, name="dpr", negatives=bm25_negatives)
+
+
+def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh, *,
+                      name: str, negatives: Callable[[TrainingData], tuple[dict, list]]
+                      ) -> base.Recipe:
+  """A dual encoder trained with the in-batch softmax, with the hard negatives `negatives` gives.
+
+  Args:
+    config: The recipe config.
+    workdir: The run directory (negative caches go under it).
+    mesh: The training mesh.
+    name: The recipe's name.
+    negatives: TrainingData -> (PairBatcher keyword arguments: `negatives_fn` or
+      `negative_sets`; hooks for the loop, e.g. ANCE's refresher).
+  """
+  workdir = pathlib.Path(workdir)
   dual, spec = build_model(config)
   _check_config(config, spec)
   data = load_split(config.data, config.data.train_split)
   dataset = pairs.pairs_from_beir(data)
   num_negatives = int(config.negatives.num)
-  pool = negative_pool(config, data, workdir) if num_negatives else None
   seed = int(config.seed)
-  top_k = config.negatives.get("top_k")
-
-  def negatives_for_epoch(epoch: int) -> np.ndarray:
-    drawn = mining.sample_negatives(pool, num_negatives, seed=seed, epoch=epoch, top_k=top_k)
-    return drawn[dataset.query_rows]
-
   tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
+  global_batch = int(config.train.batch_size)
+  steps = total_steps(config, pairs.steps_per_epoch(len(dataset.query_ids), global_batch))
+  batcher_kwargs, hooks = negatives(TrainingData(config, workdir, data, dataset, dual, spec,
+                                                 tokenizer, steps))
   batcher = pairs.PairBatcher(
-      dataset, tokenizer, global_batch=int(config.train.batch_size), num_negatives=num_negatives,
-      negatives_fn=negatives_for_epoch if num_negatives else None,
+      dataset, tokenizer, global_batch=global_batch, num_negatives=num_negatives,
       query_max_length=int(config.train.query_max_length),
       passage_max_length=int(config.train.passage_max_length), seed=seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
-      pad_to_multiple_of=int(config.train.pad_to_multiple_of))
-  steps = total_steps(config, batcher.steps_per_epoch)
+      pad_to_multiple_of=int(config.train.pad_to_multiple_of),
+      max_passages=int(config.data.get("max_passages", 1)), **batcher_kwargs)
   tx = optim.optimizer_from_config(config.optim, steps)
   schedule = optim.schedule_from_config(config.optim, steps)
   shardings = dual_encoder.state_shardings(dual, tx, mesh)
@@ -166,10 +215,10 @@ def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> b
               steps_per_epoch=batcher.steps_per_epoch, total_steps=steps,
               towers=list(dual.towers), params=base.count_params(abstract["params"]),
               model=str(spec.model_dir or "random"))
-  return base.Recipe(name="dpr", total_steps=steps, batcher=batcher, abstract_state=abstract,
+  return base.Recipe(name=name, total_steps=steps, batcher=batcher, abstract_state=abstract,
                      state_shardings=shardings, batch_sharding=sharding.batch_sharding(mesh),
                      init_state=init_state, train_step=step_fn, evaluate=evaluate,
-                     export=export, info=info)
+                     export=export, info=info, hooks=hooks)
 
 
 def restore_encoders(config: Any, workdir: str | os.PathLike, step: int | None = None):

@@ -11,7 +11,8 @@ compiles it with shardings over the mesh.
 
 Batch layout (from `retrieval_jax.data.pairs.PairBatcher`), B rows sharded over `data`:
   query_input_ids, query_attention_mask: [B, Lq]
-  passage_input_ids, passage_attention_mask: [B, G, Lp], slot 0 the positive, 1.. negatives
+  passage_input_ids, passage_attention_mask: [B, G, Lp], slot 0 the positive, 1.. negatives;
+    MaxP: [B, G, N, Lp], each document's N passages (a document scores its best passage)
 Passages are flattened to [B * G, Lp] in query-major order, so query i's positive is row i * G
 and every device keeps its own queries' passages; the loss then scores each query against all
 B * G passages of the global batch.
@@ -193,14 +194,18 @@ def contrastive_loss_and_grads(dual: DualEncoder, loss_config: Any, params: dict
   """
   query = (batch["query_input_ids"], batch["query_attention_mask"])
   group = batch["passage_input_ids"].shape[1]
-  length = batch["passage_input_ids"].shape[2]
+  length = batch["passage_input_ids"].shape[-1]
   passage = (batch["passage_input_ids"].reshape(-1, length),
              batch["passage_attention_mask"].reshape(-1, length))
   num_queries = query[0].shape[0]
+  maxp = {}
+  if batch["passage_input_ids"].ndim == 4:  # MaxP: [B, G, N, L], a document's N passages
+    maxp = dict(passages_per_doc=batch["passage_input_ids"].shape[2],
+                passage_mask=passage[1][:, 0] > 0)  # a missing passage is all padding
   loss_fn = functools.partial(
       losses.in_batch_softmax_loss,
       positive_index=jnp.arange(num_queries, dtype=jnp.int32) * group,
-      scale=float(loss_config.scale), symmetric=bool(loss_config.symmetric))
+      scale=float(loss_config.scale), symmetric=bool(loss_config.symmetric), **maxp)
   if loss_config.grad_cache:
     return grad_cache.grad_cache_loss_and_grads(
         dual.embed, loss_fn, params, query, passage, chunk_size=int(loss_config.chunk_size),

@@ -1,0 +1,298 @@
+"""ANCE's negative refresh: re-mine hard negatives with the model being trained, while it trains.
+
+Every `every` steps the refresher snapshots the parameters, and `mine(snapshot, step)` encodes the
+corpus and the training queries with them, searches (ScaNN or exact) and returns a candidate pool
+(`index.mining.NegativePool`, positives removed). The pool becomes a `MinedNegatives`, the
+`data.pairs.NegativeSet` the batcher draws from.
+
+Asynchronous (the default): the mining runs in a background thread of the same process while
+training continues on the previous set; the new set is installed at the first step boundary after
+it is ready. Installing is one reference assignment in the training thread, between steps, and the
+batcher reads the set once per batch, so no batch mixes two sets. Synchronous: the training
+thread mines and installs before the next step, so a run is exactly reproducible.
+
+The set in use and its snapshot step go into every checkpoint (`checkpoint_payload`); a resumed
+run continues on them (`start`). Logged: wall time of each refresh, steps trained while it ran,
+staleness (steps between the snapshot and the step that uses its negatives), and the share of the
+wall time the trainer spent waiting for negatives.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import logging
+import threading
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from retrieval_jax.index import mining
+
+logger = logging.getLogger(__name__)
+
+MODES = ("async", "sync")
+# Snapshot step of a set the model did not mine (BM25 warm-up negatives).
+NOT_MINED = -1
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class MinedNegatives:
+  """An immutable set of negatives (a `data.pairs.NegativeSet`): a pool and how to sample it.
+
+  Attributes:
+    pool: Candidates per query of the training split (`BeirData.query_ids` rows).
+    snapshot_step: The step whose parameters mined the pool; `NOT_MINED` for BM25.
+    source: `bm25` or `ann`.
+    num_negatives: Negatives drawn per query and epoch.
+    seed: The run's seed (draws are seeded by (seed, epoch)).
+    top_k: Draw among the best `top_k` candidates (None: all).
+    query_rows: The training examples' rows in `pool.query_ids` (`PairDataset.query_rows`).
+  """
+  pool: mining.NegativePool
+  snapshot_step: int
+  source: str
+  num_negatives: int
+  seed: int
+  top_k: int | None
+  query_rows: np.ndarray
+  _drawn: dict = dataclasses.field(default_factory=dict, repr=False)
+  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
+
+  @property
+  def version(self) -> int:
+    """Sets are told apart by their snapshot step (one refresh per step at most)."""
+    return self.snapshot_step
+
+  def for_epoch(self, epoch: int) -> np.ndarray:
+    """[num_examples, num_negatives] corpus rows drawn for `epoch` (memoised)."""
+    with self._lock:
+      if epoch not in self._drawn:
+        self._drawn.clear()  # one epoch at a time is all the batcher asks for
+        drawn = mining.sample_negatives(self.pool, self.num_negatives, seed=self.seed,
+                                        epoch=epoch, top_k=self.top_k)
+        self._drawn[epoch] = drawn[self.query_rows]
+      return self._drawn[epoch]
+
+  def to_host(self) -> dict[str, np.ndarray]:
+    """The arrays a checkpoint keeps (query ids are the data's; checked by `from_host`)."""
+    return {"candidates": self.pool.candidates, "counts": self.pool.counts,
+            "positives": self.pool.positives, "num_docs": np.int64(self.pool.num_docs),
+            "snapshot_step": np.int64(self.snapshot_step)}
+
+  def replaced(self, pool: mining.NegativePool, snapshot_step: int,
+               source: str) -> MinedNegatives:
+    """The same sampling with another pool."""
+    return MinedNegatives(pool, snapshot_step, source, self.num_negatives, self.seed,
+                          self.top_k, self.query_rows)
+
+
+def pool_from_host(host: dict[str, np.ndarray], like: mining.NegativePool) -> mining.NegativePool:
+  """The pool saved by `MinedNegatives.to_host`, checked against this run's data (`like`).
+
+  Raises:
+    ValueError: The checkpoint's negatives were mined on other data (a different number of
+      queries or documents, or other positives).
+  """
+  pool = mining.NegativePool(query_ids=like.query_ids, candidates=np.asarray(host["candidates"]),
+                             counts=np.asarray(host["counts"]),
+                             positives=np.asarray(host["positives"]),
+                             num_docs=int(host["num_docs"]))
+  if (pool.candidates.shape[0] != len(like.query_ids) or pool.num_docs != like.num_docs
+      or not np.array_equal(pool.positives, like.positives)):
+    raise ValueError(
+        f"the checkpoint's negatives ({pool.candidates.shape[0]} queries, {pool.num_docs} "
+        f"documents) do not belong to this run's training data ({len(like.query_ids)} queries, "
+        f"{like.num_docs} documents, or other judgements); did data.* change?")
+  return pool
+
+
+def refresh_steps(every: int, total_steps: int) -> list[int]:
+  """The steps after which a refresh starts: multiples of `every` before the last step."""
+  return list(range(every, total_steps, every)) if every > 0 else []
+
+
+def snapshot(params: Any) -> Any:
+  """A device copy of `params` that the next (donating) step cannot overwrite."""
+  return jax.tree_util.tree_map(jnp.copy, params)
+
+
+@dataclasses.dataclass
+class RefreshRecord:
+  """What one refresh did (logged, and returned in the run's summary)."""
+  snapshot_step: int
+  installed_at_step: int
+  wall_s: float
+  steps_during: int   # steps trained while it ran (0 in sync mode)
+  waited_s: float     # how long the trainer blocked on it
+
+
+class NegativeRefresher:
+  """Owns the negative set in use and the refreshes that replace it (see the module docstring).
+
+  The training loop calls `start` once, `after_step` after every step, `scalars` at log points,
+  `checkpoint_payload` at saves and `finish` at the end; the batcher calls `current`.
+  """
+
+  def __init__(self, mine: Callable[[Any, int], mining.NegativePool],
+               initial: Callable[[], MinedNegatives], *, every: int, total_steps: int,
+               mode: str = "async", mine_at_start: bool = False):
+    """Sets the schedule; nothing is mined before `start`.
+
+    Args:
+      mine: (params snapshot, step) -> pool; runs in a background thread in async mode.
+      initial: () -> the set to train on before the first refresh (BM25 warm-up negatives);
+        called by `start` on a fresh run only.
+      every: Refresh after every `every` steps (`negatives.refresh_every`); 0: never.
+      total_steps: The run's length; no refresh starts at or after it.
+      mode: `async` or `sync` (`negatives.refresh_mode`).
+      mine_at_start: Mine with the initial parameters before step 1 (instead of training the
+        first `every` steps on `initial`'s negatives).
+    """
+    if mode not in MODES:
+      raise ValueError(f"negatives.refresh_mode={mode!r} must be one of {MODES}")
+    if every < 0:
+      raise ValueError(f"negatives.refresh_every={every} must be >= 0 (0: never refresh)")
+    self._mine = mine
+    self._initial = initial
+    self.every = every
+    self.total_steps = total_steps
+    self.mode = mode
+    self.mine_at_start = mine_at_start
+    self._current: MinedNegatives | None = None
+    self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+    self._pending: tuple[int, float, concurrent.futures.Future] | None = None
+    self.records: list[RefreshRecord] = []
+    self.waited_s = 0.0
+    self._started_at = time.perf_counter()
+    self._start_step = 0
+
+  def current(self) -> MinedNegatives:
+    """The set in use (the batcher's `negative_sets`)."""
+    if self._current is None:
+      raise RuntimeError("NegativeRefresher.start was not called")
+    return self._current
+
+  # --- the training loop's side -------------------------------------------------------------
+
+  def start(self, step: int, state: dict, host: dict[str, np.ndarray] | None) -> None:
+    """Before the first step of this invocation: the saved set on resume, else the initial one.
+
+    Args:
+      step: The step training resumes from (0: a fresh run).
+      state: The train state (`state["params"]` is what refreshes encode with).
+      host: The host arrays of the restored checkpoint (None: a fresh run, or no set saved).
+    """
+    self._started_at = time.perf_counter()
+    self._start_step = step
+    initial = self._initial()
+    if host is not None and "snapshot_step" in host:
+      pool = pool_from_host(host, initial.pool)
+      snapshot_step = int(host["snapshot_step"])
+      self._current = initial.replaced(pool, snapshot_step,
+                                       "bm25" if snapshot_step == NOT_MINED else "ann")
+      logger.info("resumed on the negatives mined at step %s", snapshot_step)
+    else:
+      self._current = initial
+    due = [s for s in refresh_steps(self.every, self.total_steps) if s <= step]
+    if step == 0 and self.mine_at_start:
+      self._refresh_now(0, state["params"], installed_at=0)
+    elif due and self._current.snapshot_step < due[-1]:
+      # Resumed after a refresh had started but before it was installed: redo it now.
+      logger.info("the refresh of step %d was not installed before the checkpoint: mining now",
+                  due[-1])
+      self._launch(step, state["params"])
+
+  def after_step(self, step: int, state: dict) -> None:
+    """Between steps `step` and `step + 1`: install a finished refresh, start a due one."""
+    if self._pending is not None and self._pending[2].done():
+      self._install(step)
+    if self.every <= 0 or step % self.every or step >= self.total_steps:
+      return
+    if self._pending is not None:
+      # The previous refresh is still running: wait for it rather than pile up snapshots.
+      began = time.perf_counter()
+      concurrent.futures.wait([self._pending[2]])
+      waited = time.perf_counter() - began
+      self.waited_s += waited
+      self._install(step, waited_s=waited)
+    if self.mode == "sync":
+      self._refresh_now(step, state["params"], installed_at=step)
+    else:
+      self._launch(step, state["params"])
+
+  def scalars(self, step: int) -> dict[str, float]:
+    """Facts for the log at `step`."""
+    current = self.current()
+    values = {"negatives/snapshot_step": float(current.snapshot_step),
+              "negatives/refreshing": float(self._pending is not None)}
+    if current.snapshot_step != NOT_MINED:
+      values["negatives/staleness"] = float(step - current.snapshot_step)
+    return values
+
+  def checkpoint_payload(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """(JSON facts, host arrays) of the set in use, saved with every checkpoint."""
+    current = self.current()
+    return ({"negatives": {"snapshot_step": current.snapshot_step, "source": current.source,
+                           "refreshing": self._pending is not None}},
+            current.to_host())
+
+  def finish(self) -> dict[str, Any]:
+    """Waits for a refresh still running (its result is not used) and summarises the run."""
+    if self._pending is not None:
+      step, _, future = self._pending
+      logger.info("the refresh of step %d finished after training ended: not used", step)
+      self._pending = None
+      future.result()
+    self.close()
+    wall = time.perf_counter() - self._started_at
+    return {"negative_refresh": {
+        "mode": self.mode, "refreshes": [dataclasses.asdict(r) for r in self.records],
+        "waited_s": self.waited_s, "wall_s": wall,
+        "waited_fraction": self.waited_s / wall if wall > 0 else 0.0}}
+
+  def close(self) -> None:
+    """Stops the background thread (after its current job)."""
+    if self._executor is not None:
+      self._executor.shutdown(wait=True)
+      self._executor = None
+
+  # --- internals ----------------------------------------------------------------------------
+
+  def _timed_mine(self, params: Any, step: int) -> tuple[mining.NegativePool, float]:
+    began = time.perf_counter()
+    pool = self._mine(params, step)
+    return pool, time.perf_counter() - began
+
+  def _refresh_now(self, step: int, params: Any, installed_at: int) -> None:
+    pool, wall = self._timed_mine(params, step)
+    self.waited_s += wall
+    self._set(pool, step, installed_at, wall, waited_s=wall)
+
+  def _launch(self, step: int, params: Any) -> None:
+    if self._executor is None:
+      self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ann_refresh")
+    logger.info("refresh: mining negatives with the parameters of step %d in the background",
+                step)
+    self._pending = (step, time.perf_counter(),
+                     self._executor.submit(self._timed_mine, snapshot(params), step))
+
+  def _install(self, step: int, waited_s: float = 0.0) -> None:
+    snapshot_step, _, future = self._pending
+    self._pending = None
+    pool, wall = future.result()  # re-raises an error of the mining thread here
+    self._set(pool, snapshot_step, step, wall, waited_s)
+
+  def _set(self, pool, snapshot_step: int, installed_at: int, wall: float,
+           waited_s: float) -> None:
+    self._current = self.current().replaced(pool, snapshot_step, "ann")
+    record = RefreshRecord(snapshot_step=snapshot_step, installed_at_step=installed_at,
+                           wall_s=wall, steps_during=installed_at - snapshot_step,
+                           waited_s=waited_s)
+    self.records.append(record)
+    logger.info("refresh: negatives mined at step %d in use after step %d (%.1f s, %d steps "
+                "trained meanwhile, trainer waited %.1f s)", snapshot_step, installed_at, wall,
+                record.steps_during, waited_s)
