@@ -36,6 +36,9 @@ def eval_config() -> ml_collections.ConfigDict:
       "max_length": 256,
       "query_max_length": ml_collections.FieldReference(None, field_type=int),
       "batch_size": 128,
+      # Passages per document: 1 is FirstP (the first max_length tokens); N > 1 is MaxP (the
+      # first N passages of max_length tokens, a document scores its best passage).
+      "max_passages": 1,
       "save_embeddings": False,
       "embeddings_dtype": "float32",
       "check_exact": False,
@@ -86,6 +89,7 @@ def train_config() -> ml_collections.ConfigDict:
 def optim_config() -> ml_collections.ConfigDict:
   """`retrieval_jax.optim.optimizer_from_config`: AdamW, warm-up + linear decay, clipping."""
   return ml_collections.ConfigDict({
+      "name": "adamw",              # adamw | lamb
       "lr": 2e-5,
       "warmup_steps": ml_collections.FieldReference(None, field_type=int),
       "warmup_ratio": ml_collections.FieldReference(0.1, field_type=float),
@@ -107,6 +111,9 @@ def loss_config() -> ml_collections.ConfigDict:
   return ml_collections.ConfigDict({
       "scale": 1.0,                 # 1 / temperature
       "symmetric": False,
+      # False: each query is scored against its own positive and hard negatives only (ANCE's
+      # NLL), not against the other queries' passages.
+      "in_batch": True,
       "grad_cache": False,
       "chunk_size": 32,             # rows per GradCache forward; divides both towers' rows
   })
@@ -125,6 +132,9 @@ def training_config() -> ml_collections.ConfigDict:
   config.model.random = ml_collections.ConfigDict({
       "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64})
   config.data.train_split = "train_minus_dev"
+  # Training documents: 1 is FirstP (truncated to train.passage_max_length), N > 1 is MaxP
+  # (up to N passages of that length; a document's score is its best passage's).
+  config.data.max_passages = 1
   config.train = train_config()
   config.optim = optim_config()
   config.mesh = mesh_config()

@@ -32,7 +32,10 @@ flags.DEFINE_enum("pooling", "auto", ["auto", "cls", "mean", "pooler"],
                   "(CLS when there are none).")
 flags.DEFINE_enum("normalize", "auto", ["auto", "true", "false"],
                   "L2-normalise embeddings; `auto` follows the checkpoint.")
-flags.DEFINE_integer("max_length", 256, "Document token cap (special tokens included).")
+flags.DEFINE_integer("max_length", 256, "Document token cap (special tokens included); with "
+                     "--max_passages > 1, the length of each passage.")
+flags.DEFINE_integer("max_passages", 1, "Passages per document: 1 is FirstP (truncation), N > 1 "
+                     "is MaxP (a document scores the best of its first N passages).")
 flags.DEFINE_integer("query_max_length", None, "Query token cap (default: --max_length).")
 flags.DEFINE_string("data", "scifact", "BEIR directory or data set name.")
 flags.DEFINE_string("split", "dev", "Qrels split: test, train, dev (carved from train when "
@@ -72,7 +75,7 @@ def config_from_flags():
   config.eval.update(
       index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
       max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
-      batch_size=FLAGS.batch_size, save_embeddings=FLAGS.save_embeddings,
+      max_passages=FLAGS.max_passages, batch_size=FLAGS.batch_size, save_embeddings=FLAGS.save_embeddings,
       embeddings_dtype=FLAGS.embeddings_dtype, check_exact=FLAGS.scann_check_exact,
       progress=FLAGS.progress)
   config.eval.scann.update(num_leaves=FLAGS.scann_num_leaves,

@@ -79,8 +79,9 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
     symmetric: Also add the passage -> query direction for the positive rows (softmax of each
       positive passage over the B queries, target its own query) and average the two
       directions, as in symmetric InfoNCE. Hard negatives only enter the query -> passage term.
-    passage_mask: Optional [P] bool; False rows (padding) get logit -inf and thus no
-      probability. Positive rows must stay unmasked.
+    passage_mask: Optional bool [P], or [B, P] per query; False entries (padding, or passages
+      a query must not be scored against) get logit -inf and thus no probability. Positive
+      rows must stay unmasked.
     passages_per_doc: MaxP (ANCE): rows come in consecutive groups of this many passages of
       one document, and a document's logit is the max over its (unmasked) passages; then
       `positive_index` and the softmax are over the P / passages_per_doc documents. Every
@@ -96,7 +97,8 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
   if passage_mask is not None:
     # -inf rather than a large negative number: exp() is then exactly 0, so a padding row can
     # never take probability whatever the scale.
-    logits = jnp.where(passage_mask[None, :], logits, -jnp.inf)
+    logits = jnp.where(passage_mask if passage_mask.ndim == 2 else passage_mask[None, :],
+                       logits, -jnp.inf)
   if passages_per_doc > 1:
     num_rows, num_passages = logits.shape
     if num_passages % passages_per_doc:

@@ -110,9 +110,13 @@ def pool_from_host(host: dict[str, np.ndarray], like: mining.NegativePool) -> mi
   return pool
 
 
-def refresh_steps(every: int, total_steps: int) -> list[int]:
-  """The steps after which a refresh starts: multiples of `every` before the last step."""
-  return list(range(every, total_steps, every)) if every > 0 else []
+def refresh_steps(every: int, total_steps: int, first: int | None = None) -> list[int]:
+  """The steps after which a refresh starts: `first` (default `every`), then every `every`
+  steps, all before the last step (a refresh there could not be used)."""
+  if every <= 0:
+    return []
+  first = every if first is None else first
+  return list(range(max(first, 1), total_steps, every))
 
 
 def snapshot(params: Any) -> Any:
@@ -139,7 +143,7 @@ class NegativeRefresher:
 
   def __init__(self, mine: Callable[[Any, int], mining.NegativePool],
                initial: Callable[[], MinedNegatives], *, every: int, total_steps: int,
-               mode: str = "async", mine_at_start: bool = False):
+               mode: str = "async", first: int | None = None, mine_at_start: bool = False):
     """Sets the schedule; nothing is mined before `start`.
 
     Args:
@@ -149,6 +153,8 @@ class NegativeRefresher:
       every: Refresh after every `every` steps (`negatives.refresh_every`); 0: never.
       total_steps: The run's length; no refresh starts at or after it.
       mode: `async` or `sync` (`negatives.refresh_mode`).
+      first: The step of the first refresh (`negatives.first_refresh`): the BM25 warm-up
+        lasts this long; None: `every`.
       mine_at_start: Mine with the initial parameters before step 1 (instead of training the
         first `every` steps on `initial`'s negatives).
     """
@@ -156,10 +162,12 @@ class NegativeRefresher:
       raise ValueError(f"negatives.refresh_mode={mode!r} must be one of {MODES}")
     if every < 0:
       raise ValueError(f"negatives.refresh_every={every} must be >= 0 (0: never refresh)")
+    if first is not None and first < 1:
+      raise ValueError(f"negatives.first_refresh={first} must be >= 1 (or None: refresh_every)")
     self._mine = mine
     self._initial = initial
-    self.every = every
-    self.total_steps = total_steps
+    self.schedule = refresh_steps(every, total_steps, first)
+    self._due = frozenset(self.schedule)
     self.mode = mode
     self.mine_at_start = mine_at_start
     self._current: MinedNegatives | None = None
@@ -197,7 +205,7 @@ class NegativeRefresher:
       logger.info("resumed on the negatives mined at step %s", snapshot_step)
     else:
       self._current = initial
-    due = [s for s in refresh_steps(self.every, self.total_steps) if s <= step]
+    due = [s for s in self.schedule if s <= step]
     if step == 0 and self.mine_at_start:
       self._refresh_now(0, state["params"], installed_at=0)
     elif due and self._current.snapshot_step < due[-1]:
@@ -210,7 +218,7 @@ class NegativeRefresher:
     """Between steps `step` and `step + 1`: install a finished refresh, start a due one."""
     if self._pending is not None and self._pending[2].done():
       self._install(step)
-    if self.every <= 0 or step % self.every or step >= self.total_steps:
+    if step not in self._due:
       return
     if self._pending is not None:
       # The previous refresh is still running: wait for it rather than pile up snapshots.

@@ -94,11 +94,16 @@ def decay_mask(params: Any) -> Any:
       lambda path, _: is_decayed(tuple(_key_name(k) for k in path)), params)
 
 
+OPTIMIZERS = {"adamw": optax.adamw, "lamb": optax.lamb}
+
+
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
                    max_grad_norm: float | None = None, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, warmup_ratio: float | None = None,
-                   mask: Callable[[Any], Any] | Any = decay_mask) -> optax.GradientTransformation:
-  """Global-norm clipping, then AdamW on `make_schedule`, without decay on biases and norms.
+                   mask: Callable[[Any], Any] | Any = decay_mask,
+                   name: str = "adamw") -> optax.GradientTransformation:
+  """Global-norm clipping, then AdamW (or LAMB) on `make_schedule`, without decay on biases
+  and norms.
 
   Args:
     lr: Peak learning rate.
@@ -112,14 +117,19 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_de
     warmup_ratio: Warm-up as a fraction of `total_steps`, instead of `warmup_steps`.
     mask: Which parameters get decay: a tree of bools or a function of the params (default
       `decay_mask`; the params passed to `init` / `update` may be boxed or unboxed).
+    name: `adamw`, or `lamb` (You et al. 2019: Adam steps rescaled per layer by the trust
+      ratio ||w|| / ||step||; ANCE's optimizer).
 
   Returns:
     The optax transformation. Its `update` needs `params` (for the decay term).
   """
   if max_grad_norm is not None and max_grad_norm < 0:
     raise ValueError(f"max_grad_norm={max_grad_norm} must be positive, 0 or None (no clipping)")
+  if name not in OPTIMIZERS:
+    raise ValueError(f"optim.name={name!r} must be one of {OPTIMIZERS}")
   schedule = make_schedule(lr, total_steps, warmup_steps, warmup_ratio)
-  adamw = optax.adamw(schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay, mask=mask)
+  adamw = OPTIMIZERS[name](schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
+                           mask=mask)
   if not max_grad_norm:
     return adamw
   # Clip first: the norm is taken over the raw gradients of all parameters, as torch's
@@ -162,6 +172,7 @@ def optimizer_from_config(optim_config: Any, total_steps: int) -> optax.Gradient
     weight_decay: Decoupled weight decay (default 0.0).
     max_grad_norm: Global-norm clipping threshold (default None or 0: no clipping).
     b1, b2, eps: Adam hyperparameters (defaults 0.9, 0.999, 1e-8).
+    name: `adamw` (default) or `lamb`.
 
   Args:
     optim_config: The section described above, e.g. `config.optim`.
@@ -179,4 +190,4 @@ def optimizer_from_config(optim_config: Any, total_steps: int) -> optax.Gradient
       weight_decay=float(_get(optim_config, "weight_decay", 0.0)),
       max_grad_norm=None if max_grad_norm is None else float(max_grad_norm),
       b1=float(_get(optim_config, "b1", 0.9)), b2=float(_get(optim_config, "b2", 0.999)),
-      eps=float(_get(optim_config, "eps", 1e-8)))
+      eps=float(_get(optim_config, "eps", 1e-8)), name=str(_get(optim_config, "name", "adamw")))

@@ -212,3 +212,42 @@ def test_optimizer_from_config_defaults_from_a_plain_dict():
 def test_optimizer_from_config_rejects_bad_keys(changes, key):
   with pytest.raises(ValueError, match=key):
     optim.optimizer_from_config(_optim_config(**changes), total_steps=10)
+
+
+def test_lamb_matches_numpy_reference():
+  """LAMB (ANCE's optimizer): Adam direction plus decay, rescaled per tensor by ||w|| / ||u||."""
+  rng = np.random.default_rng(0)
+  params = {"dense": {"kernel": jnp.asarray(rng.normal(size=(3, 4)), jnp.float32),
+                      "bias": jnp.asarray(rng.normal(size=4), jnp.float32)}}
+  lr, wd, b1, b2, eps = 0.01, 0.1, 0.9, 0.99, 1e-6
+  optimizer = optim.optimizer_from_config(
+      _optim_config(name="lamb", lr=lr, warmup_steps=0, weight_decay=wd, max_grad_norm=None,
+                    b1=b1, b2=b2, eps=eps), total_steps=1000)
+  state = optimizer.init(params)
+  ref = {k: {n: np.asarray(v, np.float64) for n, v in d.items()} for k, d in params.items()}
+  m = jax.tree.map(np.zeros_like, ref)
+  v = jax.tree.map(np.zeros_like, ref)
+  current = params
+  for t in range(1, 4):
+    grads = jax.tree.map(lambda x: jnp.asarray(rng.normal(size=x.shape), jnp.float32), current)
+    updates, state = optimizer.update(grads, state, current)
+    current = optax.apply_updates(current, updates)
+    rate = lr * (1000 - (t - 1)) / 1000  # linear decay, evaluated at the updates already done
+    for name in ("kernel", "bias"):
+      g = np.asarray(grads["dense"][name], np.float64)
+      w = ref["dense"][name]
+      m["dense"][name] = b1 * m["dense"][name] + (1 - b1) * g
+      v["dense"][name] = b2 * v["dense"][name] + (1 - b2) * g * g
+      u = (m["dense"][name] / (1 - b1 ** t)) / (np.sqrt(v["dense"][name] / (1 - b2 ** t)) + eps)
+      if name == "kernel":  # biases are not decayed
+        u = u + wd * w
+      trust = np.linalg.norm(w) / np.linalg.norm(u)
+      ref["dense"][name] = w - rate * trust * u
+    for name in ("kernel", "bias"):
+      np.testing.assert_allclose(np.asarray(current["dense"][name]), ref["dense"][name],
+                                 rtol=1e-5, atol=1e-6)
+
+
+def test_unknown_optimizer_name_is_rejected():
+  with pytest.raises(ValueError, match="optim.name"):
+    optim.optimizer_from_config(_optim_config(name="sgd"), total_steps=10)

@@ -154,7 +154,7 @@ class PairBatcher:
   """
 
   def __init__(self, dataset: PairDataset, tokenizer, *, global_batch: int, num_negatives: int,
-               negatives_fn: Callable[[int], np.ndarray] | None, query_max_length: int,
+               negatives_fn: Callable[[int], np.ndarray] | None = None, query_max_length: int,
                passage_max_length: int, seed: int, process_index: int = 0,
                process_count: int = 1, pad_to_multiple_of: int = 32,
                negative_sets: Callable[[], NegativeSet] | None = None, max_passages: int = 1):

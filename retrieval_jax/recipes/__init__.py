@@ -7,7 +7,7 @@ A recipe module provides `build(config, workdir, mesh) -> base.Recipe` and
 import importlib
 
 # recipe name (config.recipe) -> module under retrieval_jax.recipes
-AVAILABLE = {"dpr": "dpr"}
+AVAILABLE = {"dpr": "dpr", "ance": "ance"}
 
 
 def get(name: str):
@@ -49,4 +49,4 @@ def evaluate_checkpoint(config, workdir, step=None, *, eval_config=None, data_co
   result = evaluation.evaluate_retrieval(
       data, evaluation.settings_from_config(eval_config or config.eval), passage_encoder,
       out_dir, query_encoder=query_encoder)
-  return {"step": step, "metrics": result.metrics, "out_dir": str(out_dir)}
+  return {"step": step, "metrics": {**result.metrics, **result.extra}, "out_dir": str(out_dir)}

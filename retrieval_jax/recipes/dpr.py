@@ -101,6 +101,16 @@ def _check_config(config: Any, spec: dual_encoder.ModelSpec) -> None:
   data_axis, _ = sharding.validate(config, [spec.encoder])
   if config.negatives.num < 0:
     raise ValueError(f"negatives.num={config.negatives.num} must be >= 0")
+  if config.data.get("max_passages", 1) < 1:
+    raise ValueError(f"data.max_passages={config.data.max_passages} must be >= 1 "
+                     "(1: FirstP, N > 1: MaxP over N passages)")
+  if not config.loss.get("in_batch", True):
+    if config.loss.symmetric:
+      raise ValueError("loss.symmetric needs loss.in_batch (the passage -> query direction "
+                       "scores each passage against the other queries)")
+    if config.negatives.num < 1:
+      raise ValueError("loss.in_batch=False needs negatives.num >= 1: a query would be "
+                       "scored against its positive alone")
   if config.loss.grad_cache:
     chunk, rows = config.loss.chunk_size, config.train.batch_size
     if chunk < 1 or rows % chunk:

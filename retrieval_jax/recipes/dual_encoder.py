@@ -198,14 +198,20 @@ def contrastive_loss_and_grads(dual: DualEncoder, loss_config: Any, params: dict
   passage = (batch["passage_input_ids"].reshape(-1, length),
              batch["passage_attention_mask"].reshape(-1, length))
   num_queries = query[0].shape[0]
-  maxp = {}
-  if batch["passage_input_ids"].ndim == 4:  # MaxP: [B, G, N, L], a document's N passages
-    maxp = dict(passages_per_doc=batch["passage_input_ids"].shape[2],
-                passage_mask=passage[1][:, 0] > 0)  # a missing passage is all padding
+  per_doc = batch["passage_input_ids"].shape[2] if batch["passage_input_ids"].ndim == 4 else 1
+  mask = None
+  if per_doc > 1:  # MaxP: [B, G, N, L], a document's N passages; a missing one is all padding
+    mask = passage[1][:, 0] > 0
+  if not loss_config.get("in_batch", True):
+    # ANCE's loss: each query against its own group only (positive + its hard negatives).
+    own = (jnp.arange(num_queries * group * per_doc)[None, :] // (group * per_doc)
+           == jnp.arange(num_queries)[:, None])
+    mask = own if mask is None else own & mask[None, :]
   loss_fn = functools.partial(
       losses.in_batch_softmax_loss,
       positive_index=jnp.arange(num_queries, dtype=jnp.int32) * group,
-      scale=float(loss_config.scale), symmetric=bool(loss_config.symmetric), **maxp)
+      scale=float(loss_config.scale), symmetric=bool(loss_config.symmetric),
+      passage_mask=mask, passages_per_doc=per_doc)
   if loss_config.grad_cache:
     return grad_cache.grad_cache_loss_and_grads(
         dual.embed, loss_fn, params, query, passage, chunk_size=int(loss_config.chunk_size),

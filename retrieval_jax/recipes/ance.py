@@ -1,0 +1,113 @@
+"""ANCE (Xiong et al. 2020): hard negatives from an ANN index of the model being trained.
+
+A dual encoder (`recipes.dpr.build_contrastive`, one shared tower) whose negatives come from a
+`negative_refresh.NegativeRefresher`: BM25 negatives during the warm-up, then every
+`negatives.refresh_every` steps the corpus and the training queries are encoded with a snapshot
+of the parameters, searched with ScaNN (or exactly) `negatives.depth` deep, positives (and,
+optionally, near-positive scores) removed, and the new pool swapped in - in a background
+thread while training goes on (`negatives.refresh_mode='async'`), or blocking (`'sync'`).
+FirstP or MaxP documents (`data.max_passages`) in training, mining and evaluation alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+from typing import Any
+
+import jax
+
+from retrieval_jax import encode, negative_refresh
+from retrieval_jax.data import passages as doc_passages
+from retrieval_jax.index import mining
+from retrieval_jax.index.scann_index import ScannConfig
+from retrieval_jax.recipes import base, dpr, dual_encoder
+
+# Evaluation and restoring are DPR's: the same towers and state.
+load_split = dpr.load_split
+restore_encoders = dpr.restore_encoders
+
+INDEXES = ("scann", "exact")
+
+
+def _check(config: Any) -> None:
+  """ANCE's own keys, each error naming it (the rest is checked by `dpr`)."""
+  negatives = config.negatives
+  if negatives.source != "ann":
+    raise ValueError(f"negatives.source={negatives.source!r}: ANCE mines 'ann' negatives")
+  if negatives.num < 1:
+    raise ValueError(f"negatives.num={negatives.num} must be >= 1: ANCE trains on mined "
+                     "negatives")
+  if negatives.depth < 1:
+    raise ValueError(f"negatives.depth={negatives.depth} must be >= 1")
+  if negatives.index not in INDEXES:
+    raise ValueError(f"negatives.index={negatives.index!r} must be one of {INDEXES}")
+  if negatives.refresh_mode not in negative_refresh.MODES:
+    raise ValueError(f"negatives.refresh_mode={negatives.refresh_mode!r} must be one of "
+                     f"{negative_refresh.MODES}")
+  if negatives.refresh_every < 0:
+    raise ValueError(f"negatives.refresh_every={negatives.refresh_every} must be >= 0")
+  if negatives.encode_batch_size < 1:
+    raise ValueError(f"negatives.encode_batch_size={negatives.encode_batch_size} must be >= 1")
+
+
+def mine_negatives(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: Any,
+                   progress: bool) -> mining.NegativePool:
+  """Encodes corpus and training queries with `params`, searches, and returns the pool.
+
+  Runs in the refresher's thread in async mode: it uses its own tokenizer copy and only reads
+  `ctx`. The forward is sharded over all local devices (rows over a `data` mesh).
+  """
+  del step  # the refresher records it
+  config, negatives = ctx.config, ctx.config.negatives
+  query_encoder, passage_encoder = dual_encoder.tower_encoders(ctx.dual, params, tokenizer,
+                                                               ctx.spec.model_dir)
+  batch, length = int(negatives.encode_batch_size), int(config.train.passage_max_length)
+  per_doc = int(config.data.get("max_passages", 1))
+  passage_doc = None
+  if per_doc == 1:
+    corpus_emb = encode.encode_texts(passage_encoder, ctx.dataset.doc_texts, max_length=length,
+                                     batch_size=batch, progress=progress, desc="refresh corpus")
+  else:
+    token_ids, passage_doc = doc_passages.split_documents(tokenizer, ctx.dataset.doc_texts,
+                                                          length, per_doc)
+    corpus_emb = encode.encode_token_ids(passage_encoder, token_ids, max_length=length,
+                                         batch_size=batch, progress=progress,
+                                         desc="refresh passages")
+  query_emb = encode.encode_texts(query_encoder, ctx.data.query_texts,
+                                  max_length=int(config.train.query_max_length),
+                                  batch_size=batch, progress=progress, desc="refresh queries")
+  scann = negatives.scann
+  return mining.dense_negative_pool(
+      query_emb, corpus_emb, ctx.data, int(negatives.depth), index=negatives.index,
+      scann_config=ScannConfig(num_leaves=scann.num_leaves,
+                               num_leaves_to_search=scann.num_leaves_to_search,
+                               reorder_k=scann.reorder_k),
+      false_negative_margin=negatives.get("false_negative_margin"), passage_doc=passage_doc)
+
+
+def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
+  """The refresher and the batcher's view of it. -> (batcher kwargs, hooks)."""
+  config, negatives = ctx.config, ctx.config.negatives
+  warmup_pool = dpr.negative_pool(config, ctx.data, ctx.workdir, depth=negatives.bm25_depth)
+  initial = negative_refresh.MinedNegatives(
+      warmup_pool, negative_refresh.NOT_MINED, "bm25", int(negatives.num), int(config.seed),
+      negatives.get("top_k"), ctx.dataset.query_rows)
+  mode = negatives.refresh_mode
+  # A private tokenizer: HF fast tokenizers set truncation on the shared backend at each call.
+  mine = functools.partial(mine_negatives, ctx=ctx, tokenizer=copy.deepcopy(ctx.tokenizer),
+                           progress=bool(config.train.progress) and mode == "sync")
+  refresher = negative_refresh.NegativeRefresher(
+      mine, lambda: initial, every=int(negatives.refresh_every), total_steps=ctx.total_steps,
+      mode=mode, first=negatives.get("first_refresh"),
+      mine_at_start=bool(negatives.get("mine_at_start", False)))
+  return {"negative_sets": refresher.current}, [refresher]
+
+
+def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
+  """Everything the loop needs to train ANCE as `config` says."""
+  _check(config)
+  recipe = dpr.build_contrastive(config, workdir, mesh, name="ance", negatives=ann_negatives)
+  recipe.info["refresh_steps"] = recipe.hooks[0].schedule
+  return recipe
