@@ -60,6 +60,11 @@ def main(argv):
   except ValueError as error:
     raise app.UsageError(f"{error} (or 'zeroshot' with --mode=eval)") from None
   summary = train.run(config, workdir, _MODE.value, _STEP.value)
+  refresh = summary.get("info", {}).get("negative_refresh")
+  if refresh:
+    from retrieval_jax import negative_refresh  # pylint: disable=g-import-not-at-top
+
+    print("\n" + negative_refresh.format_summary(refresh))
   if summary.get("eval"):
     print(f"\n{config.data.name} / {config.data.eval_split} at step {summary['step']}")
     print(evaluation.format_table(summary["eval"]))

@@ -38,6 +38,7 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from etils import epath
 
 CHECKPOINT_SUBDIR = "checkpoints"
 CONFIG_FILE = "config.json"
@@ -180,7 +181,9 @@ class Checkpointer:
   def restore_host(self, step: int) -> dict[str, Any] | None:
     """The host arrays saved with `step` (numpy, dtypes kept), or None if it has none."""
     self.wait()
-    if self._manager.item_metadata(int(step)).get("host") is None:
+    # The item's directory, not `item_metadata`: a manager that has not saved in this process
+    # has no handler registered for the item and reports no metadata for it.
+    if not (epath.Path(self.directory) / str(int(step)) / "host").exists():
       return None
     restored = self._manager.restore(int(step),
                                      args=ocp.args.Composite(host=ocp.args.StandardRestore()))

@@ -250,15 +250,18 @@ class NegativeRefresher:
 
   def finish(self) -> dict[str, Any]:
     """Waits for a refresh still running (its result is not used) and summarises the run."""
+    unused = []
     if self._pending is not None:
       step, _, future = self._pending
       logger.info("the refresh of step %d finished after training ended: not used", step)
       self._pending = None
       future.result()
+      unused.append(step)
     self.close()
     wall = time.perf_counter() - self._started_at
     return {"negative_refresh": {
         "mode": self.mode, "refreshes": [dataclasses.asdict(r) for r in self.records],
+        "unused_refreshes": unused,
         "waited_s": self.waited_s, "wall_s": wall,
         "waited_fraction": self.waited_s / wall if wall > 0 else 0.0}}
 
@@ -304,3 +307,17 @@ class NegativeRefresher:
     logger.info("refresh: negatives mined at step %d in use after step %d (%.1f s, %d steps "
                 "trained meanwhile, trainer waited %.1f s)", snapshot_step, installed_at, wall,
                 record.steps_during, waited_s)
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+  """A text table of `NegativeRefresher.finish()["negative_refresh"]`, for the console."""
+  lines = [f"negative refreshes ({summary['mode']}):",
+           "snapshot step  in use after  wall s  steps meanwhile  trainer waited s"]
+  for r in summary["refreshes"]:
+    lines.append(f"{r['snapshot_step']:>13}  {r['installed_at_step']:>12}  {r['wall_s']:>6.1f}  "
+                 f"{r['steps_during']:>15}  {r['waited_s']:>16.1f}")
+  for step in summary.get("unused_refreshes", []):
+    lines.append(f"{step:>13}  not used: still mining when training ended")
+  lines.append(f"trainer waited {summary['waited_s']:.1f} s of {summary['wall_s']:.1f} s "
+               f"({100 * summary['waited_fraction']:.1f}%)")
+  return "\n".join(lines)

@@ -86,6 +86,9 @@ def test_host_arrays_round_trip_and_absent(tmp_path, state):
     restored = ckpt.restore_host(2)
     # The state item is unaffected by the optional host item.
     _assert_identical(ckpt.restore(2, abstract_state=_abstract(state))[0], state)
+  with checkpoint.Checkpointer(tmp_path) as reopened:  # a new process, as on resume
+    assert reopened.restore_host(1) is None
+    np.testing.assert_array_equal(reopened.restore_host(2)["candidates"], host["candidates"])
   assert sorted(restored) == sorted(host)
   for key, value in host.items():
     assert restored[key].dtype == np.int64  # int64 kept although JAX runs without x64

@@ -284,3 +284,42 @@ def test_labels_stay_aligned_with_hard_negatives_under_sharding():
   # The check can fail: stale (unshuffled) labels on shuffled rows are not aligned.
   (_, metrics_stale), _ = step(query, np.asarray(passages)[order], np.asarray(positive_index))
   assert float(metrics_stale["accuracy"]) < 1.0
+
+
+def _numpy_maxp_nll(q, p, positive_doc, per_doc, mask, scale):
+  """Reference: document logit = max over its unmasked passages, NLL of the positive doc."""
+  logits = scale * q.astype(np.float64) @ p.astype(np.float64).T      # [B, P]
+  logits = np.where(mask, logits, -np.inf)
+  docs = logits.reshape(len(q), -1, per_doc).max(axis=-1)             # [B, D]
+  shifted = docs - docs.max(axis=1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  return -np.mean(log_probs[np.arange(len(q)), positive_doc])
+
+
+@pytest.mark.parametrize("per_query_mask", [False, True])
+def test_maxp_loss_matches_numpy(per_query_mask):
+  """MaxP (ANCE): a document scores its best passage; missing passages never count; with a
+  per-query mask (loss.in_batch=False) each query sees only its own documents."""
+  rng = np.random.default_rng(3)
+  batch, group, per_doc, dim = 4, 2, 3, 8
+  q = rng.normal(size=(batch, dim)).astype(np.float32)
+  p = rng.normal(size=(batch * group * per_doc, dim)).astype(np.float32)
+  valid = rng.random(batch * group * per_doc) < 0.7
+  valid[::per_doc] = True  # every document has its first passage
+  mask = np.broadcast_to(valid, (batch, valid.size))
+  if per_query_mask:
+    own = np.arange(valid.size)[None, :] // (group * per_doc) == np.arange(batch)[:, None]
+    mask = own & valid[None, :]
+  positive = np.arange(batch) * group
+  loss, metrics = losses.in_batch_softmax_loss(
+      jnp.asarray(q), jnp.asarray(p), positive_index=jnp.asarray(positive), scale=2.0,
+      passage_mask=jnp.asarray(mask if per_query_mask else valid), passages_per_doc=per_doc)
+  expected = _numpy_maxp_nll(q, p, positive, per_doc, mask, 2.0)
+  np.testing.assert_allclose(float(loss), expected, rtol=1e-5)
+  assert 0.0 <= float(metrics["accuracy"]) <= 1.0
+
+
+def test_maxp_rejects_passages_that_do_not_group():
+  with pytest.raises(ValueError, match="groups of 3"):
+    losses.in_batch_softmax_loss(jnp.ones((2, 4)), jnp.ones((8, 4)),
+                                 positive_index=jnp.arange(2), passages_per_doc=3)

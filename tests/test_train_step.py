@@ -198,3 +198,43 @@ def test_non_finite_loss_keeps_params_and_reports_it():
   assert _max_diff(after["params"], before["params"]) == 0.0
   assert _max_diff(after["opt_state"], before["opt_state"]) == 0.0
   assert int(after["step"]) == 1
+
+
+@pytest.mark.parametrize("in_batch", [True, False])
+def test_maxp_batches_and_own_group_loss_on_a_mesh(in_batch):
+  """[B, G, N, L] passages (MaxP): on mesh (4, 2) the loss equals a NumPy reference taking each
+  document's best non-empty passage; with loss.in_batch=False each query sees only its group."""
+  per_doc = 2
+  mesh = sharding.make_mesh(4, 2)
+  rng = np.random.default_rng(5)
+  batch = _batch(seed=5, group=_GROUP * per_doc)
+  for key in ("passage_input_ids", "passage_attention_mask"):
+    batch[key] = batch[key].reshape(_BATCH, _GROUP, per_doc, _LP)
+  empty = rng.random((_BATCH, _GROUP)) < 0.4  # some documents have no second passage
+  batch["passage_input_ids"][:, :, 1][empty] = 0
+  batch["passage_attention_mask"][:, :, 1][empty] = 0
+  dual, state, _ = _setup(mesh)
+  config = _loss_config(scale=2.0, in_batch=in_batch)
+  (loss, _), _ = jax.jit(lambda p, b: dual_encoder.contrastive_loss_and_grads(
+      dual, config, p, b, None))(state["params"], jax.device_put(batch,
+                                                                 sharding.batch_sharding(mesh)))
+  params = _host(state["params"])
+  embed = jax.jit(dual.embed, static_argnums=3)
+  query_emb = np.asarray(embed(params, (batch["query_input_ids"],
+                                        batch["query_attention_mask"]), None, "query"),
+                         np.float64)
+  flat = lambda x: x.reshape(-1, _LP)
+  passage_emb = np.asarray(embed(params, (flat(batch["passage_input_ids"]),
+                                          flat(batch["passage_attention_mask"])), None,
+                                 "passage"), np.float64)
+  logits = 2.0 * query_emb @ passage_emb.T                                   # [B, B*G*N]
+  valid = flat(batch["passage_attention_mask"])[:, 0] > 0
+  allowed = np.broadcast_to(valid, logits.shape).copy()
+  if not in_batch:
+    allowed &= (np.arange(logits.shape[1])[None] // (_GROUP * per_doc)
+                == np.arange(_BATCH)[:, None])
+  docs = np.where(allowed, logits, -np.inf).reshape(_BATCH, -1, per_doc).max(-1)
+  docs -= docs.max(axis=1, keepdims=True)
+  log_probs = docs - np.log(np.exp(docs).sum(axis=1, keepdims=True))
+  expected = -np.mean(log_probs[np.arange(_BATCH), np.arange(_BATCH) * _GROUP])
+  assert abs(float(loss) - expected) <= 1e-5 * max(1.0, abs(expected))

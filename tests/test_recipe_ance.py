@@ -1,0 +1,210 @@
+"""ANCE end to end on `configs/ance.py:smoke` (tiny random encoder, synthetic data, 6 steps).
+
+Covers: refreshes run (async and sync) and are logged; the negatives in use are saved in every
+checkpoint and a resumed run continues on them (sync mode: bit-identical to an uninterrupted
+run, and nothing is re-mined on resume); positives never appear among mined negatives, with or
+without the false-negative margin; MaxP trains on [B, G, N, L] passages; `eval/retrieval.py`
+evaluates an ANCE workdir with ScaNN and with exact search; invalid ANCE keys are rejected
+before compiling.
+"""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from retrieval_jax import checkpoint, metric_writer, recipes, sharding, train
+from retrieval_jax.data import pairs
+from retrieval_jax.index import mining
+from retrieval_jax.recipes import ance, dpr
+
+_REPO = pathlib.Path(__file__).resolve().parents[1]
+if str(_REPO) not in sys.path:
+  sys.path.insert(0, str(_REPO))
+
+from configs import ance as ance_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def _smoke(**overrides):
+  config = ance_config.get_config("smoke")
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def _params(workdir, step=None):
+  config = checkpoint.load_config(workdir)
+  query, _, step = recipes.get("ance").restore_encoders(config, workdir, step)
+  return step, jax.tree_util.tree_map(np.asarray, query.params)
+
+
+def _host(workdir, step):
+  with checkpoint.Checkpointer(workdir) as ckpt:
+    return ckpt.restore_host(step)
+
+
+@pytest.fixture(scope="module")
+def async_run(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("ance_async")
+  return workdir, train.run(_smoke(), workdir, "train_and_eval")
+
+
+def test_async_run_refreshes_logs_and_saves_its_negatives(async_run):
+  workdir, summary = async_run
+  assert summary["step"] == 6 and 0.0 <= summary["eval"]["ndcg@10"] <= 1.0
+  refresh = summary["info"]["negative_refresh"]
+  assert refresh["mode"] == "async" and summary["info"]["refresh_steps"] == [2, 4]
+  # Each refresh either was installed (at or after its snapshot step) or ran past the end.
+  installed = [r["snapshot_step"] for r in refresh["refreshes"]]
+  assert sorted(installed + refresh["unused_refreshes"]) == [2, 4]
+  for record in refresh["refreshes"]:
+    assert record["installed_at_step"] >= record["snapshot_step"]
+    assert record["steps_during"] == record["installed_at_step"] - record["snapshot_step"]
+  assert 0.0 <= refresh["waited_fraction"] < 1.0
+  scalars = metric_writer.read_scalars(workdir / "tensorboard")
+  assert "negatives/snapshot_step" in scalars and "negatives/refreshing" in scalars
+  # Every checkpoint holds the negatives in use and their snapshot step.
+  for step in checkpoint.Checkpointer(workdir).all_steps():
+    host = _host(workdir, step)
+    assert host is not None and int(host["snapshot_step"]) in (-1, 2, 4)
+
+
+def test_positives_are_never_mined_as_negatives(async_run, tmp_path):
+  workdir, _ = async_run
+  config = checkpoint.load_config(workdir)
+  data = dpr.load_split(config.data, config.data.train_split)
+  positives = [set(np.flatnonzero(np.isin(data.corpus_ids, [d for d, r in
+                                                            data.qrels.get(q, {}).items()
+                                                            if r > 0])))
+               for q in data.query_ids]
+  saved = _host(workdir, checkpoint.Checkpointer(workdir).latest_step())
+  # A pool mined with a margin, from random embeddings: positives still excluded.
+  rng = np.random.default_rng(0)
+  query_emb = rng.normal(size=(len(data.query_ids), 8)).astype(np.float32)
+  corpus_emb = rng.normal(size=(len(data.corpus_ids), 8)).astype(np.float32)
+  margined = mining.dense_negative_pool(query_emb, corpus_emb, data, depth=20, index="exact",
+                                        false_negative_margin=0.5)
+  plain = mining.dense_negative_pool(query_emb, corpus_emb, data, depth=20, index="exact")
+  assert margined.counts.sum() < plain.counts.sum()  # the margin dropped some candidates
+  for candidates, counts in ((saved["candidates"], saved["counts"]),
+                             (margined.candidates, margined.counts)):
+    for q, row in enumerate(candidates):
+      assert not set(row[:counts[q]].tolist()) & positives[q]
+    # ...and neither are the negatives drawn from the pool, every epoch.
+    pool = mining.NegativePool(list(data.query_ids), candidates, counts,
+                               margined.positives, len(data.corpus_ids))
+    for epoch in range(3):
+      drawn = mining.sample_negatives(pool, 3, seed=0, epoch=epoch)
+      for q, row in enumerate(drawn):
+        assert not set(row.tolist()) & positives[q]
+
+
+def test_sync_resume_continues_on_the_saved_negatives(tmp_path, monkeypatch):
+  mined_at = []
+  real_mine = ance.mine_negatives
+
+  def counting_mine(params, step, **kwargs):
+    mined_at.append(step)
+    return real_mine(params, step, **kwargs)
+
+  monkeypatch.setattr(ance, "mine_negatives", counting_mine)
+  sync = {"negatives.refresh_mode": "sync"}
+  straight = train.run(_smoke(**sync), tmp_path / "straight", "train")
+  assert mined_at == [2, 4]
+  assert [r["steps_during"] for r in straight["info"]["negative_refresh"]["refreshes"]] == [0, 0]
+
+  interrupted = tmp_path / "interrupted"
+  train.run(_smoke(**sync, **{"train.stop_at_step": 3}), interrupted, "train")
+  host = _host(interrupted, 3)
+  assert int(host["snapshot_step"]) == 2
+  config = _smoke()
+  bm25 = dpr.negative_pool(config, dpr.load_split(config.data, config.data.train_split),
+                           interrupted, depth=config.negatives.bm25_depth)
+  assert not np.array_equal(host["candidates"], bm25.candidates)  # the test can tell them apart
+  del mined_at[:]
+  train.run(_smoke(**sync), interrupted, "train")
+  assert mined_at == [4]  # resumed on the saved step-2 negatives, mined only the step-4 refresh
+  (_, resumed), (_, uninterrupted) = _params(interrupted), _params(tmp_path / "straight")
+  worst = max(float(np.max(np.abs(a - b))) for a, b in
+              zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(uninterrupted)))
+  print(f"[measured] ANCE sync resume 3 -> 6 vs straight: params max abs diff {worst:.1e}")
+  assert worst <= 1e-6
+
+
+def test_maxp_trains_on_documents_split_into_passages(tmp_path):
+  config = _smoke(**{"data.max_passages": 2, "eval.max_passages": 2, "train.num_steps": 3,
+                     "negatives.refresh_mode": "sync", "train.passage_max_length": 16})
+  mesh = sharding.mesh_from_config(config)
+  recipe = ance.build(config, tmp_path, mesh)
+  recipe.hooks[0].start(0, recipe.init_state(), None)
+  batch = recipe.batcher.batch(0)
+  assert batch["passage_input_ids"].shape[:3] == (8, 2, 2)
+  # Every document has a first passage; the longer ones a second.
+  assert batch["passage_attention_mask"][:, :, 0, 0].all()
+  assert batch["passage_attention_mask"][:, :, 1, 0].any()
+  summary = train.run(config, tmp_path, "train_and_eval")
+  assert summary["step"] == 3 and np.isfinite(summary["train"]["loss"])
+  assert json.loads((tmp_path / "eval" / "step_3" / "metrics.json").read_text())[
+      "num_passages"] > 0
+
+
+def _python(args):
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, *args], cwd=_REPO, env=env, capture_output=True,
+                        text=True, check=True, timeout=600)
+
+
+def test_eval_cli_on_an_ance_workdir_with_scann_and_exact(async_run, tmp_path):
+  workdir, summary = async_run
+  metrics = {}
+  for index in ("exact", "scann"):
+    out = tmp_path / index
+    result = _python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic",
+                      "--split=dev", "--max_length=32", "--metrics=ndcg@10,recall@10",
+                      "--depth=10", f"--index={index}", f"--out={out}", "--noprogress"])
+    assert "step 6" in result.stdout
+    metrics[index] = json.loads((out / "metrics.json").read_text())
+  # 96 documents: ScaNN searches them exhaustively, so both give the final evaluation.
+  for index in ("exact", "scann"):
+    assert metrics[index]["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"], abs=1e-5)
+
+
+@pytest.mark.parametrize("overrides, key", [
+    ({"negatives.source": "bm25"}, "negatives.source"),
+    ({"negatives.index": "faiss"}, "negatives.index"),
+    ({"negatives.refresh_mode": "later"}, "negatives.refresh_mode"),
+    ({"negatives.num": 0}, "negatives.num"),
+    ({"negatives.first_refresh": 0}, "negatives.first_refresh"),
+    ({"loss.in_batch": False, "loss.symmetric": True}, "loss.symmetric"),
+    ({"data.max_passages": 0}, "data.max_passages"),
+])
+def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
+  compiled = []
+  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    train.run(_smoke(**overrides), tmp_path, "train")
+  assert not compiled
+
+
+def test_batches_record_the_negative_set_they_came_from(tmp_path):
+  config = _smoke(**{"negatives.refresh_mode": "sync"})
+  recipe = ance.build(config, tmp_path, sharding.mesh_from_config(config))
+  refresher = recipe.hooks[0]
+  state = recipe.init_state()
+  refresher.start(0, state, None)
+  assert isinstance(recipe.batcher, pairs.PairBatcher)
+  versions = []
+  for step, batch in recipe.batcher.iterate(0, 5):
+    versions.append(int(batch["negatives_version"]))
+    refresher.after_step(step + 1, state)
+  assert versions == [-1, -1, 2, 2, 4]
+  refresher.close()
