@@ -15,7 +15,9 @@ the evaluation. What the loop guarantees for every recipe:
   `NonFiniteLossError` before any checkpoint of the bad state is written;
 - console progress bar, log lines and TensorBoard events under `workdir/tensorboard`;
 - evaluation on the eval split every `train.eval_every_steps` and at the end
-  (`train_and_eval`), under `workdir/eval/step_<N>/`; a HF export under `workdir/export/`.
+  (`train_and_eval`), under `workdir/eval/step_<N>/`; a HF export under `workdir/export/`;
+- the recipe's hooks (`recipes.base.Hook`, e.g. ANCE's negative refresh) run between steps,
+  log with the metrics and save what they hold in every checkpoint (restored on resume).
 """
 
 from __future__ import annotations

@@ -235,3 +235,26 @@ def test_dense_pool_errors():
     mining.dense_negative_pool(queries, corpus, data, index="faiss")
   with pytest.raises(ValueError, match="depth"):
     mining.dense_negative_pool(queries, corpus, data, depth=0)
+
+
+def test_dense_pool_over_passages_is_maxp_and_scann_equals_exact():
+  """MaxP mining: documents ranked by their best passage, positives' passages never returned;
+  exhaustive ScaNN over the passages gives the same pool as exact search."""
+  data, queries, corpus = _dense_setup(num_docs=600)
+  rng = np.random.default_rng(1)
+  per_doc = rng.integers(1, 4, len(corpus))                       # 1-3 passages per document
+  passage_doc = np.repeat(np.arange(len(corpus)), per_doc)
+  passages = corpus[passage_doc] + 0.5 * rng.normal(size=(len(passage_doc), corpus.shape[1]))
+  passages = (passages / np.linalg.norm(passages, axis=1, keepdims=True)).astype(np.float32)
+  exact = mining.dense_negative_pool(queries, passages, data, depth=20, index="exact",
+                                     passage_doc=passage_doc)
+  exhaustive = mining.ScannConfig(num_leaves=10, num_leaves_to_search=10,
+                                  reorder_k=len(passages))
+  approximate = mining.dense_negative_pool(queries, passages, data, depth=20, index="scann",
+                                           scann_config=exhaustive, passage_doc=passage_doc)
+  np.testing.assert_array_equal(approximate.candidates, exact.candidates)
+  for row, positives in enumerate(_positive_sets(data)):
+    doc_scores = np.full(len(corpus), -np.inf)
+    np.maximum.at(doc_scores, passage_doc, passages @ queries[row])
+    ranking = [d for d in np.argsort(-doc_scores, kind="stable") if d not in positives][:20]
+    np.testing.assert_array_equal(exact.candidates[row], ranking)

@@ -1,7 +1,8 @@
 """DPR (Karpukhin et al. 2020): two towers, in-batch softmax plus BM25 hard negatives.
 
 Composes `dual_encoder` (towers, state, step), `data.pairs` (examples, epochs, batches) and
-`index.mining` (BM25 candidate pools, resampled every epoch). The BM25 pool is mined once per
+`index.mining` (BM25 candidate pools, resampled every epoch). `build_contrastive` is the
+dual-encoder recipe with the negatives left open; ANCE plugs its refreshed ANN negatives in. The BM25 pool is mined once per
 workdir and cached as `negatives/bm25_<split>.npz`, next to a JSON of what it was mined with.
 """
 
