@@ -63,6 +63,8 @@ def get_config(arg: str = ""):
       bm25_depth=100,         # BM25 warm-up candidates per query
       k1=0.9, b=0.4,          # BM25 (Pyserini's defaults)
   )
+  # The released scripts train until stopped (a checkpoint, and so a refresh, every 10k steps)
+  # and name no length; 100k steps here: override train.num_steps to taste.
   config.train.update(batch_size=64, num_epochs=None, num_steps=100000, query_max_length=64,
                       passage_max_length=512, checkpoint_every_steps=10000)
   config.optim.update(name="lamb", lr=1e-6, warmup_steps=5000, warmup_ratio=None,

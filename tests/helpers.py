@@ -1,7 +1,10 @@
 """Small, fast fixtures shared by tests: a tiny random BERT directory and a tiny BEIR data set."""
 
 import json
+import os
 import pathlib
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -64,3 +67,38 @@ def params_unboxed(params):
   """Plain arrays from logically-partitioned boxes."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   return nn.meta.unbox(params)
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def with_overrides(config, overrides: dict):
+  """`config` with dotted keys set, as `--config.a.b=value` would (e.g. {"train.num_steps": 2})."""
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for part in parents:
+      node = node[part]
+    node[leaf] = value
+  return config
+
+
+def run_python(args, check: bool = True) -> subprocess.CompletedProcess:
+  """`python ARGS` from the repository root on one CPU device (no fake device split)."""
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
+                        text=True, check=check, timeout=600)
+
+
+def assert_rejected_before_compiling(config, workdir, key: str, monkeypatch) -> None:
+  """`train.run(config)` raises a ValueError naming `key` before `jax.jit` is ever called."""
+  import pytest  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import train  # pylint: disable=g-import-not-at-top
+
+  compiled = []
+  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
+  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
+    train.run(config, workdir, "train")
+  assert not compiled
+  assert not (pathlib.Path(workdir) / "checkpoints").exists()

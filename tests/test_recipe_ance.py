@@ -9,9 +9,7 @@ before compiling.
 """
 
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -28,17 +26,12 @@ if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
 from configs import ance as ance_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import (  # pylint: disable=wrong-import-position
+    assert_rejected_before_compiling, run_python, with_overrides)
 
 
 def _smoke(**overrides):
-  config = ance_config.get_config("smoke")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return with_overrides(ance_config.get_config("smoke"), overrides)
 
 
 def _params(workdir, step=None):
@@ -157,10 +150,6 @@ def test_maxp_trains_on_documents_split_into_passages(tmp_path):
       "num_passages"] > 0
 
 
-def _python(args):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, *args], cwd=_REPO, env=env, capture_output=True,
-                        text=True, check=True, timeout=600)
 
 
 def test_eval_cli_on_an_ance_workdir_with_scann_and_exact(async_run, tmp_path):
@@ -168,7 +157,7 @@ def test_eval_cli_on_an_ance_workdir_with_scann_and_exact(async_run, tmp_path):
   metrics = {}
   for index in ("exact", "scann"):
     out = tmp_path / index
-    result = _python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic",
+    result = run_python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic",
                       "--split=dev", "--max_length=32", "--metrics=ndcg@10,recall@10",
                       "--depth=10", f"--index={index}", f"--out={out}", "--noprogress"])
     assert "step 6" in result.stdout
@@ -188,11 +177,7 @@ def test_eval_cli_on_an_ance_workdir_with_scann_and_exact(async_run, tmp_path):
     ({"data.max_passages": 0}, "data.max_passages"),
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
-  compiled = []
-  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
-  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-    train.run(_smoke(**overrides), tmp_path, "train")
-  assert not compiled
+  assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
 
 
 def test_batches_record_the_negative_set_they_came_from(tmp_path):

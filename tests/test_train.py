@@ -8,9 +8,7 @@ checkpoint; a checkpoint restores onto a different mesh shape.
 """
 
 import json
-import os
 import pathlib
-import subprocess
 import sys
 
 import jax
@@ -24,17 +22,12 @@ if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
 from configs import dpr  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests.helpers import (  # pylint: disable=wrong-import-position
+    assert_rejected_before_compiling, run_python, with_overrides)
 
 
 def _smoke(**overrides):
-  config = dpr.get_config("smoke")
-  for key, value in overrides.items():
-    node = config
-    *parents, leaf = key.split(".")
-    for part in parents:
-      node = node[part]
-    node[leaf] = value
-  return config
+  return with_overrides(dpr.get_config("smoke"), overrides)
 
 
 def _final_params(workdir):
@@ -139,12 +132,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     ({"train.num_steps": None, "train.num_epochs": 0}, "train.num_epochs"),
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
-  compiled = []
-  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
-  with pytest.raises(ValueError, match=key.replace(".", r"\.")):
-    train.run(_smoke(**overrides), tmp_path, "train")
-  assert not compiled
-  assert not (tmp_path / "checkpoints").exists()
+  assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
 
 
 def test_grad_cache_run_matches_plain_run(tmp_path):
@@ -173,29 +161,24 @@ def test_eval_mode_and_eval_cli_on_a_workdir(smoke_run, tmp_path):
   assert earlier["step"] == 3
 
   out = tmp_path / "cli"
-  result = _python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic", "--split=dev",
-                    "--max_length=32", "--metrics=ndcg@10,recall@10", "--depth=10",
-                    f"--out={out}", "--step=6", "--noprogress"])
+  result = run_python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic",
+                       "--split=dev", "--max_length=32", "--metrics=ndcg@10,recall@10",
+                       "--depth=10", f"--out={out}", "--step=6", "--noprogress"])
   assert "step 6" in result.stdout
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"], abs=1e-5)
 
 
-def _python(args, check=True):
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
-  return subprocess.run([sys.executable, *args], cwd=_REPO, env=env, capture_output=True,
-                        text=True, check=check, timeout=600)
-
-
 def test_main_trains_with_flag_overrides_and_rejects_unknown_keys(tmp_path):
   workdir = tmp_path / "main"
-  _python(["main.py", "--config=configs/dpr.py:smoke", f"--workdir={workdir}", "--mode=train",
-           "--config.train.num_steps=2", "--config.optim.lr=5e-4"])
+  run_python(["main.py", "--config=configs/dpr.py:smoke", f"--workdir={workdir}",
+              "--mode=train", "--config.train.num_steps=2", "--config.optim.lr=5e-4"])
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["optim"]["lr"] == 5e-4 and saved["train"]["num_steps"] == 2
   assert checkpoint.Checkpointer(workdir).all_steps() == [2]
-  bad = _python(["main.py", "--config=configs/dpr.py:smoke", f"--workdir={tmp_path / 'bad'}",
-                 "--config.optim.learning_rate=1e-3"], check=False)
+  bad = run_python(["main.py", "--config=configs/dpr.py:smoke",
+                    f"--workdir={tmp_path / 'bad'}", "--config.optim.learning_rate=1e-3"],
+                   check=False)
   assert bad.returncode != 0 and "learning_rate" in bad.stderr
 
 

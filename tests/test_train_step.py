@@ -138,6 +138,16 @@ def test_grad_cache_gradients_equal_full_batch():
   assert error <= 1e-5
 
 
+def _embeddings(dual, params, batch):
+  """(query, flattened passage) embeddings of a batch, float64, dropout off."""
+  embed = jax.jit(dual.embed, static_argnums=3)
+  query = embed(params, (batch["query_input_ids"], batch["query_attention_mask"]), None, "query")
+  flat = lambda x: x.reshape(-1, _LP)
+  passage = embed(params, (flat(batch["passage_input_ids"]),
+                           flat(batch["passage_attention_mask"])), None, "passage")
+  return np.asarray(query, np.float64), np.asarray(passage, np.float64)
+
+
 def _numpy_loss(query_emb, passage_emb, group, scale):
   logits = scale * query_emb.astype(np.float64) @ passage_emb.astype(np.float64).T
   logits -= logits.max(axis=1, keepdims=True)
@@ -155,13 +165,7 @@ def test_loss_labels_follow_the_flattened_layout(mesh_shape):
   (loss, _), _ = jax.jit(lambda p, b: dual_encoder.contrastive_loss_and_grads(
       dual, config, p, b, None))(state["params"], jax.device_put(batch,
                                                                  sharding.batch_sharding(mesh)))
-  params = _host(state["params"])
-  embed = jax.jit(dual.embed, static_argnums=3)
-  query_emb = np.asarray(embed(params, (batch["query_input_ids"],
-                                        batch["query_attention_mask"]), None, "query"))
-  flat = lambda x: x.reshape(-1, _LP)
-  passage_emb = np.asarray(embed(params, (flat(batch["passage_input_ids"]),
-                                          flat(batch["passage_attention_mask"])), None, "passage"))
+  query_emb, passage_emb = _embeddings(dual, _host(state["params"]), batch)
   expected = _numpy_loss(query_emb, passage_emb, _GROUP, 3.0)
   assert abs(float(loss) - expected) <= 1e-5 * max(1.0, abs(expected))
 
@@ -218,15 +222,8 @@ def test_maxp_batches_and_own_group_loss_on_a_mesh(in_batch):
   (loss, _), _ = jax.jit(lambda p, b: dual_encoder.contrastive_loss_and_grads(
       dual, config, p, b, None))(state["params"], jax.device_put(batch,
                                                                  sharding.batch_sharding(mesh)))
-  params = _host(state["params"])
-  embed = jax.jit(dual.embed, static_argnums=3)
-  query_emb = np.asarray(embed(params, (batch["query_input_ids"],
-                                        batch["query_attention_mask"]), None, "query"),
-                         np.float64)
+  query_emb, passage_emb = _embeddings(dual, _host(state["params"]), batch)
   flat = lambda x: x.reshape(-1, _LP)
-  passage_emb = np.asarray(embed(params, (flat(batch["passage_input_ids"]),
-                                          flat(batch["passage_attention_mask"])), None,
-                                 "passage"), np.float64)
   logits = 2.0 * query_emb @ passage_emb.T                                   # [B, B*G*N]
   valid = flat(batch["passage_attention_mask"])[:, 0] > 0
   allowed = np.broadcast_to(valid, logits.shape).copy()
