@@ -228,3 +228,50 @@ def _check_token(value: str, what: str) -> None:
   if not value or any(character.isspace() for character in value):
     raise ValueError(
         f"{what} {value!r} is empty or contains whitespace; TREC files are space-separated")
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedComparison:
+  """Run B against run A on the same queries (B - A), from per-query values of one metric."""
+  mean_a: float
+  mean_b: float
+  mean_diff: float
+  ci_low: float      # 95% paired-bootstrap interval of the mean difference
+  ci_high: float
+  p_value: float     # two-sided paired randomisation (sign-flip) test
+  wins: int          # queries where B > A
+  losses: int        # queries where B < A
+  num_queries: int
+
+
+def paired_comparison(values_a: Mapping[str, float], values_b: Mapping[str, float], *,
+                      num_samples: int = 10000, seed: int = 0) -> PairedComparison:
+  """Is run B better than run A beyond per-query noise? (Smucker et al. 2007's tests.)
+
+  Args:
+    values_a: {query_id: value} of one metric for run A (`evaluate_per_query`).
+    values_b: the same for run B; both must cover the same queries.
+    num_samples: bootstrap resamples and random sign flips.
+    seed: RNG seed (results are reproducible).
+
+  Raises:
+    ValueError: the runs cover different queries, or none.
+  """
+  if set(values_a) != set(values_b) or not values_a:
+    raise ValueError(f"the runs must cover the same, non-empty set of queries "
+                     f"({len(values_a)} vs {len(values_b)}, {len(set(values_a) ^ set(values_b))} "
+                     "differ)")
+  ids = sorted(values_a)
+  a = np.asarray([values_a[q] for q in ids], np.float64)
+  b = np.asarray([values_b[q] for q in ids], np.float64)
+  diff = b - a
+  rng = np.random.default_rng(seed)
+  means = diff[rng.integers(0, len(diff), (num_samples, len(diff)))].mean(axis=1)
+  flipped = (rng.choice((-1.0, 1.0), (num_samples, len(diff))) * diff).mean(axis=1)
+  observed = abs(diff.mean())
+  return PairedComparison(
+      mean_a=float(a.mean()), mean_b=float(b.mean()), mean_diff=float(diff.mean()),
+      ci_low=float(np.percentile(means, 2.5)), ci_high=float(np.percentile(means, 97.5)),
+      # +1 on both sides: the observed assignment is one of the permutations (never p = 0).
+      p_value=float((np.sum(np.abs(flipped) >= observed - 1e-12) + 1) / (num_samples + 1)),
+      wins=int(np.sum(diff > 0)), losses=int(np.sum(diff < 0)), num_queries=len(diff))

@@ -78,3 +78,25 @@ def test_main_rejects_unknown_config_key(tmp_path):
       cwd=REPO, capture_output=True, text=True, env=environ, timeout=120, check=False)
   assert result.returncode != 0
   assert "no_such_key" in result.stderr
+
+
+def test_compare_runs_script(tiny, tmp_path):
+  """Two evaluation directories and a workdir-shaped one: the table has a row each."""
+  data, _, root = tiny
+  from retrieval_jax import metrics  # pylint: disable=g-import-not-at-top
+
+  good = {"q1": {"d1": 2.0, "d2": 1.0}, "q2": {"d2": 2.0}, "q3": {"d4": 1.0},
+          "q4": {"d6": 1.0}}
+  bad = {"q1": {"d2": 2.0, "d1": 1.0}, "q2": {"d3": 2.0}, "q3": {"d1": 1.0},
+         "q4": {"d5": 1.0}}
+  (tmp_path / "good").mkdir()
+  metrics.write_trec_run(tmp_path / "good" / "run.trec", good)
+  (tmp_path / "bad" / "eval" / "step_7").mkdir(parents=True)
+  metrics.write_trec_run(tmp_path / "bad" / "eval" / "step_7" / "run.trec", bad)
+  result = _run(["eval/compare_runs.py", f"--data={data}", "--split=test",
+                 f"--runs={tmp_path / 'good'},{tmp_path / 'bad'}", "--metric=mrr@10",
+                 "--samples=200"], tfds=str(root / "tfds"))
+  lines = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
+  assert len(lines) == 2
+  assert "1.0000" in lines[0]            # every query's relevant document ranked first
+  assert "-0.8750" in lines[1]           # the other run: q1 at rank 2 (0.5), the rest 0

@@ -138,3 +138,36 @@ def test_bad_ids_and_malformed_files_are_rejected(tmp_path):
   bad.write_text("q1 Q0 d1 1 0.5 tag\nq1 Q0 d1 2 0.4 tag\n")
   with pytest.raises(ValueError, match="twice"):
     metrics.read_trec_run(bad)
+
+
+# --- paired comparison of two runs -------------------------------------------------------------
+
+
+def test_paired_comparison_of_a_run_with_itself_and_with_a_shift():
+  values = {f"q{i}": v for i, v in enumerate(np.random.default_rng(0).random(30))}
+  same = metrics.paired_comparison(values, values)
+  assert (same.mean_diff, same.ci_low, same.ci_high, same.p_value) == (0.0, 0.0, 0.0, 1.0)
+  assert (same.wins, same.losses, same.num_queries) == (0, 0, 30)
+  shifted = metrics.paired_comparison(values, {q: v + 0.1 for q, v in values.items()})
+  assert shifted.mean_diff == pytest.approx(0.1)
+  assert shifted.ci_low == pytest.approx(0.1) and shifted.ci_high == pytest.approx(0.1)
+  assert shifted.p_value < 0.001 and shifted.wins == 30
+
+
+def test_paired_randomisation_p_value_matches_exact_enumeration():
+  """8 queries: all 256 sign patterns enumerated give the exact two-sided p-value."""
+  diff = np.array([0.3, -0.1, 0.25, 0.05, -0.2, 0.4, 0.15, -0.05])
+  a = {f"q{i}": 0.5 for i in range(8)}
+  b = {f"q{i}": 0.5 + d for i, d in enumerate(diff)}
+  signs = np.array(np.meshgrid(*[[-1, 1]] * 8)).reshape(8, -1).T
+  exact = np.mean(np.abs((signs * diff).mean(axis=1)) >= abs(diff.mean()) - 1e-12)
+  result = metrics.paired_comparison(a, b, num_samples=40000, seed=1)
+  assert result.p_value == pytest.approx(exact, abs=0.01)
+  assert result.ci_low < diff.mean() < result.ci_high
+
+
+def test_paired_comparison_needs_the_same_queries():
+  with pytest.raises(ValueError, match="same"):
+    metrics.paired_comparison({"q1": 1.0}, {"q2": 1.0})
+  with pytest.raises(ValueError, match="same"):
+    metrics.paired_comparison({}, {})
