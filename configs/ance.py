@@ -11,7 +11,7 @@ lr 1e-6, 5,000 warm-up steps, 512 tokens. Here the refresh runs inside the train
 background thread, instead of in a second inference job.
 
   python main.py --config=configs/ance.py --workdir=/tmp/ance
-  python main.py --config=configs/ance.py:cpu --workdir=/tmp/ance_cpu        # ~20 min, 2 cores
+  python main.py --config=configs/ance.py:cpu --workdir=/tmp/ance_cpu        # ~18 min, 2 cores
   python main.py --config=configs/ance.py:smoke --workdir=/tmp/ance_smoke    # seconds
   python main.py --config=configs/ance.py:cpu --config.negatives.refresh_mode=sync ...
   python main.py --config=configs/ance.py --config.data.max_passages=4 \
