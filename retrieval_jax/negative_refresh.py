@@ -172,11 +172,10 @@ class NegativeRefresher:
     self.mine_at_start = mine_at_start
     self._current: MinedNegatives | None = None
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-    self._pending: tuple[int, float, concurrent.futures.Future] | None = None
+    self._pending: tuple[int, concurrent.futures.Future] | None = None  # (snapshot step, job)
     self.records: list[RefreshRecord] = []
     self.waited_s = 0.0
     self._started_at = time.perf_counter()
-    self._start_step = 0
 
   def current(self) -> MinedNegatives:
     """The set in use (the batcher's `negative_sets`)."""
@@ -195,7 +194,6 @@ class NegativeRefresher:
       host: The host arrays of the restored checkpoint (None: a fresh run, or no set saved).
     """
     self._started_at = time.perf_counter()
-    self._start_step = step
     initial = self._initial()
     if host is not None and "snapshot_step" in host:
       pool = pool_from_host(host, initial.pool)
@@ -212,25 +210,22 @@ class NegativeRefresher:
       # Resumed after a refresh had started but before it was installed: redo it now.
       logger.info("the refresh of step %d was not installed before the checkpoint: mining now",
                   due[-1])
-      self._launch(step, state["params"])
+      self._begin(step, state["params"])
 
   def after_step(self, step: int, state: dict) -> None:
     """Between steps `step` and `step + 1`: install a finished refresh, start a due one."""
-    if self._pending is not None and self._pending[2].done():
+    if self._pending is not None and self._pending[1].done():
       self._install(step)
     if step not in self._due:
       return
     if self._pending is not None:
       # The previous refresh is still running: wait for it rather than pile up snapshots.
       began = time.perf_counter()
-      concurrent.futures.wait([self._pending[2]])
+      concurrent.futures.wait([self._pending[1]])
       waited = time.perf_counter() - began
       self.waited_s += waited
       self._install(step, waited_s=waited)
-    if self.mode == "sync":
-      self._refresh_now(step, state["params"], installed_at=step)
-    else:
-      self._launch(step, state["params"])
+    self._begin(step, state["params"])
 
   def scalars(self, step: int) -> dict[str, float]:
     """Facts for the log at `step`."""
@@ -252,7 +247,7 @@ class NegativeRefresher:
     """Waits for a refresh still running (its result is not used) and summarises the run."""
     unused = []
     if self._pending is not None:
-      step, _, future = self._pending
+      step, future = self._pending
       logger.info("the refresh of step %d finished after training ended: not used", step)
       self._pending = None
       future.result()
@@ -278,6 +273,13 @@ class NegativeRefresher:
     pool = self._mine(params, step)
     return pool, time.perf_counter() - began
 
+  def _begin(self, step: int, params: Any) -> None:
+    """A refresh with the parameters of `step`: mined now (sync) or in the background."""
+    if self.mode == "sync":
+      self._refresh_now(step, params, installed_at=step)
+    else:
+      self._launch(step, params)
+
   def _refresh_now(self, step: int, params: Any, installed_at: int) -> None:
     pool, wall = self._timed_mine(params, step)
     self.waited_s += wall
@@ -288,11 +290,10 @@ class NegativeRefresher:
       self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ann_refresh")
     logger.info("refresh: mining negatives with the parameters of step %d in the background",
                 step)
-    self._pending = (step, time.perf_counter(),
-                     self._executor.submit(self._timed_mine, snapshot(params), step))
+    self._pending = (step, self._executor.submit(self._timed_mine, snapshot(params), step))
 
   def _install(self, step: int, waited_s: float = 0.0) -> None:
-    snapshot_step, _, future = self._pending
+    snapshot_step, future = self._pending
     self._pending = None
     pool, wall = future.result()  # re-raises an error of the mining thread here
     self._set(pool, snapshot_step, step, wall, waited_s)

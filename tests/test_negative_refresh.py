@@ -95,7 +95,7 @@ def test_async_mode_trains_on_while_mining_then_swaps_between_steps():
   refresher.after_step(3, _state(3.0))
   assert _rows(refresher) == 50 and refresher.scalars(3)["negatives/refreshing"] == 1.0
   miner.release.set()
-  refresher._pending[2].result(timeout=10)  # pylint: disable=protected-access
+  refresher._pending[1].result(timeout=10)  # pylint: disable=protected-access
   assert _rows(refresher) == 50  # ready, but only installed at a step boundary
   miner.gated = False
   refresher.after_step(4, _state(4.0))  # installs step 2's set, then starts the step-4 one
@@ -165,6 +165,11 @@ def test_resume_uses_the_saved_set_and_redoes_an_unfinished_refresh():
   late.start(9, _state(9.0), host)
   late.finish()
   assert miner.calls == [4, 9]
+  # In sync mode the lost refresh is mined before training continues.
+  late_sync = negative_refresh.NegativeRefresher(miner, _initial, every=4, total_steps=20,
+                                                 mode="sync")
+  late_sync.start(9, _state(9.0), host)
+  assert miner.calls == [4, 9, 9] and _rows(late_sync) == 9
 
 
 def test_saved_negatives_of_other_data_are_rejected():
