@@ -212,10 +212,9 @@ class _Ours:
         in_shardings=(shardings["params"], self.batch_sharding))
 
   def _device_batch(self, host: dict[str, np.ndarray]):
-    import jax  # pylint: disable=g-import-not-at-top
-    # As retrieval_jax.train does: process-local rows -> global arrays sharded over `data`.
-    return {key: jax.make_array_from_process_local_data(self.batch_sharding, value)
-            for key, value in host.items() if key != "example_index"}
+    from retrieval_jax import train  # pylint: disable=g-import-not-at-top
+
+    return train.global_batch(host, self.batch_sharding)  # as the training loop does
 
   def loss_no_dropout(self, step: int) -> float:
     """The loss on batch `step` with the current weights and dropout off."""

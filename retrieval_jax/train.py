@@ -54,7 +54,7 @@ class TrainResult:
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
-def _global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
+def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
   """Process-local rows -> global arrays sharded over `data` (one process: the whole batch)."""
   return {key: jax.make_array_from_process_local_data(batch_sharding, value)
           for key, value in local.items() if key not in recipe_base.HOST_KEYS}
@@ -147,7 +147,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
                     in_shardings=(recipe.state_shardings, recipe.batch_sharding),
                     out_shardings=(recipe.state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)
-  global_batch = int(train_config.batch_size)
+  batch_size = int(train_config.batch_size)
   bar = metric_writer.ProgressBar(end, start, enabled=train_config.progress, desc=recipe.name)
   buffer = _MetricBuffer()
   last_means: dict[str, float] = {}
@@ -171,7 +171,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
       return
     if with_rate:
       elapsed = time.perf_counter() - interval_start
-      means.update(steps_per_s=count / elapsed, examples_per_s=count * global_batch / elapsed)
+      means.update(steps_per_s=count / elapsed, examples_per_s=count * batch_size / elapsed)
     for hook in recipe.hooks:
       means.update(hook.scalars(step))
     writer.write_scalars(step, {k if "/" in k else f"train/{k}": v for k, v in means.items()})
@@ -195,7 +195,7 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     ckpt.save(step, state, extra=extra, host=host or None, force=force)
 
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
-    state, metrics = step_fn(state, _global_batch(local_batch, recipe.batch_sharding))
+    state, metrics = step_fn(state, global_batch(local_batch, recipe.batch_sharding))
     step = step_index + 1
     buffer.add(step, metrics)
     for hook in recipe.hooks:
