@@ -281,7 +281,8 @@ class PairBatcher:
     Returns:
       `query_input_ids`, `query_attention_mask`: int32 [local, Lq];
       `passage_input_ids`, `passage_attention_mask`: int32 [local, 1 + num_negatives, Lp], slot 0
-        the positive, slots 1.. the query's negatives;
+        the positive, slots 1.. the query's negatives; with max_passages N > 1,
+        [local, 1 + num_negatives, N, Lp], each document's passages (a missing one all padding);
       `example_index`: int64 [local], the dataset index of each row;
       `negatives_version`: int64 scalar, the `NegativeSet.version` the negatives came from.
       (`example_index` and `negatives_version` are host-side facts, not model inputs.)
