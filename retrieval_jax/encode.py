@@ -100,18 +100,12 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
                  batch_size: int = 128, mesh: Mesh | None = None, out_dtype=np.float32,
                  pad_to_multiple_of: int = 16, progress: bool = True,
                  desc: str = "encode") -> np.ndarray:
-  """Embeds `texts` in input order.
+  """Embeds `texts` in input order: tokenised (truncated to `max_length`, special tokens
+  included), then `encode_token_ids`, whose arguments the others are.
 
   Args:
     encoder: From `load_encoder` (or built by a recipe).
     texts: The strings (for documents: title + " " + text).
-    max_length: Token cap, special tokens included.
-    batch_size: Global rows per forward; rounded up to a multiple of the mesh size.
-    mesh: Devices to shard the batch over (default: all local devices).
-    out_dtype: float32 or float16 for the returned array.
-    pad_to_multiple_of: Length bucket size (fewer compiled shapes vs less padding).
-    progress: Show a tqdm bar.
-    desc: The bar's label.
 
   Returns:
     [len(texts), dim] array.
