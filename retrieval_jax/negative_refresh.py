@@ -22,7 +22,6 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import logging
-import threading
 import time
 from typing import Any, Callable
 
@@ -59,8 +58,6 @@ class MinedNegatives:
   seed: int
   top_k: int | None
   query_rows: np.ndarray
-  _drawn: dict = dataclasses.field(default_factory=dict, repr=False)
-  _lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, repr=False)
 
   @property
   def version(self) -> int:
@@ -68,14 +65,10 @@ class MinedNegatives:
     return self.snapshot_step
 
   def for_epoch(self, epoch: int) -> np.ndarray:
-    """[num_examples, num_negatives] corpus rows drawn for `epoch` (memoised)."""
-    with self._lock:
-      if epoch not in self._drawn:
-        self._drawn.clear()  # one epoch at a time is all the batcher asks for
-        drawn = mining.sample_negatives(self.pool, self.num_negatives, seed=self.seed,
-                                        epoch=epoch, top_k=self.top_k)
-        self._drawn[epoch] = drawn[self.query_rows]
-      return self._drawn[epoch]
+    """[num_examples, num_negatives] corpus rows drawn for `epoch` (the batcher caches them per
+    epoch and set)."""
+    return mining.sample_negatives(self.pool, self.num_negatives, seed=self.seed, epoch=epoch,
+                                   top_k=self.top_k)[self.query_rows]
 
   def to_host(self) -> dict[str, np.ndarray]:
     """The arrays a checkpoint keeps (query ids are the data's; checked by `from_host`)."""

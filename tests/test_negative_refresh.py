@@ -7,6 +7,7 @@ deterministic with events: the "mining" blocks until the test lets it finish.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import jax.numpy as jnp
@@ -54,6 +55,11 @@ def _state(value: float) -> dict:
   return {"params": {"w": jnp.float32(value)}}
 
 
+def _refresher(miner, mode: str, every: int, total_steps: int = 20):
+  return negative_refresh.NegativeRefresher(miner, _initial, every=every,
+                                            total_steps=total_steps, mode=mode)
+
+
 def _rows(refresher) -> int:
   return int(refresher.current().for_epoch(0)[0, 0])
 
@@ -67,8 +73,7 @@ def test_refresh_steps():
 
 def test_sync_mode_installs_before_the_next_step():
   miner = FakeMiner()
-  refresher = negative_refresh.NegativeRefresher(miner, _initial, every=3, total_steps=10,
-                                                 mode="sync")
+  refresher = _refresher(miner, "sync", every=3, total_steps=10)
   refresher.start(0, _state(0.0), None)
   used = []
   for step in range(1, 11):
@@ -86,8 +91,7 @@ def test_sync_mode_installs_before_the_next_step():
 
 def test_async_mode_trains_on_while_mining_then_swaps_between_steps():
   miner = FakeMiner(gated=True)
-  refresher = negative_refresh.NegativeRefresher(miner, _initial, every=2, total_steps=20,
-                                                 mode="async")
+  refresher = _refresher(miner, "async", every=2, total_steps=20)
   refresher.start(0, _state(0.0), None)
   refresher.after_step(1, _state(1.0))
   refresher.after_step(2, _state(2.0))  # starts mining with the step-2 parameters
@@ -111,8 +115,7 @@ def test_async_mode_trains_on_while_mining_then_swaps_between_steps():
 
 def test_async_waits_when_the_previous_refresh_is_still_running():
   miner = FakeMiner(gated=True)
-  refresher = negative_refresh.NegativeRefresher(miner, _initial, every=2, total_steps=20,
-                                                 mode="async")
+  refresher = _refresher(miner, "async", every=2, total_steps=20)
   refresher.start(0, _state(0.0), None)
   refresher.after_step(2, _state(2.0))
   assert miner.started.wait(10)
@@ -135,8 +138,7 @@ def test_a_mining_error_stops_training():
   def failing(params, step):
     raise RuntimeError("scann exploded")
 
-  refresher = negative_refresh.NegativeRefresher(failing, _initial, every=1, total_steps=5,
-                                                 mode="async")
+  refresher = _refresher(failing, "async", every=1, total_steps=5)
   refresher.start(0, _state(0.0), None)
   refresher.after_step(1, _state(1.0))
   with pytest.raises(RuntimeError, match="scann exploded"):
@@ -146,28 +148,24 @@ def test_a_mining_error_stops_training():
 
 def test_resume_uses_the_saved_set_and_redoes_an_unfinished_refresh():
   miner = FakeMiner()
-  first = negative_refresh.NegativeRefresher(miner, _initial, every=4, total_steps=20,
-                                             mode="sync")
+  first = _refresher(miner, "sync", every=4, total_steps=20)
   first.start(0, _state(0.0), None)
   for step in range(1, 6):
     first.after_step(step, _state(float(step)))
   extra, host = first.checkpoint_payload()
   assert extra["negatives"] == {"snapshot_step": 4, "source": "ann", "refreshing": False}
   # Resumed at step 5: continues on the saved set, mines nothing.
-  resumed = negative_refresh.NegativeRefresher(miner, _initial, every=4, total_steps=20,
-                                               mode="sync")
+  resumed = _refresher(miner, "sync", every=4, total_steps=20)
   resumed.start(5, _state(5.0), host)
   assert _rows(resumed) == 4 and miner.calls == [4]
   np.testing.assert_array_equal(resumed.current().pool.candidates, host["candidates"])
   # A checkpoint of step 9 holding the step-4 set: the step-8 refresh was lost; redo it now.
-  late = negative_refresh.NegativeRefresher(miner, _initial, every=4, total_steps=20,
-                                            mode="async")
+  late = _refresher(miner, "async", every=4, total_steps=20)
   late.start(9, _state(9.0), host)
   late.finish()
   assert miner.calls == [4, 9]
   # In sync mode the lost refresh is mined before training continues.
-  late_sync = negative_refresh.NegativeRefresher(miner, _initial, every=4, total_steps=20,
-                                                 mode="sync")
+  late_sync = _refresher(miner, "sync", every=4, total_steps=20)
   late_sync.start(9, _state(9.0), host)
   assert miner.calls == [4, 9, 9] and _rows(late_sync) == 9
 
@@ -176,17 +174,19 @@ def test_saved_negatives_of_other_data_are_rejected():
   host = negative_refresh.MinedNegatives(_pool(1), 3, "ann", 1, 0, None,
                                          np.arange(NUM_QUERIES)).to_host()
   host["positives"] = host["positives"] + 1
-  refresher = negative_refresh.NegativeRefresher(FakeMiner(), _initial, every=4,
-                                                 total_steps=20, mode="sync")
+  refresher = _refresher(FakeMiner(), "sync", every=4, total_steps=20)
   with pytest.raises(ValueError, match="data"):
     refresher.start(5, _state(5.0), host)
 
 
 def test_positives_are_never_drawn():
-  pool = _pool(7)
+  # One candidate per query and two negatives asked: the second comes from the random fill,
+  # which must avoid each query's positive (rows 90-93 of 100).
+  pool = dataclasses.replace(_pool(7), counts=np.ones(NUM_QUERIES, np.int64))
   negatives = negative_refresh.MinedNegatives(pool, 3, "ann", 2, 0, None, np.arange(NUM_QUERIES))
-  for epoch in range(3):
+  for epoch in range(100):  # 400 fills of 1 in 99: a fill ignoring positives would hit one
     drawn = negatives.for_epoch(epoch)
+    assert np.all(drawn[:, 0] == 7)
     for q in range(NUM_QUERIES):
       assert not set(drawn[q]) & set(pool.positives[q])
 
