@@ -9,6 +9,11 @@ r"""retrieval_jax launcher: one config per paper recipe, overridable from the co
 overrides one field (an unknown field is an error). Everything goes to `--workdir`; running
 the same command again resumes from its latest checkpoint. `--mode=eval` evaluates the
 checkpoint `--step` (default the latest) of a trained recipe.
+
+Several processes (TPU pods, GPU clusters, `launch/local_multiprocess.sh`) run this same
+command; `--coordinator_address --num_processes --process_id`, or the cluster's environment
+(`--distributed=auto`), join them through `jax.distributed`. Only process 0 writes logs,
+metrics, evaluation files and exports; every process takes part in checkpoints.
 """
 
 import json
@@ -28,6 +33,12 @@ _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
     "Call jax.distributed.initialize(): auto = when SLURM, Open MPI, a multi-host TPU or "
     "JAX_COORDINATOR_ADDRESS describes a multi-process job.")
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "Multi-process: HOST:PORT of process 0's coordinator "
+    "(with --num_processes and --process_id; see launch/).")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Multi-process: the number of processes in the job.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -37,7 +48,16 @@ def main(argv):
   # Imported here: nothing may touch a JAX device before jax.distributed is initialised.
   from retrieval_jax import distributed  # pylint: disable=g-import-not-at-top
 
-  distributed.maybe_initialize(_DISTRIBUTED.value)
+  try:
+    distributed.maybe_initialize(_DISTRIBUTED.value, coordinator_address=_COORDINATOR.value,
+                                 num_processes=_NUM_PROCESSES.value,
+                                 process_id=_PROCESS_ID.value)
+  except ValueError as error:
+    raise app.UsageError(str(error)) from None
+  logging.info("%s", distributed.describe())
+  chief = distributed.jax.process_index() == 0  # the one process that prints and writes
+  if not chief:
+    logging.set_verbosity(logging.WARNING)  # one log per job, not one per host
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
@@ -50,7 +70,8 @@ def main(argv):
 
     checkpoint.save_config(workdir, config)
     result = evaluation.evaluate_pretrained(config, workdir)
-    print(evaluation.format_table({**result.metrics, **result.extra}))
+    if chief:
+      print(evaluation.format_table({**result.metrics, **result.extra}))
     logging.info("metrics: %s", json.dumps(result.metrics))
     return
   from retrieval_jax import evaluation, recipes, train  # pylint: disable=g-import-not-at-top
@@ -61,6 +82,8 @@ def main(argv):
     raise app.UsageError(f"{error} (or 'zeroshot' with --mode=eval)") from None
   summary = train.run(config, workdir, _MODE.value, _STEP.value)
   refresh = summary.get("info", {}).get("negative_refresh")
+  if not chief:
+    return
   if refresh:
     from retrieval_jax import negative_refresh  # pylint: disable=g-import-not-at-top
 

@@ -93,7 +93,7 @@ def _make_forward(model: TextEncoder, mesh: Mesh):
   def forward(params, input_ids, attention_mask):
     return model.apply({"params": params}, input_ids, attention_mask)
 
-  return jax.jit(forward, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated
+  return jax.jit(forward, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
 
 
 def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: int,
@@ -150,7 +150,7 @@ def encode_token_ids(encoder: LoadedEncoder, token_ids: Sequence[Sequence[int]],
   mesh = mesh or data_mesh()
   devices = mesh.devices.size
   batch_size = -(-batch_size // devices) * devices
-  forward, replicated = _make_forward(encoder.model, mesh)
+  forward, replicated, rows = _make_forward(encoder.model, mesh)
   params = jax.device_put(encoder.params, replicated)
   pad_id = encoder.tokenizer.pad_token_id or 0
   batches = tok.length_bucketed_batches(token_ids, batch_size, pad_id, max_length,
@@ -171,7 +171,9 @@ def encode_token_ids(encoder: LoadedEncoder, token_ids: Sequence[Sequence[int]],
 
   for batch in batches:
     # Dispatch is asynchronous: keep one batch in flight while the host prepares the next.
-    pending.append((batch, forward(params, batch.input_ids, batch.attention_mask)))
+    # Placed explicitly: with several processes jit refuses numpy inputs it would have to split.
+    inputs = jax.device_put((batch.input_ids, batch.attention_mask), rows)
+    pending.append((batch, forward(params, *inputs)))
     if len(pending) > 1:
       collect()
   while pending:

@@ -15,13 +15,14 @@ import pathlib
 import time
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
-from retrieval_jax import encode, metrics
+from retrieval_jax import distributed, encode, metrics
 from retrieval_jax.data import passages
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index import BM25Index, ScannConfig, ScannIndex, exact_search
-from retrieval_jax.index import maxp
+from retrieval_jax.index import maxp, sharded
 
 logger = logging.getLogger(__name__)
 
@@ -87,42 +88,82 @@ class EvalResult:
   extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+def _encode_shard(data: BeirData, encoder: encode.LoadedEncoder,
+                  query_encoder: encode.LoadedEncoder, settings: EvalSettings, extra: dict):
+  """(all query embeddings, this process's corpus rows, their document of each row or None,
+  first document of the shard).
+
+  One process encodes everything. On several, each encodes a contiguous share of the
+  documents (`distributed.shard_range`) and of the queries; the query embeddings are gathered
+  on every process (each searches its shard with all of them).
+  """
+  query_len = settings.query_max_length or settings.max_length
+  q_start, q_stop = distributed.shard_range(len(data.query_ids), align=1)
+  local_queries = data.query_texts[q_start:q_stop]
+  query_emb = None
+  if local_queries:
+    query_emb = encode.encode_texts(query_encoder, local_queries, max_length=query_len,
+                                    batch_size=settings.batch_size, progress=settings.progress,
+                                    desc="queries")
+  dim = distributed.allgather_rows(np.asarray(
+      [query_emb.shape[1] if query_emb is not None else 0], np.int32)).max()
+  if query_emb is None:
+    query_emb = np.zeros((0, dim), np.float32)
+  query_emb = distributed.allgather_rows(query_emb)
+  start, stop = distributed.shard_range(len(data.corpus_ids))
+  texts = data.doc_strings()[start:stop]
+  doc_of = None  # FirstP: corpus rows are documents.
+  if not texts:
+    corpus_emb = np.zeros((0, dim), np.float32)
+    if settings.max_passages > 1:
+      doc_of = np.zeros((0,), np.int64)
+  elif settings.max_passages == 1:
+    corpus_emb = encode.encode_texts(encoder, texts, max_length=settings.max_length,
+                                     batch_size=settings.batch_size,
+                                     progress=settings.progress, desc="corpus")
+  else:
+    token_ids, doc_of = passages.split_documents(encoder.tokenizer, texts,
+                                                 settings.max_length, settings.max_passages)
+    corpus_emb = encode.encode_token_ids(encoder, token_ids, max_length=settings.max_length,
+                                         batch_size=settings.batch_size,
+                                         progress=settings.progress, desc="passages")
+  if settings.max_passages > 1:
+    extra["num_passages"] = int(distributed.allgather_rows(
+        np.asarray([len(corpus_emb)], np.int32)).sum())
+  return query_emb, corpus_emb, doc_of, start, stop - start
+
+
+def _save_embeddings(out_dir: pathlib.Path, settings: EvalSettings, query_emb, corpus_emb,
+                     doc_of) -> None:
+  """Corpus rows (one file per process on several: `..._shard<i>of<n>.npy`) and queries."""
+  dtype = np.dtype(settings.embeddings_dtype).type
+  count = jax.process_count()
+  suffix = f"_shard{jax.process_index()}of{count}" if count > 1 else ""
+  if doc_of is None:
+    encode.save_embeddings(out_dir / f"corpus_embeddings{suffix}.npy", corpus_emb, dtype)
+  else:
+    # Rows are passages: keep their documents beside them so the file can be searched again.
+    encode.save_embeddings(out_dir / f"passage_embeddings{suffix}.npy", corpus_emb, dtype)
+    np.save(out_dir / f"passage_doc_of{suffix}.npy", doc_of)
+  if jax.process_index() == 0:
+    encode.save_embeddings(out_dir / "query_embeddings.npy", query_emb, dtype)
+
+
 def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
                   query_encoder: encode.LoadedEncoder, settings: EvalSettings,
                   out_dir: pathlib.Path | None, timings: dict, extra: dict):
   """Embeds queries and corpus, then searches with exact top-k or ScaNN.
 
   With max_passages > 1 the corpus rows searched are passages, and the ranked passages are
-  folded into ranked documents by their best passage (MaxP).
+  folded into ranked documents by their best passage (MaxP). On several processes each
+  searches its shard of the documents and the lists are merged (`index.sharded`).
   """
-  query_len = settings.query_max_length or settings.max_length
-  start = time.perf_counter()
-  query_emb = encode.encode_texts(query_encoder, data.query_texts, max_length=query_len,
-                                  batch_size=settings.batch_size, progress=settings.progress,
-                                  desc="queries")
-  doc_of = None  # FirstP: corpus rows are documents.
-  if settings.max_passages == 1:
-    corpus_emb = encode.encode_texts(encoder, data.doc_strings(),
-                                     max_length=settings.max_length,
-                                     batch_size=settings.batch_size,
-                                     progress=settings.progress, desc="corpus")
-  else:
-    token_ids, doc_of = passages.split_documents(encoder.tokenizer, data.doc_strings(),
-                                                 settings.max_length, settings.max_passages)
-    extra["num_passages"] = len(token_ids)
-    corpus_emb = encode.encode_token_ids(encoder, token_ids, max_length=settings.max_length,
-                                         batch_size=settings.batch_size,
-                                         progress=settings.progress, desc="passages")
-  timings["encode_s"] = time.perf_counter() - start
+  start_time = time.perf_counter()
+  query_emb, corpus_emb, doc_of, doc_start, shard_docs = _encode_shard(
+      data, encoder, query_encoder, settings, extra)
+  timings["encode_s"] = time.perf_counter() - start_time
   if out_dir is not None and settings.save_embeddings:
-    dtype = np.dtype(settings.embeddings_dtype).type
-    if doc_of is None:
-      encode.save_embeddings(out_dir / "corpus_embeddings.npy", corpus_emb, dtype)
-    else:
-      # Rows are passages: keep their documents beside them so the file can be searched again.
-      encode.save_embeddings(out_dir / "passage_embeddings.npy", corpus_emb, dtype)
-      np.save(out_dir / "passage_doc_of.npy", doc_of)
-    encode.save_embeddings(out_dir / "query_embeddings.npy", query_emb, dtype)
+    _save_embeddings(out_dir, settings, query_emb, corpus_emb, doc_of)
   depth = min(settings.depth, len(data.corpus_ids))
 
   def searched_depth(docs: int) -> int:
@@ -133,21 +174,31 @@ def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
     return (scores, rows) if doc_of is None else maxp.max_over_passages(scores, rows, doc_of,
                                                                         docs)
 
-  start = time.perf_counter()
+  def exact(queries, corpus, docs):
+    return to_docs(*exact_search(queries, corpus, searched_depth(docs),
+                                 progress=settings.progress), docs)
+
+  start_time = time.perf_counter()
   if settings.index == "exact":
-    scores, indices = to_docs(*exact_search(query_emb, corpus_emb, searched_depth(depth),
-                                            progress=settings.progress), depth)
+    scores, indices = sharded.search_shards(query_emb, corpus_emb, doc_start, depth, exact,
+                                            shard_size=shard_docs)
   else:
-    index = ScannIndex.build(corpus_emb, settings.scann)
-    timings["index_build_s"] = time.perf_counter() - start
-    scores, indices = to_docs(*index.search(query_emb, searched_depth(depth)), depth)
-    if out_dir is not None:
-      index.save(out_dir / "scann")
+    index = ScannIndex.build(corpus_emb, settings.scann) if len(corpus_emb) else None
+    timings["index_build_s"] = time.perf_counter() - start_time
+    scores, indices = sharded.search_shards(
+        query_emb, corpus_emb, doc_start, depth,
+        lambda queries, _, docs: to_docs(*index.search(queries, searched_depth(docs)), docs),
+        shard_size=shard_docs)
+    if out_dir is not None and index is not None:
+      count = jax.process_count()
+      index.save(out_dir / ("scann" if count == 1 else
+                            f"scann_shard{jax.process_index()}of{count}"))
     if settings.check_exact:
       top = min(10, depth)
-      exact_indices = to_docs(*exact_search(query_emb, corpus_emb, searched_depth(top)), top)[1]
+      exact_indices = sharded.search_shards(query_emb, corpus_emb, doc_start, top, exact,
+                                            shard_size=shard_docs)[1]
       extra["scann_overlap@10"] = topk_overlap(indices[:, :10], exact_indices)
-  timings["search_s"] = time.perf_counter() - start
+  timings["search_s"] = time.perf_counter() - start_time
   return scores, indices
 
 
@@ -178,7 +229,8 @@ def evaluate_retrieval(data: BeirData, settings: EvalSettings,
     settings: Index type, depth, lengths, metrics.
     encoder: The dense model (None only for index='bm25'); embeds the corpus, and the
       queries too unless `query_encoder` is given.
-    out_dir: If given, receives metrics.json, run.trec (and embeddings / the ScaNN index).
+    out_dir: If given, receives metrics.json, run.trec (and embeddings / the ScaNN index);
+      on several processes, process 0 writes the files and each its own shard's index.
     query_encoder: A separate query tower (DPR); None: `encoder` embeds the queries.
 
   Returns:
@@ -199,7 +251,7 @@ def evaluate_retrieval(data: BeirData, settings: EvalSettings,
   run = metrics.run_from_topk(data.query_ids, data.corpus_ids, scores, indices)
   values = metrics.evaluate(data.qrels, run, settings.metrics)
   result = EvalResult(values, run, timings, extra)
-  if out is not None:
+  if out is not None and jax.process_index() == 0:  # every process holds the merged run
     metrics.write_trec_run(out / "run.trec", run)
     (out / "metrics.json").write_text(json.dumps({**values, **extra}, indent=2, sort_keys=True))
     (out / "eval_info.json").write_text(json.dumps({

@@ -94,7 +94,22 @@ def decay_mask(params: Any) -> Any:
       lambda path, _: is_decayed(tuple(_key_name(k) for k in path)), params)
 
 
-OPTIMIZERS = {"adamw": optax.adamw, "lamb": optax.lamb}
+def sgd(learning_rate, *, b1: float, b2: float, eps: float, weight_decay: float,
+        mask: Any) -> optax.GradientTransformation:
+  """Plain gradient descent with decoupled weight decay (`b1`, `b2`, `eps` unused).
+
+  Its update is linear in the gradient, so two runs whose gradients differ by rounding (e.g.
+  the same job on 1 or on 2 processes, whose all-reduces sum in another order) stay within
+  rounding of each other. Adam does not: its first steps divide each gradient by its own
+  magnitude, turning a rounding-level gradient (a parameter whose true gradient is 0) into a
+  step of the full learning rate.
+  """
+  del b1, b2, eps
+  return optax.chain(optax.add_decayed_weights(weight_decay, mask),
+                     optax.scale_by_learning_rate(learning_rate))
+
+
+OPTIMIZERS = {"adamw": optax.adamw, "lamb": optax.lamb, "sgd": sgd}
 
 
 def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_decay: float = 0.0,
@@ -117,8 +132,9 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_de
     warmup_ratio: Warm-up as a fraction of `total_steps`, instead of `warmup_steps`.
     mask: Which parameters get decay: a tree of bools or a function of the params (default
       `decay_mask`; the params passed to `init` / `update` may be boxed or unboxed).
-    name: `adamw`, or `lamb` (You et al. 2019: Adam steps rescaled per layer by the trust
-      ratio ||w|| / ||step||; ANCE's optimizer).
+    name: `adamw`, `lamb` (You et al. 2019: Adam steps rescaled per layer by the trust
+      ratio ||w|| / ||step||; ANCE's optimizer), or `sgd` (plain gradient descent, for
+      comparing runs to rounding; see `sgd`).
 
   Returns:
     The optax transformation. Its `update` needs `params` (for the decay term).
@@ -172,7 +188,7 @@ def optimizer_from_config(optim_config: Any, total_steps: int) -> optax.Gradient
     weight_decay: Decoupled weight decay (default 0.0).
     max_grad_norm: Global-norm clipping threshold (default None or 0: no clipping).
     b1, b2, eps: Adam hyperparameters (defaults 0.9, 0.999, 1e-8).
-    name: `adamw` (default) or `lamb`.
+    name: `adamw` (default), `lamb` or `sgd`.
 
   Args:
     optim_config: The section described above, e.g. `config.optim`.

@@ -227,9 +227,10 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
   if not stopped_early:
     if final_eval:
       eval_metrics = evaluate(step)
-    if train_config.export and jax.process_index() == 0:
+    if train_config.export:  # every process: gathering sharded parameters is a collective
       written = recipe.export(state, str(workdir / "export"))
-      logger.info("exported %s", [str(p) for p in written])
+      if written:
+        logger.info("exported %s", [str(p) for p in written])
   return TrainResult(step=step, train_metrics=last_means, eval_metrics=eval_metrics,
                      stopped_early=stopped_early, info=info)
 

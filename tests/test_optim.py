@@ -250,4 +250,31 @@ def test_lamb_matches_numpy_reference():
 
 def test_unknown_optimizer_name_is_rejected():
   with pytest.raises(ValueError, match="optim.name"):
-    optim.optimizer_from_config(_optim_config(name="sgd"), total_steps=10)
+    optim.optimizer_from_config(_optim_config(name="adagrad"), total_steps=10)
+
+
+@pytest.mark.parametrize("max_grad_norm", [None, 0.5])
+def test_sgd_matches_numpy(max_grad_norm):
+  """p <- p - lr_t * (g_clipped + wd * p on decayed leaves): linear in the gradient."""
+  rng = np.random.default_rng(1)
+  params = _tiny_params(rng)
+  grads_per_step = [jax.tree.map(lambda p: scale * rng.normal(size=p.shape), params)
+                    for scale in (0.1, 5.0, 0.3)]
+  lr, total, warmup, weight_decay = 0.05, 10, 2, 0.1
+  optimizer = optim.make_optimizer(lr, total, warmup, weight_decay=weight_decay,
+                                   max_grad_norm=max_grad_norm, name="sgd")
+  ours = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+  state = optimizer.init(ours)
+  for grads in grads_per_step:
+    updates, state = optimizer.update(jax.tree.map(jnp.float32, grads), state, ours)
+    ours = optax.apply_updates(ours, updates)
+  expected = jax.tree.map(np.copy, params)
+  mask = optim.decay_mask(params)
+  for step, grads in enumerate(grads_per_step):
+    norm = np.sqrt(sum(np.sum(g ** 2) for g in jax.tree.leaves(grads)))
+    if max_grad_norm and norm > max_grad_norm:
+      grads = jax.tree.map(lambda g: g * max_grad_norm / norm, grads)
+    rate = _hf_linear(step, lr, total, warmup)
+    expected = jax.tree.map(lambda p, g, d: p - rate * (g + (weight_decay * p if d else 0.0)),
+                            expected, grads, mask)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), ours, expected)

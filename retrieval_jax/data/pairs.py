@@ -3,9 +3,11 @@
 Everything here is a pure function of (seed, step): the epoch order, the positive drawn for each
 query and the negatives all come from RNGs seeded by (seed, epoch, purpose), so batch `k` is the
 same whether a run reaches it directly or resumes at it, and the same in every process. Each
-process tokenises the texts of the whole global batch and keeps its own rows: tokenising is cheap
-next to a forward pass, and it makes every process pad to the same lengths without any
-communication (jit needs one shape across processes).
+process tokenises only its own rows of the global batch. jit needs one shape across processes,
+so the padded lengths come from `TokenLengths`, every text's token count computed once when
+training starts (on several hosts each computes a share and the shares are gathered; see
+`recipes.dpr`): the longest sequence of a global batch is then known on every host without
+tokenising the other hosts' rows or talking to them.
 
 RNG streams, one per purpose:
   `default_rng([seed, epoch, 2])`: the epoch's example order (`epoch_order`).
@@ -32,6 +34,8 @@ import numpy as np
 from retrieval_jax.data import passages as doc_passages
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.data.beir import BeirData
+
+logger = logging.getLogger(__name__)
 
 # Purpose tags appended to [seed, epoch]; never 0 (a trailing 0 does not change the seed).
 _POSITIVE_STREAM = 1
@@ -60,6 +64,33 @@ class FixedNegatives:
 
   def for_epoch(self, epoch: int) -> np.ndarray:
     return self.negatives_fn(epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenLengths:
+  """Token counts (special tokens included, capped at the max lengths) of every text.
+
+  Attributes:
+    query: [num_queries] int32, like `PairDataset.query_texts`.
+    doc: [num_docs] int32, like `PairDataset.doc_texts`; MaxP: each document's longest passage.
+  """
+  query: np.ndarray
+  doc: np.ndarray
+
+
+def token_lengths(tokenizer, texts: Sequence[str], max_length: int,
+                  max_passages: int = 1) -> np.ndarray:
+  """[len(texts)] int32 token counts as the batcher pads them: truncated to `max_length`
+  (FirstP), or the longest of the first `max_passages` passages (MaxP)."""
+  if not len(texts):
+    return np.zeros(0, np.int32)
+  if max_passages == 1:
+    return np.asarray([len(ids) for ids in tok.tokenize(tokenizer, texts, max_length)],
+                      np.int32)
+  ids, doc_of = doc_passages.split_documents(tokenizer, texts, max_length, max_passages)
+  lengths = np.zeros(len(texts), np.int32)
+  np.maximum.at(lengths, doc_of, np.asarray([len(row) for row in ids], np.int32))
+  return lengths
 
 
 @dataclasses.dataclass(frozen=True)
@@ -157,7 +188,8 @@ class PairBatcher:
                negatives_fn: Callable[[int], np.ndarray] | None = None, query_max_length: int,
                passage_max_length: int, seed: int, process_index: int = 0,
                process_count: int = 1, pad_to_multiple_of: int = 32,
-               negative_sets: Callable[[], NegativeSet] | None = None, max_passages: int = 1):
+               negative_sets: Callable[[], NegativeSet] | None = None, max_passages: int = 1,
+               lengths: TokenLengths | None = None):
     """Checks the arguments; nothing is tokenised until a batch is asked for.
 
     Args:
@@ -183,6 +215,10 @@ class PairBatcher:
       max_passages: 1: a document is its first `passage_max_length` tokens (FirstP). N > 1
         (MaxP): its first N passages of that length (`data.passages.split_documents`), and
         the passage arrays gain an axis of N (a missing passage is all padding).
+      lengths: every text's token count (`token_lengths`), which fixes each global batch's
+        padded lengths without tokenising the other processes' rows. Needed with several
+        processes (computed here over the whole data if not given); one process tokenises the
+        whole batch anyway and needs none.
 
     Raises:
       ValueError: an invalid argument; the message names its config key.
@@ -231,6 +267,17 @@ class PairBatcher:
     self.process_count = process_count
     self.pad_to_multiple_of = pad_to_multiple_of
     self.max_passages = max_passages
+    if lengths is None and process_count > 1:
+      logger.info("token lengths of every text, for the padded lengths of the global batches")
+      lengths = TokenLengths(
+          token_lengths(self._tokenizer, dataset.query_texts, query_max_length),
+          token_lengths(self._tokenizer, dataset.doc_texts, passage_max_length, max_passages))
+    if lengths is not None and (len(lengths.query) != len(dataset.query_texts)
+                                or len(lengths.doc) != len(dataset.doc_texts)):
+      raise ValueError(f"lengths cover {len(lengths.query)} queries and {len(lengths.doc)} "
+                       f"documents, the data {len(dataset.query_texts)} and "
+                       f"{len(dataset.doc_texts)}")
+    self._lengths = lengths
     self._counts = np.asarray([len(p) for p in dataset.positives], np.int64)
     # One epoch of state (order, chosen positives, negatives), guarded: `iterate` builds the next
     # batch in a thread while the caller may ask for one itself. Keyed by (epoch, set version).
@@ -287,27 +334,35 @@ class PairBatcher:
       `negatives_version`: int64 scalar, the `NegativeSet.version` the negatives came from.
       (`example_index` and `negatives_version` are host-side facts, not model inputs.)
       Lq and Lp are the longest sequence of the global batch rounded up to `pad_to_multiple_of`
-      and capped at the max length, so they agree across processes.
+      and capped at the max length, so they agree across processes (`TokenLengths`).
     """
     epoch, b = step_position(step, self._steps_per_epoch)
     g, n = self.global_batch, self.num_negatives
     negative_set = self._negative_sets()  # read once: the whole batch comes from this set
+    start, stop = self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch
     with self._lock:
       order, positive, negatives = self._state(epoch, negative_set)
       examples = order[b * g:(b + 1) * g].astype(np.int64)
       passages = np.concatenate([positive[examples, None], negatives[examples]], axis=1)
-      query_ids = tok.tokenize(self._tokenizer, [self.dataset.query_texts[i] for i in examples],
+      # Only this process's rows are tokenised.
+      query_ids = tok.tokenize(self._tokenizer,
+                               [self.dataset.query_texts[i] for i in examples[start:stop]],
                                self.query_max_length)
-      passage_ids = self._passage_token_ids(passages.reshape(-1))
-    lq = tok.padded_length(max(map(len, query_ids)), self.pad_to_multiple_of,
-                           self.query_max_length)
-    lp = tok.padded_length(max(map(len, passage_ids)), self.pad_to_multiple_of,
-                           self.passage_max_length)
-    start, stop = self.process_index * self.local_batch, (self.process_index + 1) * self.local_batch
-    q_ids, q_mask = _pad(query_ids[start:stop], lq, self._pad_id)
+      passage_ids = self._passage_token_ids(passages[start:stop].reshape(-1))
+    if self._lengths is None:  # one process: its rows are the whole batch
+      longest_query, longest_passage = max(map(len, query_ids)), max(map(len, passage_ids))
+    else:
+      longest_query = int(self._lengths.query[examples].max())
+      longest_passage = int(self._lengths.doc[passages.reshape(-1)].max())
+      if (max(map(len, query_ids)) > longest_query
+          or max(map(len, passage_ids)) > longest_passage):
+        raise ValueError("the token lengths given to PairBatcher disagree with the tokenizer "
+                         "(computed with another tokenizer or other max lengths?)")
+    lq = tok.padded_length(longest_query, self.pad_to_multiple_of, self.query_max_length)
+    lp = tok.padded_length(longest_passage, self.pad_to_multiple_of, self.passage_max_length)
+    q_ids, q_mask = _pad(query_ids, lq, self._pad_id)
     per_doc = self.max_passages
-    rows = passage_ids[start * (1 + n) * per_doc:stop * (1 + n) * per_doc]
-    p_ids, p_mask = _pad(rows, lp, self._pad_id)
+    p_ids, p_mask = _pad(passage_ids, lp, self._pad_id)
     shape = (self.local_batch, 1 + n, lp) if per_doc == 1 else (self.local_batch, 1 + n,
                                                                  per_doc, lp)
     return {"query_input_ids": q_ids, "query_attention_mask": q_mask,

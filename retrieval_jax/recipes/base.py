@@ -64,7 +64,8 @@ class Recipe:
     train_step: (state, batch) -> (state, metrics); pure, compiled by the loop. Metrics are
       float32 scalars and include `loss` and `finite`.
     evaluate: (state, out_dir or None) -> flat metrics (`ndcg@10`, ...) on the eval split.
-    export: (state, out_dir) -> writes the trained model in an interchange format.
+    export: (state, out_dir) -> writes the trained model in an interchange format; called on
+      every process (gathering sharded parameters is a collective), process 0 writes.
     info: Facts for the log (examples, parameters, ...).
     hooks: Called between steps, saved in checkpoints (see `Hook`).
   """

@@ -19,7 +19,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from retrieval_jax import evaluation, optim, sharding
+from retrieval_jax import distributed, evaluation, optim, sharding
 from retrieval_jax.data import pairs, synthetic
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.data.beir import BeirData, DataError, load_beir
@@ -155,6 +155,25 @@ def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
   return {"negatives_fn": negatives_for_epoch}, []
 
 
+def shared_token_lengths(config: Any, dataset: pairs.PairDataset,
+                         tokenizer: Any) -> pairs.TokenLengths | None:
+  """Every text's token count for the batcher's padded lengths, on several processes: each
+  counts a share of the texts and the shares are gathered (a collective). One process: None
+  (it tokenises whole batches)."""
+  if not distributed.is_multiprocess():
+    return None
+
+  def counted(texts, max_length, max_passages=1):
+    start, stop = distributed.shard_range(len(texts), align=1)
+    return distributed.allgather_rows(
+        pairs.token_lengths(tokenizer, texts[start:stop], max_length, max_passages))
+
+  return pairs.TokenLengths(
+      counted(dataset.query_texts, int(config.train.query_max_length)),
+      counted(dataset.doc_texts, int(config.train.passage_max_length),
+              int(config.data.get("max_passages", 1))))
+
+
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train DPR as `config` says."""
   if config.negatives.source != "bm25":
@@ -189,6 +208,7 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
                                                  tokenizer, steps))
   batcher = pairs.PairBatcher(
       dataset, tokenizer, global_batch=global_batch, num_negatives=num_negatives,
+      lengths=shared_token_lengths(config, dataset, tokenizer),
       query_max_length=int(config.train.query_max_length),
       passage_max_length=int(config.train.passage_max_length), seed=seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
@@ -210,8 +230,10 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
     nonlocal eval_data
     if eval_data is None:
       eval_data = load_split(config.data, config.data.eval_split)
+    # Whole parameters on every host (a collective when they span processes): each process
+    # encodes its shard of the corpus with them.
     query_encoder, passage_encoder = dual_encoder.tower_encoders(
-        dual, state["params"], tokenizer, spec.model_dir)
+        dual, distributed.host_local(state["params"]), tokenizer, spec.model_dir)
     result = evaluation.evaluate_retrieval(
         eval_data, evaluation.settings_from_config(config.eval), passage_encoder, out_dir,
         query_encoder=query_encoder)
@@ -238,11 +260,13 @@ def restore_encoders(config: Any, workdir: str | os.PathLike, step: int | None =
 
   dual, spec = build_model(config)
   tx = optim.optimizer_from_config(config.optim, 1)  # the schedule's length does not shape the state
-  mesh = sharding.make_mesh(-1, 1, jax.local_devices())
+  # Every device of the job (whatever mesh and process count wrote the checkpoint); the
+  # parameters then come to each host whole, to encode its shard of the corpus.
+  mesh = sharding.make_mesh(-1, 1)
   with checkpoint.Checkpointer(workdir, async_save=False) as ckpt:
     state, _ = ckpt.restore(step, abstract_state=dual_encoder.abstract_state(dual, tx),
                             shardings=dual_encoder.state_shardings(dual, tx, mesh))
   tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
-  query_encoder, passage_encoder = dual_encoder.tower_encoders(dual, state["params"], tokenizer,
-                                                               spec.model_dir)
+  query_encoder, passage_encoder = dual_encoder.tower_encoders(
+      dual, distributed.host_local(state["params"]), tokenizer, spec.model_dir)
   return query_encoder, passage_encoder, int(state["step"])

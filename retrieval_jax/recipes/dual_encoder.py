@@ -31,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from retrieval_jax import encode, grad_cache, losses, sharding
+from retrieval_jax import distributed, encode, grad_cache, losses, sharding
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import hf
 from retrieval_jax.models.config import EncoderConfig
@@ -267,12 +267,18 @@ def tower_encoders(dual: DualEncoder, params: dict, tokenizer, model_dir: pathli
 def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokenizer_dir,
            max_seq_length: int) -> list[pathlib.Path]:
   """HF + sentence-transformers directories: `encoder/`, or `query_encoder/` and
-  `passage_encoder/` for separate towers."""
+  `passage_encoder/` for separate towers.
+
+  Every process calls it (gathering parameters that span processes is a collective); process
+  0 writes, and the others return an empty list.
+  """
   out_dir = pathlib.Path(out_dir)
   names = {"shared": "encoder", "query": "query_encoder", "passage": "passage_encoder"}
   written = []
   for tower in dual.towers:
-    host = jax.tree_util.tree_map(lambda x: np.asarray(jax.device_get(x)), params[tower])
+    host = distributed.host_local(params[tower])
+    if jax.process_index() != 0:
+      continue
     written.append(hf.save_pretrained(out_dir / names[tower], dual.model.encoder, host,
                                       pooling=dual.model.pooling, tokenizer_dir=tokenizer_dir,
                                       max_seq_length=max_seq_length))
