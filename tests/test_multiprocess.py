@@ -1,0 +1,115 @@
+"""Multi-host on one machine: 2 processes x 4 CPU devices against 1 process x 8 devices.
+
+The same `main.py` command runs as two JAX processes joined by `jax.distributed` (coordinator
+on 127.0.0.1, gloo collectives) and as one process; each process reads and tokenises only its
+half of every global batch, and evaluation encodes and searches half of the corpus per
+process. Plain SGD (`optim.name=sgd`) keeps the comparison at rounding level: Adam would turn
+the rounding differences of the two all-reduce orders into learning-rate-sized steps.
+"""
+
+import json
+import pathlib
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from retrieval_jax import checkpoint, recipes
+from retrieval_jax.index import exact_search, maxp
+from retrieval_jax.recipes import dpr, dual_encoder
+from tests import multiprocess
+from tests import mp_search_worker
+
+STEPS = 4
+SMOKE = ["--config=configs/dpr.py:smoke", "--config.optim.name=sgd", "--config.optim.lr=0.05",
+         f"--config.train.num_steps={STEPS}", "--config.train.log_every_steps=1",
+         "--config.train.checkpoint_every_steps=2"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+  """Workdirs of the smoke run on 2 processes x 4 devices and on 1 process x 8 devices."""
+  root = tmp_path_factory.mktemp("multiprocess")
+  two = multiprocess.run(multiprocess.main_py(*SMOKE, f"--workdir={root / 'two'}"), 2, 4,
+                         root / "logs_two", timeout=120).check()
+  one = multiprocess.run(multiprocess.main_py(*SMOKE, f"--workdir={root / 'one'}"), 1, 8,
+                         root / "logs_one", timeout=120, multiprocess_flags=False).check()
+  print(f"2 processes x 4 devices: {two.seconds:.1f} s; 1 process x 8 devices: "
+        f"{one.seconds:.1f} s")
+  return root / "two", root / "one", two
+
+
+def _losses(workdir):
+  lines = (workdir / "tensorboard" / "metrics.jsonl").read_text().splitlines()
+  return {row["step"]: row["train/loss"] for row in map(json.loads, lines)
+          if "train/loss" in row}
+
+
+def _params(workdir):
+  query, passage, step = dpr.restore_encoders(checkpoint.load_config(workdir), workdir)
+  return {"query": query.params, "passage": passage.params}, step
+
+
+def _max_abs_difference(a, b):
+  return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+             for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_two_processes_log_that_they_joined(runs):
+  _, _, two = runs
+  assert "process 0 of 2: 4 local of 8 cpu devices" in two.logs[0]
+  # Process 1 logs warnings only: one log per job.
+  assert "metrics" not in two.logs[1] or "eval at step" not in two.logs[1]
+
+
+def test_two_processes_train_like_one(runs):
+  two, one, _ = runs
+  losses_two, losses_one = _losses(two), _losses(one)
+  assert sorted(losses_two) == sorted(losses_one) == list(range(1, STEPS + 1))
+  for step in losses_one:
+    assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-5, abs=1e-5), step
+  params_two, step_two = _params(two)
+  params_one, step_one = _params(one)
+  assert step_two == step_one == STEPS
+  assert _max_abs_difference(params_two, params_one) <= 1e-5
+  # And training moved them: the comparison is not between two untouched initialisations.
+  config = checkpoint.load_config(one)
+  start = dual_encoder.initial_tower_params(dual_encoder.model_spec(config.model),
+                                            int(config.seed))
+  assert _max_abs_difference(params_one["query"], start) > 1e-3
+
+
+def test_checkpoint_of_two_processes_restores_and_evaluates_in_one(runs, tmp_path):
+  two, one, _ = runs
+  # Each run evaluated itself at the end; the 2-process one searched a corpus shard per process.
+  own_two = json.loads((two / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
+  own_one = json.loads((one / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
+  assert own_two == pytest.approx(own_one, abs=1e-6)
+  # This (1-process, 8-device) test restores the checkpoint the 2 processes wrote.
+  result = recipes.evaluate_checkpoint(checkpoint.load_config(two), two, out_dir=tmp_path)
+  assert result["step"] == STEPS
+  assert {k: result["metrics"][k] for k in own_one} == pytest.approx(own_one, abs=1e-6)
+  assert (tmp_path / "run.trec").exists()
+  # The export was written once (process 0) from parameters gathered over both processes.
+  assert (two / "export" / "query_encoder" / "model.safetensors").exists()
+
+
+def test_sharded_search_across_two_processes_equals_one_process(tmp_path):
+  out = tmp_path / "search.npz"
+  multiprocess.run([sys.executable, str(pathlib.Path(mp_search_worker.__file__)), str(out)], 2,
+                   4, tmp_path / "logs", timeout=90).check()
+  found = np.load(out)
+  assert int(found["processes"]) == 2 and 0 < found["shard"][1] < 700
+  corpus, queries, doc_of = mp_search_worker.corpus_and_queries()
+  scores, rows = exact_search(queries, corpus, 20)
+  np.testing.assert_array_equal(found["exact_rows"], rows)
+  np.testing.assert_allclose(found["exact_scores"], scores, rtol=1e-6)
+  # Tied copies (rows 650.. equal rows 0..49) are ranked lower row first, as in one process.
+  assert (np.isin(rows, np.arange(50)) | np.isin(rows, np.arange(650, 700))).any()
+  np.testing.assert_array_equal(found["scann_rows"], rows)
+  per_doc = int(np.bincount(doc_of).max())
+  passage_scores, passage_rows = exact_search(queries, corpus, 20 * per_doc)
+  doc_scores, doc_rows = maxp.max_over_passages(passage_scores, passage_rows, doc_of, 20)
+  np.testing.assert_array_equal(found["maxp_rows"], doc_rows)
+  np.testing.assert_allclose(found["maxp_scores"], doc_scores, rtol=1e-6)
