@@ -21,6 +21,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
+from retrieval_jax import distributed
+from retrieval_jax.data import passages
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import hf
 from retrieval_jax.models.config import EncoderConfig
@@ -181,6 +183,62 @@ def encode_token_ids(encoder: LoadedEncoder, token_ids: Sequence[Sequence[int]],
   bar.close()
   assert out is not None  # token_ids is non-empty, so at least one batch ran.
   return out
+
+
+def encode_texts_sharded(encoder: LoadedEncoder, texts: Sequence[str], **kwargs) -> np.ndarray:
+  """`encode_texts` of all `texts`, each process encoding a share, gathered on every process.
+
+  A collective on several processes (call it from the main thread of every process); one
+  process encodes everything. Keyword arguments are `encode_texts`'s.
+  """
+  start, stop = distributed.shard_range(len(texts), align=1)
+  local = (encode_texts(encoder, texts[start:stop], **kwargs) if stop > start
+           else np.zeros((0, 0), kwargs.get("out_dtype", np.float32)))
+  # A process with no texts learns the width from the others.
+  dim = int(distributed.allgather_rows(np.asarray([local.shape[1]], np.int32)).max())
+  if local.shape[1] != dim:
+    local = np.zeros((0, dim), local.dtype)
+  return distributed.allgather_rows(local)
+
+
+@dataclasses.dataclass(frozen=True)
+class DocumentShard:
+  """This process's share of a corpus, embedded (`encode_document_shard`).
+
+  Attributes:
+    embeddings: [rows, dim]: one row per document (FirstP), or per passage (MaxP).
+    doc_of: MaxP: [rows] int64, each row's document relative to `start`; None for FirstP.
+    start: The shard's first document row in the corpus.
+    stop: One past its last.
+  """
+  embeddings: np.ndarray
+  doc_of: np.ndarray | None
+  start: int
+  stop: int
+
+
+def encode_document_shard(encoder: LoadedEncoder, doc_texts: Sequence[str], *, max_length: int,
+                          max_passages: int = 1, dim: int, **kwargs) -> DocumentShard:
+  """Embeds this process's contiguous share of the documents (`distributed.shard_range`).
+
+  No communication: each process encodes its documents on its own devices. With
+  `max_passages` > 1 a document is split into up to that many passages of `max_length`
+  tokens, each embedded (MaxP). `dim` sizes an empty shard; other keyword arguments are
+  `encode_token_ids`'s.
+  """
+  start, stop = distributed.shard_range(len(doc_texts))
+  texts = doc_texts[start:stop]
+  doc_of = None if max_passages == 1 else np.zeros((0,), np.int64)
+  if not texts:
+    return DocumentShard(np.zeros((0, dim), kwargs.get("out_dtype", np.float32)), doc_of,
+                         start, stop)
+  if max_passages == 1:
+    token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
+  else:
+    token_ids, doc_of = passages.split_documents(encoder.tokenizer, texts, max_length,
+                                                 max_passages)
+  return DocumentShard(encode_token_ids(encoder, token_ids, max_length=max_length, **kwargs),
+                       doc_of, start, stop)
 
 
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray,

@@ -19,7 +19,6 @@ import jax
 import numpy as np
 
 from retrieval_jax import distributed, encode, metrics
-from retrieval_jax.data import passages
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index import BM25Index, ScannConfig, ScannIndex, exact_search
 from retrieval_jax.index import maxp, sharded
@@ -90,47 +89,25 @@ class EvalResult:
 
 def _encode_shard(data: BeirData, encoder: encode.LoadedEncoder,
                   query_encoder: encode.LoadedEncoder, settings: EvalSettings, extra: dict):
-  """(all query embeddings, this process's corpus rows, their document of each row or None,
-  first document of the shard).
+  """(all query embeddings, this process's `encode.DocumentShard`).
 
   One process encodes everything. On several, each encodes a contiguous share of the
   documents (`distributed.shard_range`) and of the queries; the query embeddings are gathered
   on every process (each searches its shard with all of them).
   """
-  query_len = settings.query_max_length or settings.max_length
-  q_start, q_stop = distributed.shard_range(len(data.query_ids), align=1)
-  local_queries = data.query_texts[q_start:q_stop]
-  query_emb = None
-  if local_queries:
-    query_emb = encode.encode_texts(query_encoder, local_queries, max_length=query_len,
-                                    batch_size=settings.batch_size, progress=settings.progress,
-                                    desc="queries")
-  dim = distributed.allgather_rows(np.asarray(
-      [query_emb.shape[1] if query_emb is not None else 0], np.int32)).max()
-  if query_emb is None:
-    query_emb = np.zeros((0, dim), np.float32)
-  query_emb = distributed.allgather_rows(query_emb)
-  start, stop = distributed.shard_range(len(data.corpus_ids))
-  texts = data.doc_strings()[start:stop]
-  doc_of = None  # FirstP: corpus rows are documents.
-  if not texts:
-    corpus_emb = np.zeros((0, dim), np.float32)
-    if settings.max_passages > 1:
-      doc_of = np.zeros((0,), np.int64)
-  elif settings.max_passages == 1:
-    corpus_emb = encode.encode_texts(encoder, texts, max_length=settings.max_length,
-                                     batch_size=settings.batch_size,
-                                     progress=settings.progress, desc="corpus")
-  else:
-    token_ids, doc_of = passages.split_documents(encoder.tokenizer, texts,
-                                                 settings.max_length, settings.max_passages)
-    corpus_emb = encode.encode_token_ids(encoder, token_ids, max_length=settings.max_length,
-                                         batch_size=settings.batch_size,
-                                         progress=settings.progress, desc="passages")
+  query_emb = encode.encode_texts_sharded(
+      query_encoder, data.query_texts,
+      max_length=settings.query_max_length or settings.max_length,
+      batch_size=settings.batch_size, progress=settings.progress, desc="queries")
+  shard = encode.encode_document_shard(
+      encoder, data.doc_strings(), max_length=settings.max_length,
+      max_passages=settings.max_passages, dim=query_emb.shape[1],
+      batch_size=settings.batch_size, progress=settings.progress,
+      desc="corpus" if settings.max_passages == 1 else "passages")
   if settings.max_passages > 1:
     extra["num_passages"] = int(distributed.allgather_rows(
-        np.asarray([len(corpus_emb)], np.int32)).sum())
-  return query_emb, corpus_emb, doc_of, start, stop - start
+        np.asarray([len(shard.embeddings)], np.int32)).sum())
+  return query_emb, shard
 
 
 def _save_embeddings(out_dir: pathlib.Path, settings: EvalSettings, query_emb, corpus_emb,
@@ -159,8 +136,9 @@ def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
   searches its shard of the documents and the lists are merged (`index.sharded`).
   """
   start_time = time.perf_counter()
-  query_emb, corpus_emb, doc_of, doc_start, shard_docs = _encode_shard(
-      data, encoder, query_encoder, settings, extra)
+  query_emb, shard = _encode_shard(data, encoder, query_encoder, settings, extra)
+  corpus_emb, doc_of, doc_start = shard.embeddings, shard.doc_of, shard.start
+  shard_docs = shard.stop - shard.start
   timings["encode_s"] = time.perf_counter() - start_time
   if out_dir is not None and settings.save_embeddings:
     _save_embeddings(out_dir, settings, query_emb, corpus_emb, doc_of)

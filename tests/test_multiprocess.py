@@ -113,3 +113,32 @@ def test_sharded_search_across_two_processes_equals_one_process(tmp_path):
   doc_scores, doc_rows = maxp.max_over_passages(passage_scores, passage_rows, doc_of, 20)
   np.testing.assert_array_equal(found["maxp_rows"], doc_rows)
   np.testing.assert_allclose(found["maxp_scores"], doc_scores, rtol=1e-6)
+
+
+ANCE_SYNC = ["--config=configs/ance.py:smoke", "--config.negatives.refresh_mode=sync",
+             "--config.optim.name=sgd", "--config.optim.lr=0.05", "--config.train.num_steps=4",
+             "--config.train.log_every_steps=1", "--config.train.export=False"]
+
+
+def _negatives_in_use(workdir):
+  with checkpoint.Checkpointer(workdir, async_save=False) as ckpt:
+    return ckpt.restore_host(ckpt.latest_step())
+
+
+def test_ance_mines_across_two_processes_like_one(tmp_path):
+  """Sync refreshes on 2 processes: each encodes and searches half of the corpus, the top lists
+  are merged, and the pool equals the one process's."""
+  two = multiprocess.run(multiprocess.main_py(*ANCE_SYNC, f"--workdir={tmp_path / 'two'}"), 2,
+                         4, tmp_path / "logs_two", timeout=150).check()
+  multiprocess.run(multiprocess.main_py(*ANCE_SYNC, f"--workdir={tmp_path / 'one'}"), 1, 8,
+                   tmp_path / "logs_one", timeout=150, multiprocess_flags=False).check()
+  assert "negatives mined at step 2 in use after step 2" in two.logs[0]
+  pool_two, pool_one = _negatives_in_use(tmp_path / "two"), _negatives_in_use(tmp_path / "one")
+  assert int(pool_two["snapshot_step"]) == int(pool_one["snapshot_step"]) == 2
+  np.testing.assert_array_equal(pool_two["counts"], pool_one["counts"])
+  # The same candidates per query; near-equal scores of this random model may swap places.
+  for a, b, count in zip(pool_two["candidates"], pool_one["candidates"], pool_one["counts"]):
+    assert set(a[:count]) == set(b[:count])
+  losses_two, losses_one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
+  for step in losses_one:
+    assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step

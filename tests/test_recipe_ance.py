@@ -193,3 +193,16 @@ def test_batches_record_the_negative_set_they_came_from(tmp_path):
     refresher.after_step(step + 1, state)
   assert versions == [-1, -1, 2, 2, 4]
   refresher.close()
+
+
+def test_async_refresh_is_refused_on_several_processes(monkeypatch):
+  """Its collectives would run in a background thread; the message says what to use."""
+  from retrieval_jax import distributed  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import ance  # pylint: disable=g-import-not-at-top
+
+  monkeypatch.setattr(distributed, "is_multiprocess", lambda: True)
+  config = ance_config.get_config("smoke")
+  with pytest.raises(ValueError, match="refresh_mode=sync"):
+    ance._check(config)  # pylint: disable=protected-access
+  config.negatives.refresh_mode = "sync"
+  ance._check(config)  # pylint: disable=protected-access

@@ -15,9 +15,10 @@ import os
 
 import numpy as np
 
+from retrieval_jax import distributed
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index.bm25 import BM25Index
-from retrieval_jax.index import maxp
+from retrieval_jax.index import maxp, sharded
 from retrieval_jax.index.exact import exact_search
 from retrieval_jax.index.scann_index import ScannConfig, ScannIndex
 
@@ -124,13 +125,19 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
                         depth: int = 200, *, index: str = "scann",
                         scann_config: ScannConfig | None = None,
                         false_negative_margin: float | None = None,
-                        passage_doc: np.ndarray | None = None) -> NegativePool:
+                        passage_doc: np.ndarray | None = None,
+                        shard: tuple[int, int] | None = None) -> NegativePool:
   """Mines negatives from the whole corpus with a dense model (ANCE's ANN negatives).
 
+  On several processes each passes its shard of the corpus (`encode.encode_document_shard`):
+  the shards are searched where they are and the top lists merged (`index.sharded`), so
+  every process returns the same pool; this is then a collective.
+
   Args:
-    query_emb: [num_queries, d] embeddings of `data.query_ids`, in that order.
-    corpus_emb: [num_docs, d] embeddings of `data.corpus_ids`; with `passage_doc`, [num_passages,
-      d] embeddings of the documents' passages (MaxP).
+    query_emb: [num_queries, d] embeddings of `data.query_ids`, in that order (all queries,
+      on every process).
+    corpus_emb: [rows, d] embeddings of the documents `shard` (default all of
+      `data.corpus_ids`); with `passage_doc`, embeddings of those documents' passages (MaxP).
     data: the training split (its judgements define the positives).
     depth: candidates kept per query after removing positives (ANCE: 200).
     index: `scann` (approximate, as ANCE's ANN index) or `exact` (JAX top-k).
@@ -138,8 +145,9 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
     false_negative_margin: if set, also drop candidates scoring above the query's best positive
       minus this margin: unjudged documents the model already ranks like a positive are likely
       relevant (false negatives). None keeps them, as ANCE does.
-    passage_doc: MaxP: [num_passages] int64, the document row of each row of `corpus_emb`
+    passage_doc: MaxP: [rows] int64, the corpus document row of each row of `corpus_emb`
       (from `data.passages.split_documents`); a document scores the max over its passages.
+    shard: [start, stop) document rows `corpus_emb` covers; default the whole corpus.
 
   Returns:
     The pool, rows in `data.query_ids` order, candidates best-scored first.
@@ -154,32 +162,46 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
   query_emb = np.asarray(query_emb, np.float32)
   corpus_emb = np.asarray(corpus_emb, np.float32)
   num_docs = len(data.corpus_ids)
+  start, stop = (0, num_docs) if shard is None else shard
   if passage_doc is None:
-    passage_doc = np.arange(num_docs)
+    passage_doc = np.arange(start, stop)
   passage_doc = np.asarray(passage_doc, np.int64)
   if (query_emb.shape[0] != len(data.query_ids) or corpus_emb.shape[0] != len(passage_doc)
-      or (len(passage_doc) and (passage_doc.min() < 0 or passage_doc.max() >= num_docs))):
+      or not 0 <= start <= stop <= num_docs
+      or (len(passage_doc) and (passage_doc.min() < start or passage_doc.max() >= stop))):
     raise ValueError(f"embeddings {query_emb.shape} / {corpus_emb.shape} do not match the "
-                     f"{len(data.query_ids)} queries / {num_docs} documents "
-                     f"({len(passage_doc)} passages)")
+                     f"{len(data.query_ids)} queries / documents [{start}, {stop}) of "
+                     f"{num_docs} ({len(passage_doc)} passages)")
   positives = _positive_rows(data)
   k = _search_depth(depth, positives, num_docs)
+  local_doc = passage_doc - start
   # MaxP: deep enough in passages that k distinct documents are found when every document has
   # its full share of passages.
-  per_doc = int(np.bincount(passage_doc, minlength=1).max()) if len(passage_doc) else 1
-  passage_k = min(k * per_doc, len(passage_doc))
-  if index == "exact":
-    scores, found = exact_search(query_emb, corpus_emb, passage_k)
-  else:
-    scores, found = ScannIndex.build(corpus_emb, scann_config or ScannConfig()).search(
-        query_emb, passage_k)
-  if per_doc > 1 or len(passage_doc) != num_docs:
-    scores, found = maxp.max_over_passages(scores, found, passage_doc, k)
+  per_doc = int(np.bincount(local_doc, minlength=1).max()) if len(local_doc) else 1
+  folded = per_doc > 1 or len(local_doc) != stop - start
+  searcher = (ScannIndex.build(corpus_emb, scann_config or ScannConfig())
+              if index == "scann" and len(corpus_emb) else None)
+
+  def search(queries, corpus, docs):
+    passage_k = min(docs * per_doc, len(corpus))
+    if searcher is None:
+      scores, found = exact_search(queries, corpus, passage_k)
+    else:
+      scores, found = searcher.search(queries, passage_k)
+    return maxp.max_over_passages(scores, found, local_doc, docs) if folded else (scores, found)
+
+  scores, found = sharded.search_shards(query_emb, corpus_emb, start, k, search,
+                                        shard_size=stop - start)
   dropped = None
   if false_negative_margin is not None:
-    passages_of = [np.flatnonzero(np.isin(passage_doc, p)) for p in positives]
-    best_positive = np.array([np.max(corpus_emb[rows] @ query_emb[q]) if len(rows) else np.inf
-                              for q, rows in enumerate(passages_of)], np.float32)
+    # Each process scores the positives it holds; the best over all processes counts.
+    best_positive = np.full(len(positives), -np.inf, np.float32)
+    for q, p in enumerate(positives):
+      rows = np.flatnonzero(np.isin(passage_doc, p))
+      if len(rows):
+        best_positive[q] = np.max(corpus_emb[rows] @ query_emb[q])
+    best_positive = distributed.allgather_rows(best_positive[None]).max(axis=0)
+    best_positive[~np.isfinite(best_positive)] = np.inf  # no positive embedded: drop nothing
     dropped = scores > (best_positive - false_negative_margin)[:, None]
   return _pool_from_ranking(data, found, positives, depth, dropped)
 

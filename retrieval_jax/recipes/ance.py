@@ -18,8 +18,7 @@ from typing import Any
 
 import jax
 
-from retrieval_jax import encode, negative_refresh
-from retrieval_jax.data import passages as doc_passages
+from retrieval_jax import distributed, encode, negative_refresh
 from retrieval_jax.index import mining
 from retrieval_jax.index.scann_index import ScannConfig
 from retrieval_jax.recipes import base, dpr, dual_encoder
@@ -48,6 +47,12 @@ def _check(config: Any) -> None:
                      f"{negative_refresh.MODES}")
   if negatives.refresh_every < 0:
     raise ValueError(f"negatives.refresh_every={negatives.refresh_every} must be >= 0")
+  if negatives.refresh_mode == "async" and distributed.is_multiprocess():
+    raise ValueError(
+        "negatives.refresh_mode='async' runs on one process only: on several, a refresh "
+        "gathers parameters and merges the shards' top lists with collectives, which must run "
+        "in the training thread of every process at the same step. Use "
+        "--config.negatives.refresh_mode=sync")
   if negatives.encode_batch_size < 1:
     raise ValueError(f"negatives.encode_batch_size={negatives.encode_batch_size} must be >= 1")
 
@@ -57,34 +62,35 @@ def mine_negatives(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: 
   """Encodes corpus and training queries with `params`, searches, and returns the pool.
 
   Runs in the refresher's thread in async mode: it uses its own tokenizer copy and only reads
-  `ctx`. The forward is sharded over all local devices (rows over a `data` mesh).
+  `ctx`. The forward is sharded over all local devices (rows over a `data` mesh). On several
+  processes (sync mode) each encodes its shard of the corpus and a share of the queries, and
+  the shards' top lists are merged, so every process installs the same pool.
   """
   del step  # the refresher records it
   config, negatives = ctx.config, ctx.config.negatives
+  # Whole parameters on every host (a collective when they span processes, hence sync mode
+  # there: see `_check`).
+  params = distributed.host_local(params)
   query_encoder, passage_encoder = dual_encoder.tower_encoders(ctx.dual, params, tokenizer,
                                                                ctx.spec.model_dir)
   batch, length = int(negatives.encode_batch_size), int(config.train.passage_max_length)
+  query_emb = encode.encode_texts_sharded(
+      query_encoder, ctx.data.query_texts, max_length=int(config.train.query_max_length),
+      batch_size=batch, progress=progress, desc="refresh queries")
   per_doc = int(config.data.get("max_passages", 1))
-  passage_doc = None
-  if per_doc == 1:
-    corpus_emb = encode.encode_texts(passage_encoder, ctx.dataset.doc_texts, max_length=length,
-                                     batch_size=batch, progress=progress, desc="refresh corpus")
-  else:
-    token_ids, passage_doc = doc_passages.split_documents(tokenizer, ctx.dataset.doc_texts,
-                                                          length, per_doc)
-    corpus_emb = encode.encode_token_ids(passage_encoder, token_ids, max_length=length,
-                                         batch_size=batch, progress=progress,
-                                         desc="refresh passages")
-  query_emb = encode.encode_texts(query_encoder, ctx.data.query_texts,
-                                  max_length=int(config.train.query_max_length),
-                                  batch_size=batch, progress=progress, desc="refresh queries")
+  shard = encode.encode_document_shard(
+      passage_encoder, ctx.dataset.doc_texts, max_length=length, max_passages=per_doc,
+      dim=query_emb.shape[1], batch_size=batch, progress=progress,
+      desc="refresh corpus" if per_doc == 1 else "refresh passages")
   scann = negatives.scann
   return mining.dense_negative_pool(
-      query_emb, corpus_emb, ctx.data, int(negatives.depth), index=negatives.index,
+      query_emb, shard.embeddings, ctx.data, int(negatives.depth), index=negatives.index,
       scann_config=ScannConfig(num_leaves=scann.num_leaves,
                                num_leaves_to_search=scann.num_leaves_to_search,
                                reorder_k=scann.reorder_k),
-      false_negative_margin=negatives.get("false_negative_margin"), passage_doc=passage_doc)
+      false_negative_margin=negatives.get("false_negative_margin"),
+      passage_doc=None if shard.doc_of is None else shard.doc_of + shard.start,
+      shard=(shard.start, shard.stop))
 
 
 def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
