@@ -504,7 +504,7 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
       leaves = round(math.sqrt(shard))
       where = dict(corpus=corpus.name, system=system.name, shard_vectors=shard)
       ah = shard * (DIM / 2) * 0.5
-      soar = ah + shard * 8  # SOAR: a second (spilled) code per vector + 2 int32 leaf tokens
+      soar = 2 * ah + shard * 8  # SOAR: a second (spilled) code per vector + 2 int32 leaf tokens
       reorder = shard * DIM * 4
       centroids = leaves * DIM * 4
       entries.append(entry("scann", "AH codes per shard (in memory, 4 bit / 2 dims)", ah, "bytes",

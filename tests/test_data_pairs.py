@@ -448,3 +448,43 @@ def test_negatives_fn_and_negative_sets_exclude_each_other(dataset, tokenizer):
     pairs.PairBatcher(dataset, tokenizer, global_batch=8, num_negatives=2,
                       negatives_fn=lambda e: None, negative_sets=lambda: None,
                       query_max_length=32, passage_max_length=48, seed=0)
+
+
+def test_each_process_tokenises_only_its_rows(dataset, tokenizer, monkeypatch):
+  """With a token-length table, a process tokenises its 1/P of the batch, nothing more."""
+  lengths = pairs.TokenLengths(pairs.token_lengths(tokenizer, dataset.query_texts, 32),
+                               pairs.token_lengths(tokenizer, dataset.doc_texts, 48))
+  part = _batcher(dataset, tokenizer, process_index=1, process_count=4, lengths=lengths)
+  whole = _batcher(dataset, tokenizer)
+  seen = []
+  original = pairs.tok.tokenize
+  monkeypatch.setattr(pairs.tok, "tokenize",
+                      lambda tk, texts, length: seen.append(len(texts)) or original(tk, texts,
+                                                                                   length))
+  batch = part.batch(3)
+  assert seen == [2, 2 * 3]  # 8 / 4 queries, each with its positive and 2 negatives
+  expected = whole.batch(3)
+  # The padded lengths are the global batch's, as the other processes compute them.
+  assert batch["query_input_ids"].shape[1] == expected["query_input_ids"].shape[1]
+  assert batch["passage_input_ids"].shape[2] == expected["passage_input_ids"].shape[2]
+  np.testing.assert_array_equal(batch["query_input_ids"], expected["query_input_ids"][2:4])
+
+
+def test_token_lengths_of_maxp_documents_are_their_longest_passage(tokenizer):
+  texts = ["word " * 100, "short text", ""]
+  lengths = pairs.token_lengths(tokenizer, texts, 16, max_passages=3)
+  ids, doc_of = pairs.doc_passages.split_documents(tokenizer, texts, 16, 3)
+  for doc in range(3):
+    assert lengths[doc] == max(len(p) for p, d in zip(ids, doc_of) if d == doc)
+  assert lengths[0] == 16 and lengths[2] == 2  # [CLS] [SEP] for the empty document
+
+
+def test_token_lengths_that_disagree_with_the_tokenizer_are_an_error(dataset, tokenizer):
+  short = pairs.TokenLengths(np.full(len(dataset.query_texts), 2, np.int32),
+                             np.full(len(dataset.doc_texts), 2, np.int32))
+  batcher = _batcher(dataset, tokenizer, process_count=2, lengths=short)
+  with pytest.raises(ValueError, match="disagree with the tokenizer"):
+    batcher.batch(0)
+  with pytest.raises(ValueError, match="lengths cover"):
+    _batcher(dataset, tokenizer, process_count=2,
+             lengths=pairs.TokenLengths(short.query[:3], short.doc))

@@ -1,5 +1,7 @@
 """retrieval_jax.distributed: when main.py calls jax.distributed.initialize."""
 
+import jax
+import numpy as np
 import pytest
 
 from retrieval_jax import distributed
@@ -31,3 +33,44 @@ def test_initialize_only_when_asked_or_detected(monkeypatch):
   assert len(calls) == 2
   with pytest.raises(ValueError, match="distributed='yes'"):
     distributed.maybe_initialize("yes")
+
+
+def test_explicit_flags_initialise_with_them(monkeypatch):
+  calls = []
+  monkeypatch.setattr(distributed.jax.distributed, "initialize",
+                      lambda *args, **kwargs: calls.append((args, kwargs)))
+  monkeypatch.setattr(distributed, "_use_gloo_on_cpu", lambda: None)
+  assert distributed.maybe_initialize("false", env={}, coordinator_address="127.0.0.1:1234",
+                                      num_processes=2, process_id=1)
+  assert calls == [(("127.0.0.1:1234",), {"num_processes": 2, "process_id": 1})]
+
+
+@pytest.mark.parametrize("flags, match", [
+    (dict(coordinator_address="127.0.0.1:1", num_processes=2), "--process_id missing"),
+    (dict(process_id=0), "--coordinator_address, --num_processes missing"),
+    (dict(coordinator_address="localhost", num_processes=2, process_id=0), "HOST:PORT"),
+    (dict(coordinator_address="h:1", num_processes=2, process_id=2), "0 <= --process_id"),
+    (dict(coordinator_address="h:1", num_processes=0, process_id=0), "--num_processes >= 1"),
+])
+def test_incomplete_or_inconsistent_flags_are_refused(flags, match):
+  with pytest.raises(ValueError, match=match):
+    distributed.maybe_initialize("auto", env={}, **flags)
+
+
+@pytest.mark.parametrize("rows, count", [(0, 2), (5, 2), (1000, 2), (1000, 3), (130, 4)])
+def test_shard_ranges_tile_the_rows_in_aligned_blocks(rows, count):
+  ranges = [distributed.shard_range(rows, p, count) for p in range(count)]
+  assert ranges[0][0] == 0 and ranges[-1][1] == rows
+  for (_, stop), (start, _) in zip(ranges, ranges[1:]):
+    assert stop == start
+  for start, _ in ranges:
+    assert start % 128 == 0 or start == rows
+
+
+def test_one_process_exchanges_are_identities():
+  rows = np.arange(12, dtype=np.int64).reshape(4, 3)
+  assert distributed.allgather_rows(rows) is not None
+  np.testing.assert_array_equal(distributed.allgather_rows(rows), rows)
+  tree = {"a": jax.numpy.ones((2, 2))}
+  assert isinstance(distributed.host_local(tree)["a"], np.ndarray)
+  distributed.sync("nothing to wait for")
