@@ -145,7 +145,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                     "packaged MiniLM (skipped with --quick).", flag_values=flag_values)
 
 
-# --- small helpers -------------------------------------------------------------------------------
+# --- small helpers --------------------------------------------------------------------------------
 
 
 def entry(section: str, quantity: str, value: float, unit: str, label: str, how: str,
@@ -190,7 +190,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
   return "\n".join(lines)
 
 
-# --- model shape and analytic formulas -------------------------------------------------------------
+# --- model shape and analytic formulas ------------------------------------------------------------
 
 
 def encoder_config(shape: dict[str, int], **overrides):
@@ -203,7 +203,8 @@ def param_count(config) -> int:
   import jax  # pylint: disable=g-import-not-at-top
 
   from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.encoder import TextEncoder, abstract_params  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.models.encoder import TextEncoder, abstract_params
   from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
 
   params = sharding.unbox(abstract_params(TextEncoder(config, PoolingConfig("cls"))))
@@ -227,7 +228,7 @@ def analytic_activation_bytes(config, rows: int, length: int) -> float:
   return rows * config.num_layers * length * h * (34 + 5 * a * length / h)
 
 
-# --- measurements ----------------------------------------------------------------------------------
+# --- measurements ---------------------------------------------------------------------------------
 
 
 def measure_flops(config, batch: int, lengths: Sequence[int]) -> dict[int, dict[str, float]]:
@@ -236,7 +237,8 @@ def measure_flops(config, batch: int, lengths: Sequence[int]) -> dict[int, dict[
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
 
   from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.encoder import TextEncoder, abstract_params  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.models.encoder import TextEncoder, abstract_params
   from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
 
   model = TextEncoder(config, PoolingConfig("cls"))
@@ -322,7 +324,8 @@ def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
 
 def measure_scann(sizes: Sequence[int], seed: int = 0) -> list[dict[str, Any]]:
   """Builds the default ScaNN index on random unit vectors of dim 768; times and sizes it."""
-  from retrieval_jax.index.scann_index import ScannConfig, ScannIndex  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.index.scann_index import ScannConfig, ScannIndex
 
   rng = np.random.default_rng(seed)
   results = []
@@ -380,7 +383,7 @@ def measure_cpu_anchor(num_texts: int = 256, length: int = 128, batch_size: int 
               devices=len(jax.local_devices()), cpu_count=os.cpu_count())
 
 
-# --- the plan --------------------------------------------------------------------------------------
+# --- the plan -------------------------------------------------------------------------------------
 
 
 def _per_device_rows(setup: TrainSetup, system: System, scale: int) -> int:
@@ -394,7 +397,8 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
 
   Args:
     quick: Tiny sizes: the training-memory compiles use a 2-layer 64-wide model, a quarter of
-      the per-device rows and 32/64 tokens; ScaNN builds 2,000 and 4,000 vectors; no CPU anchor.
+      the per-device rows and 32/64 tokens, the first system only, full batch and GradCache
+      (chunk 8); ScaNN builds 2,000 and 4,000 vectors; no CPU anchor.
     mfu: Model-FLOPs utilisation for the computed times.
     chunk_sizes: GradCache chunk sizes (rows per forward; must divide the per-device rows).
     scann_sizes: Sizes of the measured ScaNN builds (at least two).
@@ -640,7 +644,7 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
       cpu=platform.processor() or platform.machine(), command=" ".join(sys.argv))
 
 
-# --- printing --------------------------------------------------------------------------------------
+# --- printing -------------------------------------------------------------------------------------
 
 
 def _pick(plan: dict[str, Any], section: str, quantity: str, **where: Any) -> dict[str, Any]:

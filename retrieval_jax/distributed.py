@@ -191,6 +191,11 @@ def host_local(tree: Any) -> Any:
   return jax.tree_util.tree_map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+def all_true(flag: bool) -> bool:
+  """Whether `flag` holds on every process (a collective; one process: `flag`)."""
+  return bool(allgather_rows(np.asarray([bool(flag)], np.int32)).all())
+
+
 def sync(name: str) -> None:
   """Waits until every process reaches the barrier `name` (no-op with one process)."""
   if is_multiprocess():

@@ -134,13 +134,23 @@ class NegativeRefresher:
   `checkpoint_payload` at saves and `finish` at the end; the batcher calls `current`.
   """
 
-  def __init__(self, mine: Callable[[Any, int], mining.NegativePool],
+  def __init__(self, mine: Callable[[Any, int], Any],
                initial: Callable[[], MinedNegatives], *, every: int, total_steps: int,
-               mode: str = "async", first: int | None = None, mine_at_start: bool = False):
+               mode: str = "async", first: int | None = None, mine_at_start: bool = False,
+               prepare: Callable[[Any], Any] | None = None,
+               merge: Callable[[Any], mining.NegativePool] | None = None,
+               agree: Callable[[bool], bool] | None = None):
     """Sets the schedule; nothing is mined before `start`.
 
+    Several processes (multi-host) split a refresh in three: `prepare` (the training thread:
+    gather the parameters to every host), `mine` (any thread: each process its shard, no
+    communication), `merge` (the training thread: merge the shards). An asynchronous
+    refresh is installed when `agree` says every process's `mine` is done, at the same step
+    on every process, since `agree` and `merge` are collectives.
+
     Args:
-      mine: (params snapshot, step) -> pool; runs in a background thread in async mode.
+      mine: (prepared params, step) -> pool, or what `merge` takes; runs in a background
+        thread in async mode, so it must not communicate with other processes.
       initial: () -> the set to train on before the first refresh (BM25 warm-up negatives);
         called by `start` on a fresh run only.
       every: Refresh after every `every` steps (`negatives.refresh_every`); 0: never.
@@ -150,6 +160,12 @@ class NegativeRefresher:
         lasts this long; None: `every`.
       mine_at_start: Mine with the initial parameters before step 1 (instead of training the
         first `every` steps on `initial`'s negatives).
+      prepare: params -> what `mine` encodes with, called in the training thread when a
+        refresh begins; default: a device copy (`snapshot`) in async mode, the params in sync.
+      merge: `mine`'s result -> the pool, in the training thread when it is installed;
+        default: `mine` returned the pool.
+      agree: this process's "my refresh is done" -> whether every process's is; called in
+        the training thread after every step while a refresh runs; default: the flag itself.
     """
     if mode not in MODES:
       raise ValueError(f"negatives.refresh_mode={mode!r} must be one of {MODES}")
@@ -158,6 +174,9 @@ class NegativeRefresher:
     if first is not None and first < 1:
       raise ValueError(f"negatives.first_refresh={first} must be >= 1 (or None: refresh_every)")
     self._mine = mine
+    self._prepare = prepare or (snapshot if mode == "async" else (lambda params: params))
+    self._merge = merge or (lambda pool: pool)
+    self._agree = agree or (lambda done: done)
     self._initial = initial
     self.schedule = refresh_steps(every, total_steps, first)
     self._due = frozenset(self.schedule)
@@ -207,7 +226,7 @@ class NegativeRefresher:
 
   def after_step(self, step: int, state: dict) -> None:
     """Between steps `step` and `step + 1`: install a finished refresh, start a due one."""
-    if self._pending is not None and self._pending[1].done():
+    if self._pending is not None and self._agree(self._pending[1].done()):
       self._install(step)
     if step not in self._due:
       return
@@ -261,10 +280,10 @@ class NegativeRefresher:
 
   # --- internals ----------------------------------------------------------------------------
 
-  def _timed_mine(self, params: Any, step: int) -> tuple[mining.NegativePool, float]:
+  def _timed_mine(self, params: Any, step: int) -> tuple[Any, float]:
     began = time.perf_counter()
-    pool = self._mine(params, step)
-    return pool, time.perf_counter() - began
+    mined = self._mine(params, step)
+    return mined, time.perf_counter() - began
 
   def _begin(self, step: int, params: Any) -> None:
     """A refresh with the parameters of `step`: mined now (sync) or in the background."""
@@ -274,7 +293,9 @@ class NegativeRefresher:
       self._launch(step, params)
 
   def _refresh_now(self, step: int, params: Any, installed_at: int) -> None:
-    pool, wall = self._timed_mine(params, step)
+    began = time.perf_counter()
+    pool = self._merge(self._mine(self._prepare(params), step))
+    wall = time.perf_counter() - began
     self.waited_s += wall
     self._set(pool, step, installed_at, wall, waited_s=wall)
 
@@ -283,13 +304,13 @@ class NegativeRefresher:
       self._executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ann_refresh")
     logger.info("refresh: mining negatives with the parameters of step %d in the background",
                 step)
-    self._pending = (step, self._executor.submit(self._timed_mine, snapshot(params), step))
+    self._pending = (step, self._executor.submit(self._timed_mine, self._prepare(params), step))
 
   def _install(self, step: int, waited_s: float = 0.0) -> None:
     snapshot_step, future = self._pending
     self._pending = None
-    pool, wall = future.result()  # re-raises an error of the mining thread here
-    self._set(pool, snapshot_step, step, wall, waited_s)
+    mined, wall = future.result()  # re-raises an error of the mining thread here
+    self._set(self._merge(mined), snapshot_step, step, wall, waited_s)
 
   def _set(self, pool, snapshot_step: int, installed_at: int, wall: float,
            waited_s: float) -> None:

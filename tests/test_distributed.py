@@ -74,3 +74,12 @@ def test_one_process_exchanges_are_identities():
   tree = {"a": jax.numpy.ones((2, 2))}
   assert isinstance(distributed.host_local(tree)["a"], np.ndarray)
   distributed.sync("nothing to wait for")
+
+
+def test_main_refuses_incomplete_multiprocess_flags(tmp_path):
+  from tests import helpers  # pylint: disable=g-import-not-at-top
+
+  result = helpers.run_python(["main.py", "--config=configs/dpr.py:smoke",
+                               f"--workdir={tmp_path}", "--num_processes=2"], check=False)
+  assert result.returncode != 0
+  assert "--coordinator_address, --process_id missing" in result.stderr

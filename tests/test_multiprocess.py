@@ -142,3 +142,17 @@ def test_ance_mines_across_two_processes_like_one(tmp_path):
   losses_two, losses_one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
   for step in losses_one:
     assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step
+
+
+def test_ance_refreshes_in_the_background_on_two_processes(tmp_path):
+  """Async refreshes on 2 processes: each mines its shard in a background thread, and the new
+  negatives are merged and installed at a step all processes agree on."""
+  async_smoke = ["--config=configs/ance.py:smoke", "--config.train.export=False",
+                 f"--workdir={tmp_path / 'two'}"]
+  two = multiprocess.run(multiprocess.main_py(*async_smoke), 2, 4, tmp_path / "logs",
+                         timeout=150).check()
+  assert "mining negatives with the parameters of step 2 in the background" in two.logs[0]
+  assert "negatives mined at step 2 in use after step" in two.logs[0]
+  pool = _negatives_in_use(tmp_path / "two")
+  assert int(pool["snapshot_step"]) in (2, 4)
+  assert (pool["counts"] > 0).all()

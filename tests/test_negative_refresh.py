@@ -199,3 +199,48 @@ def test_bad_arguments(kwargs, key):
   args.update(kwargs)
   with pytest.raises(ValueError, match=key):
     negative_refresh.NegativeRefresher(FakeMiner(), _initial, **args)
+
+
+def test_several_processes_install_only_when_all_agree():
+  """The multi-host protocol: prepare and merge run in the training thread, mining in the
+  background, and a finished refresh waits until `agree` says every process is done."""
+  threads = {"prepare": [], "merge": []}
+  peers_done = []  # what the (simulated) other process answers at each step boundary
+
+  def prepare(params):
+    threads["prepare"].append(threading.current_thread() is threading.main_thread())
+    return {"w": float(params["w"])}  # host values, as distributed.host_local gives
+
+  def merge(pool):
+    threads["merge"].append(threading.current_thread() is threading.main_thread())
+    return pool
+
+  def agree(done):  # a collective: every process answers at every step while one runs
+    peer = peers_done.pop(0)
+    return done and peer
+
+  miner = FakeMiner()
+  refresher = negative_refresh.NegativeRefresher(
+      miner, _initial, every=3, total_steps=20, mode="async", prepare=prepare, merge=merge,
+      agree=agree)
+  refresher.start(0, _state(0.0), None)
+  refresher.after_step(3, _state(3.0))  # begins the step-3 refresh
+  refresher._pending[1].result(timeout=10)  # pylint: disable=protected-access
+  peers_done.extend([False, True])
+  refresher.after_step(4, _state(4.0))  # done here, not yet on the other process
+  assert _rows(refresher) == 50
+  refresher.after_step(5, _state(5.0))  # every process done: installed, the same step on all
+  assert _rows(refresher) == 3 and not peers_done
+  refresher.after_step(6, _state(6.0))  # begins the step-6 refresh
+  peers_done.append(False)
+  refresher.after_step(7, _state(7.0))  # asked every step while it runs, done or not
+  assert not peers_done and _rows(refresher) == 3
+  refresher._pending[1].result(timeout=10)  # pylint: disable=protected-access
+  peers_done.extend([False, False])
+  refresher.after_step(8, _state(8.0))
+  # A due step: every process waits for its own refresh and installs it.
+  refresher.after_step(9, _state(9.0))
+  assert _rows(refresher) == 6 and not peers_done
+  refresher.finish()
+  assert threads == {"prepare": [True, True, True], "merge": [True, True]}
+  assert miner.params_seen[:2] == [3.0, 6.0]

@@ -103,13 +103,13 @@ def test_positives_are_never_mined_as_negatives(async_run, tmp_path):
 
 def test_sync_resume_continues_on_the_saved_negatives(tmp_path, monkeypatch):
   mined_at = []
-  real_mine = ance.mine_negatives
+  real_mine = ance.mine_shard
 
   def counting_mine(params, step, **kwargs):
     mined_at.append(step)
     return real_mine(params, step, **kwargs)
 
-  monkeypatch.setattr(ance, "mine_negatives", counting_mine)
+  monkeypatch.setattr(ance, "mine_shard", counting_mine)
   sync = {"negatives.refresh_mode": "sync"}
   straight = train.run(_smoke(**sync), tmp_path / "straight", "train")
   assert mined_at == [2, 4]
@@ -194,15 +194,3 @@ def test_batches_record_the_negative_set_they_came_from(tmp_path):
   assert versions == [-1, -1, 2, 2, 4]
   refresher.close()
 
-
-def test_async_refresh_is_refused_on_several_processes(monkeypatch):
-  """Its collectives would run in a background thread; the message says what to use."""
-  from retrieval_jax import distributed  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.recipes import ance  # pylint: disable=g-import-not-at-top
-
-  monkeypatch.setattr(distributed, "is_multiprocess", lambda: True)
-  config = ance_config.get_config("smoke")
-  with pytest.raises(ValueError, match="refresh_mode=sync"):
-    ance._check(config)  # pylint: disable=protected-access
-  config.negatives.refresh_mode = "sync"
-  ance._check(config)  # pylint: disable=protected-access

@@ -129,9 +129,10 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
                         shard: tuple[int, int] | None = None) -> NegativePool:
   """Mines negatives from the whole corpus with a dense model (ANCE's ANN negatives).
 
-  On several processes each passes its shard of the corpus (`encode.encode_document_shard`):
-  the shards are searched where they are and the top lists merged (`index.sharded`), so
-  every process returns the same pool; this is then a collective.
+  `shard_candidates` then `pool_from_shards`. On several processes each passes its shard of
+  the corpus (`encode.encode_document_shard`): the shards are searched where they are and the
+  top lists merged (`index.sharded`), so every process returns the same pool; this is then a
+  collective.
 
   Args:
     query_emb: [num_queries, d] embeddings of `data.query_ids`, in that order (all queries,
@@ -155,6 +156,37 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
   Raises:
     ValueError: mismatched shapes, depth < 1 or an unknown index.
   """
+  found = shard_candidates(query_emb, corpus_emb, data, depth, index=index,
+                           scann_config=scann_config, passage_doc=passage_doc, shard=shard,
+                           with_positive_scores=false_negative_margin is not None)
+  return pool_from_shards(found, data, depth, false_negative_margin)
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardCandidates:
+  """One process's dense candidates from its shard of the corpus (`shard_candidates`).
+
+  Attributes:
+    scores: [num_queries, k'] float32, best first.
+    rows: [num_queries, k'] int64 corpus document rows, -1 for an empty slot.
+    best_positive: [num_queries] float32, each query's best score over the positives this
+      shard holds (-inf: none here), for the false-negative margin; None if not asked for.
+    depth: The depth every shard searched to (the merged list's length).
+  """
+  scores: np.ndarray
+  rows: np.ndarray
+  best_positive: np.ndarray | None
+  depth: int
+
+
+def shard_candidates(query_emb: np.ndarray, corpus_emb: np.ndarray, data: BeirData,
+                     depth: int = 200, *, index: str = "scann",
+                     scann_config: ScannConfig | None = None,
+                     passage_doc: np.ndarray | None = None,
+                     shard: tuple[int, int] | None = None,
+                     with_positive_scores: bool = False) -> ShardCandidates:
+  """The search half of `dense_negative_pool` (same arguments): this process's shard only,
+  no communication, so ANCE's background refresh thread can run it."""
   if depth < 1:
     raise ValueError(f"depth must be at least 1, got {depth}")
   if index not in ("scann", "exact"):
@@ -190,20 +222,32 @@ def dense_negative_pool(query_emb: np.ndarray, corpus_emb: np.ndarray, data: Bei
       scores, found = searcher.search(queries, passage_k)
     return maxp.max_over_passages(scores, found, local_doc, docs) if folded else (scores, found)
 
-  scores, found = sharded.search_shards(query_emb, corpus_emb, start, k, search,
-                                        shard_size=stop - start)
-  dropped = None
-  if false_negative_margin is not None:
-    # Each process scores the positives it holds; the best over all processes counts.
+  scores, rows = sharded.search_local(query_emb, corpus_emb, start, k, search,
+                                      shard_size=stop - start)
+  best_positive = None
+  if with_positive_scores:
     best_positive = np.full(len(positives), -np.inf, np.float32)
     for q, p in enumerate(positives):
-      rows = np.flatnonzero(np.isin(passage_doc, p))
-      if len(rows):
-        best_positive[q] = np.max(corpus_emb[rows] @ query_emb[q])
-    best_positive = distributed.allgather_rows(best_positive[None]).max(axis=0)
-    best_positive[~np.isfinite(best_positive)] = np.inf  # no positive embedded: drop nothing
-    dropped = scores > (best_positive - false_negative_margin)[:, None]
-  return _pool_from_ranking(data, found, positives, depth, dropped)
+      held = np.flatnonzero(np.isin(passage_doc, p))
+      if len(held):
+        best_positive[q] = np.max(corpus_emb[held] @ query_emb[q])
+  return ShardCandidates(scores, rows, best_positive, k)
+
+
+def pool_from_shards(found: ShardCandidates, data: BeirData, depth: int,
+                     false_negative_margin: float | None = None) -> NegativePool:
+  """The merge half of `dense_negative_pool`: every process's candidates merged into one
+  ranking (a collective on several processes), positives (and near-positives) removed."""
+  scores, rows = sharded.merge_across_processes(found.scores, found.rows, found.depth)
+  dropped = None
+  if false_negative_margin is not None:
+    if found.best_positive is None:
+      raise ValueError("false_negative_margin needs shard_candidates(with_positive_scores=True)")
+    # Each process scored the positives it holds; the best over all processes counts.
+    best = distributed.allgather_rows(found.best_positive[None]).max(axis=0)
+    best[~np.isfinite(best)] = np.inf  # no positive embedded: drop nothing
+    dropped = scores > (best - false_negative_margin)[:, None]
+  return _pool_from_ranking(data, rows, _positive_rows(data), depth, dropped)
 
 
 def _fill(rng: np.random.Generator, exclude: np.ndarray, num_docs: int, need: int) -> np.ndarray:

@@ -80,17 +80,28 @@ def search_shards(queries: np.ndarray, shard: np.ndarray, shard_start: int, k: i
   Returns:
     (scores [num_queries, k] float32, rows [num_queries, k] int64 corpus rows).
   """
+  return merge_across_processes(*search_local(queries, shard, shard_start, k, search,
+                                              shard_size=shard_size), k)
+
+
+def search_local(queries: np.ndarray, shard: np.ndarray, shard_start: int, k: int,
+                 search: LocalSearch, *, shard_size: int | None = None
+                 ) -> tuple[np.ndarray, np.ndarray]:
+  """This process's part of `search_shards`, without communication (any thread may run it):
+  (scores, corpus rows) of its shard's best min(k, shard_size) results."""
   shard_size = len(shard) if shard_size is None else shard_size
   local_k = min(k, shard_size)
-  num_queries = len(queries)
-  if local_k > 0:
-    scores, rows = search(queries, shard, local_k)
-    scores = np.asarray(scores, np.float32)
-    rows = np.asarray(rows, np.int64)
-    rows = np.where(rows >= 0, rows + shard_start, -1)
-  else:
-    scores = np.zeros((num_queries, 0), np.float32)
-    rows = np.zeros((num_queries, 0), np.int64)
+  if local_k == 0:
+    return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
+  scores, rows = search(queries, shard, local_k)
+  rows = np.asarray(rows, np.int64)
+  return np.asarray(scores, np.float32), np.where(rows >= 0, rows + shard_start, -1)
+
+
+def merge_across_processes(scores: np.ndarray, rows: np.ndarray,
+                           k: int) -> tuple[np.ndarray, np.ndarray]:
+  """Every process's `search_local` lists merged into the global top k, on every process (a
+  collective; one process: its lists unchanged)."""
   if not distributed.is_multiprocess():
     return scores, rows
   scores, rows = _padded(scores, rows, k)

@@ -47,50 +47,42 @@ def _check(config: Any) -> None:
                      f"{negative_refresh.MODES}")
   if negatives.refresh_every < 0:
     raise ValueError(f"negatives.refresh_every={negatives.refresh_every} must be >= 0")
-  if negatives.refresh_mode == "async" and distributed.is_multiprocess():
-    raise ValueError(
-        "negatives.refresh_mode='async' runs on one process only: on several, a refresh "
-        "gathers parameters and merges the shards' top lists with collectives, which must run "
-        "in the training thread of every process at the same step. Use "
-        "--config.negatives.refresh_mode=sync")
   if negatives.encode_batch_size < 1:
     raise ValueError(f"negatives.encode_batch_size={negatives.encode_batch_size} must be >= 1")
 
 
-def mine_negatives(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: Any,
-                   progress: bool) -> mining.NegativePool:
-  """Encodes corpus and training queries with `params`, searches, and returns the pool.
+def mine_shard(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: Any,
+               progress: bool) -> mining.ShardCandidates:
+  """Encodes the training queries and this process's shard of the corpus with `params` (host
+  or device arrays of this process) and searches the shard; no communication.
 
   Runs in the refresher's thread in async mode: it uses its own tokenizer copy and only reads
-  `ctx`. The forward is sharded over all local devices (rows over a `data` mesh). On several
-  processes (sync mode) each encodes its shard of the corpus and a share of the queries, and
-  the shards' top lists are merged, so every process installs the same pool.
+  `ctx`. The forward is sharded over this process's devices (rows over a `data` mesh). Every
+  process encodes all the training queries (a few percent of the corpus' tokens) so that no
+  exchange is needed before the merge.
   """
   del step  # the refresher records it
   config, negatives = ctx.config, ctx.config.negatives
-  # Whole parameters on every host (a collective when they span processes, hence sync mode
-  # there: see `_check`).
-  params = distributed.host_local(params)
   query_encoder, passage_encoder = dual_encoder.tower_encoders(ctx.dual, params, tokenizer,
                                                                ctx.spec.model_dir)
   batch, length = int(negatives.encode_batch_size), int(config.train.passage_max_length)
-  query_emb = encode.encode_texts_sharded(
-      query_encoder, ctx.data.query_texts, max_length=int(config.train.query_max_length),
-      batch_size=batch, progress=progress, desc="refresh queries")
+  query_emb = encode.encode_texts(query_encoder, ctx.data.query_texts,
+                                  max_length=int(config.train.query_max_length),
+                                  batch_size=batch, progress=progress, desc="refresh queries")
   per_doc = int(config.data.get("max_passages", 1))
   shard = encode.encode_document_shard(
       passage_encoder, ctx.dataset.doc_texts, max_length=length, max_passages=per_doc,
       dim=query_emb.shape[1], batch_size=batch, progress=progress,
       desc="refresh corpus" if per_doc == 1 else "refresh passages")
   scann = negatives.scann
-  return mining.dense_negative_pool(
+  return mining.shard_candidates(
       query_emb, shard.embeddings, ctx.data, int(negatives.depth), index=negatives.index,
       scann_config=ScannConfig(num_leaves=scann.num_leaves,
                                num_leaves_to_search=scann.num_leaves_to_search,
                                reorder_k=scann.reorder_k),
-      false_negative_margin=negatives.get("false_negative_margin"),
       passage_doc=None if shard.doc_of is None else shard.doc_of + shard.start,
-      shard=(shard.start, shard.stop))
+      shard=(shard.start, shard.stop),
+      with_positive_scores=negatives.get("false_negative_margin") is not None)
 
 
 def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
@@ -102,12 +94,20 @@ def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
       negatives.get("top_k"), ctx.dataset.query_rows)
   mode = negatives.refresh_mode
   # A private tokenizer: HF fast tokenizers set truncation on the shared backend at each call.
-  mine = functools.partial(mine_negatives, ctx=ctx, tokenizer=copy.deepcopy(ctx.tokenizer),
+  mine = functools.partial(mine_shard, ctx=ctx, tokenizer=copy.deepcopy(ctx.tokenizer),
                            progress=bool(config.train.progress) and mode == "sync")
+  merge = functools.partial(mining.pool_from_shards, data=ctx.data,
+                            depth=int(negatives.depth),
+                            false_negative_margin=negatives.get("false_negative_margin"))
+  several = distributed.is_multiprocess()
   refresher = negative_refresh.NegativeRefresher(
       mine, lambda: initial, every=int(negatives.refresh_every), total_steps=ctx.total_steps,
       mode=mode, first=negatives.get("first_refresh"),
-      mine_at_start=bool(negatives.get("mine_at_start", False)))
+      mine_at_start=bool(negatives.get("mine_at_start", False)), merge=merge,
+      # Several processes: the parameters come whole to every host (a collective, in the
+      # training thread), and a refresh is installed once every process has mined its shard.
+      prepare=distributed.host_local if several else None,
+      agree=distributed.all_true if several else None)
   return {"negative_sets": refresher.current}, [refresher]
 
 
