@@ -11,6 +11,11 @@ it is ready. Installing is one reference assignment in the training thread, betw
 batcher reads the set once per batch, so no batch mixes two sets. Synchronous: the training
 thread mines and installs before the next step, so a run is exactly reproducible.
 
+On several processes (multi-host) each mines its shard of the corpus, with the parameters gathered
+to every host when the refresh begins; the shards' top lists are merged in the training thread
+when the refresh is installed, at a step every process agrees on (`agree`, a collective after
+each step while a refresh runs), so every process trains on the same set from the same step.
+
 The set in use and its snapshot step go into every checkpoint (`checkpoint_payload`); a resumed
 run continues on them (`start`). Logged: wall time of each refresh, steps trained while it ran,
 staleness (steps between the snapshot and the step that uses its negatives), and the share of the

@@ -7,6 +7,8 @@ of the parameters, searched with ScaNN (or exactly) `negatives.depth` deep, posi
 optionally, near-positive scores) removed, and the new pool swapped in - in a background
 thread while training goes on (`negatives.refresh_mode='async'`), or blocking (`'sync'`).
 FirstP or MaxP documents (`data.max_passages`) in training, mining and evaluation alike.
+On several processes each encodes and searches its shard of the corpus (`mine_shard`) and the
+shards' top lists are merged (`index.mining.pool_from_shards`), in both modes.
 """
 
 from __future__ import annotations
