@@ -11,7 +11,8 @@ joins them, and global arrays span every device of every process. `main.py` call
   multi-host Cloud TPU slice); JAX then reads the coordinator, the process count and this
   process's index from that environment. `true` always initialises, `false` never does.
 
-On CPU, processes exchange data through gloo collectives (set here before initialising).
+On CPU, processes exchange data through gloo collectives (`jax_cpu_collectives_implementation`,
+gloo by default in the JAX versions this library requires).
 
 The exchanges below are collectives: every process must call them, in the same order, from its
 main thread (a collective issued from a background thread could interleave differently on
@@ -73,14 +74,6 @@ def _check_explicit(coordinator_address: str | None, num_processes: int | None,
   return True
 
 
-def _use_gloo_on_cpu() -> None:
-  """CPU processes exchange data through gloo; JAX's default CPU backend has no collectives
-  across processes. Harmless when the platform is an accelerator."""
-  platforms = os.environ.get("JAX_PLATFORMS", "") or str(jax.config.jax_platforms or "")
-  if platforms in ("", "cpu") and not os.environ.get("JAX_CPU_COLLECTIVES_IMPLEMENTATION"):
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-
-
 def maybe_initialize(choice: str = "auto", env: Mapping[str, str] | None = None, *,
                      coordinator_address: str | None = None, num_processes: int | None = None,
                      process_id: int | None = None) -> bool:
@@ -105,7 +98,6 @@ def maybe_initialize(choice: str = "auto", env: Mapping[str, str] | None = None,
     raise ValueError(f"distributed={choice!r} is not one of {CHOICES}")
   if _check_explicit(coordinator_address, num_processes, process_id):
     reason = f"flags: process {process_id} of {num_processes}, coordinator {coordinator_address}"
-    _use_gloo_on_cpu()
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                                process_id=process_id)
   else:
@@ -113,7 +105,6 @@ def maybe_initialize(choice: str = "auto", env: Mapping[str, str] | None = None,
               cluster_detected(env) if choice == "auto" else None)
     if reason is None:
       return False
-    _use_gloo_on_cpu()
     jax.distributed.initialize()
   logger.info("jax.distributed initialised (%s): process %d of %d, %d local of %d devices",
               reason, jax.process_index(), jax.process_count(), jax.local_device_count(),
@@ -195,10 +186,3 @@ def all_true(flag: bool) -> bool:
   """Whether `flag` holds on every process (a collective; one process: `flag`)."""
   return bool(allgather_rows(np.asarray([bool(flag)], np.int32)).all())
 
-
-def sync(name: str) -> None:
-  """Waits until every process reaches the barrier `name` (no-op with one process)."""
-  if is_multiprocess():
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-
-    multihost_utils.sync_global_devices(name)

@@ -84,7 +84,8 @@ def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 
 @functools.lru_cache(maxsize=16)
 def _make_forward(model: TextEncoder, mesh: Mesh):
-  """The jitted forward: params replicated, rows split over `data`.
+  """(the jitted forward, the params' sharding, the rows' sharding): params replicated, rows
+  split over `data`.
 
   Cached per (model, mesh) — modules and meshes hash by value — so repeated calls (queries
   then corpus, ANCE refreshes) reuse compiled shapes instead of compiling again.
@@ -95,7 +96,8 @@ def _make_forward(model: TextEncoder, mesh: Mesh):
   def forward(params, input_ids, attention_mask):
     return model.apply({"params": params}, input_ids, attention_mask)
 
-  return jax.jit(forward, in_shardings=(replicated, rows, rows), out_shardings=rows), replicated, rows
+  forward = jax.jit(forward, in_shardings=(replicated, rows, rows), out_shardings=rows)
+  return forward, replicated, rows
 
 
 def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: int,
