@@ -60,8 +60,9 @@ def _max_abs_difference(a, b):
 def test_two_processes_log_that_they_joined(runs):
   _, _, two = runs
   assert "process 0 of 2: 4 local of 8 cpu devices" in two.logs[0]
-  # Process 1 logs warnings only: one log per job.
-  assert "metrics" not in two.logs[1] or "eval at step" not in two.logs[1]
+  # Process 1 logs warnings only, and prints nothing: one log and one table per job.
+  assert "eval at step" in two.logs[0] and "eval at step" not in two.logs[1]
+  assert "ndcg@10" in two.logs[0] and "ndcg@10" not in two.logs[1]
 
 
 def test_two_processes_train_like_one(runs):
