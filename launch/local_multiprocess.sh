@@ -82,15 +82,8 @@ done
 xla_flags+="--xla_force_host_platform_device_count=$d"
 env_assignments=(JAX_PLATFORMS=cpu "XLA_FLAGS=$xla_flags" JAX_CPU_COLLECTIVES_IMPLEMENTATION=gloo)
 
-shown() {  # a command line for people: words with shell syntax in single quotes
-  local a flag out=() q="'"
-  for a; do
-    flag=""
-    [[ $a =~ ^(--[A-Za-z0-9_.-]+=|[A-Za-z_][A-Za-z0-9_]*=) ]] && flag=${BASH_REMATCH[0]} && a=${a#"$flag"}
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]*$ ]]; then out+=("$flag$a"); else out+=("$flag'${a//$q/$q\\$q$q}'"); fi
-  done
-  echo "${out[*]}"
-}
+# shellcheck source=launch/shell_words.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shell_words.sh"  # shown
 
 command_of() {  # command_of I: sets `cmd` to process I's command line (without the environment)
   cmd=("$python" "$main" "${main_args[@]}" "--coordinator_address=127.0.0.1:$port"

@@ -78,15 +78,8 @@ case $repo_dir in
   *) remote_dir=$(printf '%q' "$repo_dir") ;;
 esac
 quoted() { local line; line=$(printf '%q ' "$@"); echo "${line% }"; }  # for the workers' bash
-shown() {  # a command line for people: words with shell syntax in single quotes
-  local a flag out=() q="'"
-  for a; do
-    flag=""
-    [[ $a =~ ^(--[A-Za-z0-9_.-]+=|[A-Za-z_][A-Za-z0-9_]*=) ]] && flag=${BASH_REMATCH[0]} && a=${a#"$flag"}
-    if [[ $a =~ ^[A-Za-z0-9_./:=,@%+-]*$ ]]; then out+=("$flag$a"); else out+=("$flag'${a//$q/$q\\$q$q}'"); fi
-  done
-  echo "${out[*]}"
-}
+# shellcheck source=launch/shell_words.sh
+source "$(dirname "${BASH_SOURCE[0]}")/shell_words.sh"  # shown
 
 gcloud_flags=("--zone=$zone")
 [[ -z $project ]] || gcloud_flags+=("--project=$project")
