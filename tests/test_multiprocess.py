@@ -1,7 +1,7 @@
 """Multi-host on one machine: 2 processes x 4 CPU devices against 1 process x 8 devices.
 
 The same `main.py` command runs as two JAX processes joined by `jax.distributed` (coordinator
-on 127.0.0.1, gloo collectives) and as one process; each process reads and tokenises only its
+on 127.0.0.1, gloo collectives) and as one process; each process tokenises only its
 half of every global batch, and evaluation encodes and searches half of the corpus per
 process. Plain SGD (`optim.name=sgd`) keeps the comparison at rounding level: Adam would turn
 the rounding differences of the two all-reduce orders into learning-rate-sized steps.
