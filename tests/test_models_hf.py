@@ -47,10 +47,11 @@ _TEXTS = [a + " " + b for a, b in _PAIRS]
 
 def _forward(config, backbone, input_ids, attention_mask, token_type_ids=None):
   """Our (last hidden states, pooler output) as NumPy, from the `backbone` params."""
-  hidden, pooled = TextEncoder(config).apply(
+  out = TextEncoder(config).apply(
       {"params": {"backbone": backbone}}, np.asarray(input_ids), np.asarray(attention_mask),
       None if token_type_ids is None else np.asarray(token_type_ids),
       method=lambda module, *args: module.backbone(*args))
+  hidden, pooled = out.last_hidden_state, out.pooler_output
   return np.asarray(hidden), None if pooled is None else np.asarray(pooled)
 
 

@@ -165,6 +165,70 @@ def hf_to_params(tensors: Mapping[str, np.ndarray], config: EncoderConfig,
   return params
 
 
+# Our `mlm_head` parameter path -> HF name, per family. The decoder weight is tied to the word
+# embeddings and its bias to `bias`; checkpoints may store the tied copies too.
+_MLM_NAMES = {
+    "bert": {("transform_dense", "kernel"): "cls.predictions.transform.dense.weight",
+             ("transform_dense", "bias"): "cls.predictions.transform.dense.bias",
+             ("transform_LayerNorm", "scale"): "cls.predictions.transform.LayerNorm.weight",
+             ("transform_LayerNorm", "bias"): "cls.predictions.transform.LayerNorm.bias",
+             ("bias",): "cls.predictions.bias"},
+    "roberta": {("transform_dense", "kernel"): "lm_head.dense.weight",
+                ("transform_dense", "bias"): "lm_head.dense.bias",
+                ("transform_LayerNorm", "scale"): "lm_head.layer_norm.weight",
+                ("transform_LayerNorm", "bias"): "lm_head.layer_norm.bias",
+                ("bias",): "lm_head.bias"},
+}
+_MLM_TIED = {"bert": ("cls.predictions.decoder.weight", "cls.predictions.decoder.bias"),
+             "roberta": ("lm_head.decoder.weight", "lm_head.decoder.bias")}
+_MASKED_LM_ARCHITECTURES = {"bert": "BertForMaskedLM", "roberta": "RobertaForMaskedLM",
+                            "xlm-roberta": "XLMRobertaForMaskedLM"}
+
+
+def _mlm_family(config: EncoderConfig) -> str:
+  return "bert" if config.model_type == "bert" else "roberta"
+
+
+def mlm_head_from_hf(tensors: Mapping[str, np.ndarray], config: EncoderConfig,
+                     word_embeddings: np.ndarray) -> dict[str, Any]:
+  """Our `mlm_head` params from a *ForMaskedLM / *ForPreTraining checkpoint's tensors.
+
+  Raises:
+    WeightMismatchError: A head tensor is missing, or a stored tied copy differs from what it
+      is tied to (an untied head, which our tied `MLMHead` cannot represent).
+  """
+  family = _mlm_family(config)
+  names = _MLM_NAMES[family]
+  missing = sorted(n for n in names.values() if n not in tensors)
+  if missing:
+    raise WeightMismatchError(f"checkpoint has no masked-LM head: missing {', '.join(missing)}")
+  params: dict[str, Any] = {}
+  for path, name in names.items():
+    value = np.asarray(tensors[name])
+    node = params
+    for key in path[:-1]:
+      node = node.setdefault(key, {})
+    node[path[-1]] = (value.T if path[-1] == "kernel" else value).astype(config.param_dtype)
+  decoder_weight, decoder_bias = _MLM_TIED[family]
+  for name, tied_to in ((decoder_weight, word_embeddings), (decoder_bias, params["bias"])):
+    if name in tensors and not np.array_equal(np.asarray(tensors[name], tied_to.dtype), tied_to):
+      raise WeightMismatchError(f"{name} is not tied (it differs from what it is tied to); "
+                                "only tied masked-LM heads are supported")
+  return params
+
+
+def mlm_head_to_hf(params: Mapping[str, Any], config: EncoderConfig) -> dict[str, np.ndarray]:
+  """HF tensors of our `mlm_head` params (the tied decoder is left to transformers)."""
+  tensors = {}
+  for path, name in _MLM_NAMES[_mlm_family(config)].items():
+    node = params
+    for key in path:
+      node = node[key]
+    value = np.asarray(node, np.float32)
+    tensors[name] = np.ascontiguousarray(value.T if path[-1] == "kernel" else value)
+  return tensors
+
+
 def _hf_leaves(module: str) -> tuple[str, ...]:
   return ("weight",) if module.endswith("_embeddings") else ("weight", "bias")
 
@@ -322,16 +386,19 @@ def _read_projection(model_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                    **config_overrides) -> tuple[EncoderConfig, dict[str, Any], PoolingConfig | None]:
+                    mlm_head: bool = False, **config_overrides) -> tuple[EncoderConfig, dict[str, Any], PoolingConfig | None]:
   """Loads a HF BERT/RoBERTa checkpoint.
 
   Args:
     name_or_path: A HF model directory or a hub id (e.g. `bert-base-uncased`).
     revision: Hub revision (branch, tag or commit) for hub ids.
+    mlm_head: Also load the masked-LM head (`params["mlm_head"]`) of a *ForMaskedLM or
+      *ForPreTraining checkpoint; an error when it has none. Otherwise the head is ignored.
     **config_overrides: EncoderConfig fields to override (dtype, param_dtype, dropout, remat).
 
   Returns:
-    (encoder config, params `{"backbone": ..., "head": ...}`, the sentence-transformers pooling
+    (encoder config, params `{"backbone": ..., "head": ..., "mlm_head": ...}`, the
+    sentence-transformers pooling
     the directory declares or None).
   """
   model_dir = resolve_model_dir(name_or_path, revision)
@@ -345,6 +412,9 @@ def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     tensors = {n: v for n, v in tensors.items() if not n.startswith("pooler.")}
   config = EncoderConfig.from_hf(hf_config, **config_overrides)
   params: dict[str, Any] = {"backbone": hf_to_params(tensors, config), "head": {}}
+  if mlm_head:
+    params["mlm_head"] = mlm_head_from_hf(
+        tensors, config, params["backbone"]["embeddings"]["word_embeddings"]["embedding"])
   pooling = read_sentence_transformers_pooling(model_dir)
   projection = _read_projection(model_dir)
   if projection is not None:
@@ -363,7 +433,8 @@ def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params:
   Args:
     directory: Output directory (created).
     config: The encoder config.
-    params: `{"backbone": ..., "head": ...}` as from `load_pretrained` or training.
+    params: `{"backbone": ..., "head": ...}` as from `load_pretrained` or training; with an
+      `mlm_head`, the directory is a *ForMaskedLM checkpoint that also carries the head.
     pooling: If given, also write modules.json / 1_Pooling / 2_Dense / Normalize so that
       `SentenceTransformer(directory)` reproduces our embeddings.
     tokenizer_dir: Copy tokenizer files from here.
@@ -374,7 +445,7 @@ def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params:
   """
   out = pathlib.Path(directory)
   out.mkdir(parents=True, exist_ok=True)
-  (out / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+  hf_config = config.to_hf()
   tensors = params_to_hf(params["backbone"], config)
   if not config.with_pooler:
     # transformers' BertModel always builds a pooler (add_pooling_layer is a constructor
@@ -382,6 +453,15 @@ def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params:
     hidden = config.hidden_size
     tensors["pooler.dense.weight"] = np.zeros((hidden, hidden), np.float32)
     tensors["pooler.dense.bias"] = np.zeros((hidden,), np.float32)
+  if "mlm_head" in params:
+    # A *ForMaskedLM directory (AutoModel and sentence-transformers read its encoder too):
+    # the encoder under the family's prefix, the head beside it.
+    prefix = "bert." if config.model_type == "bert" else "roberta."
+    tensors = {prefix + n: v for n, v in tensors.items()}
+    tensors.update(mlm_head_to_hf(params["mlm_head"], config))
+    hf_config.update(architectures=[_MASKED_LM_ARCHITECTURES[config.model_type]],
+                     tie_word_embeddings=True)
+  (out / "config.json").write_text(json.dumps(hf_config, indent=2))
   safetensors.numpy.save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
   if tokenizer_dir is not None:
     for name in TOKENIZER_FILES:

@@ -5,10 +5,17 @@ GELU, as in `transformers.BertModel` / `RobertaModel`. Every parameter carries l
 names (`vocab`, `embed`, `heads`, `kv`, `mlp`, ...) so that `retrieval_jax.sharding` can map
 them onto a device mesh. The parameter tree mirrors the HF module tree, which keeps
 `models/hf.py` a renaming, not a re-derivation.
+
+`Attention` takes separate query and key/value inputs and a mask broadcastable to
+`[batch, queries, keys]`: self-attention is `Attention(x, x, mask)`; RetroMAE's two-stream
+decoder and causal masks use the same module. The encoder returns an `EncoderOutput`.
 """
 
 from __future__ import annotations
 
+from typing import Optional
+
+import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -86,21 +93,52 @@ class HeadProjection(nn.Module):
     return jnp.einsum("bld,dhk->bhlk", x, kernel) + bias[None, :, None, :]
 
 
-class SelfAttention(nn.Module):
-  """Multi-head self-attention with HF's output projection, residual and post-LN."""
+@flax.struct.dataclass
+class EncoderOutput:
+  """What the encoder returns.
+
+  Attributes:
+    last_hidden_state: [batch, length, hidden] states of the last layer.
+    pooler_output: BERT's dense+tanh over [CLS], [batch, hidden]; None without a pooler.
+    hidden_states: With `output_hidden_states`: the embedding output and every layer's
+      output, `num_layers + 1` arrays of [batch, length, hidden] (HF's `hidden_states`);
+      None otherwise.
+  """
+  last_hidden_state: jax.Array
+  pooler_output: Optional[jax.Array] = None
+  hidden_states: Optional[tuple[jax.Array, ...]] = None
+
+
+def mask_bias(mask: jax.Array) -> jax.Array:
+  """Additive float32 attention bias [b, 1, q, k] from a 0/1 mask broadcastable to [b, q, k].
+
+  A padding mask [b, k] is taken as [b, 1, k] (every query sees the same keys). The most
+  negative finite value keeps fully masked rows finite.
+  """
+  if mask.ndim == 2:
+    mask = mask[:, None, :]
+  return jnp.where(mask[:, None] > 0, 0.0, jnp.finfo(jnp.float32).min).astype(jnp.float32)
+
+
+class Attention(nn.Module):
+  """Multi-head attention with HF's output projection, residual and post-LN.
+
+  Queries come from `x`, keys and values from `kv` (self-attention: `kv is x`); the residual
+  is added to `x`. `bias` is `mask_bias(...)`: [b, 1, q or 1, k].
+  """
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool):
+  def __call__(self, x, kv, bias, deterministic: bool):
     cfg = self.config
     query = HeadProjection(cfg, name="query")(x)
-    key = HeadProjection(cfg, name="key")(x)
-    value = HeadProjection(cfg, name="value")(x)
+    key = HeadProjection(cfg, name="key")(kv)
+    value = HeadProjection(cfg, name="value")(kv)
     # Scale q ([b, h, l, d]) rather than the logits ([b, h, l, l]): l/d times fewer multiplies.
     query = query * jnp.asarray(cfg.head_dim ** -0.5, query.dtype)
     # Logits and softmax in float32: a bf16 softmax loses the order of close scores.
     logits = jnp.einsum("bhqd,bhkd->bhqk", query, key, preferred_element_type=jnp.float32)
-    logits = logits + mask_bias
+    logits = logits + bias
     # Softmax with the normalisation deferred until after the value product: dividing the
     # [b, h, l, d] context instead of the [b, h, l, l] probabilities is ~2x faster on XLA:CPU
     # and mathematically the same (dropout is elementwise, so it commutes with the division).
@@ -127,7 +165,7 @@ class FeedForward(nn.Module):
     h = nn.Dense(cfg.intermediate_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("embed", "mlp")), bias_init=_zeros(("mlp",)),
                  name="intermediate")(x)
-    h = _gelu(h, cfg.gelu_approximate)
+    h = gelu(h, cfg.gelu_approximate)
     h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
                  name="output")(h)
@@ -135,7 +173,7 @@ class FeedForward(nn.Module):
     return _layer_norm(cfg, "output_LayerNorm")(h + x)
 
 
-def _gelu(x: jax.Array, approximate: bool) -> jax.Array:
+def gelu(x: jax.Array, approximate: bool) -> jax.Array:
   """GELU; the exact one as x/2 * (1 + erf(x / sqrt 2)), PyTorch's and HF's formula.
 
   `nn.gelu(approximate=False)` computes it through `erfc`, which XLA:CPU evaluates ~2.5% of a
@@ -147,37 +185,40 @@ def _gelu(x: jax.Array, approximate: bool) -> jax.Array:
 
 
 class TransformerBlock(nn.Module):
-  """One post-LN encoder layer: attention then feed-forward."""
+  """One post-LN layer: attention (of `x` over `kv`, default `x` itself), then feed-forward."""
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, x, mask_bias, deterministic: bool):
-    x = SelfAttention(self.config, name="attention")(x, mask_bias, deterministic)
+  def __call__(self, x, bias, deterministic: bool, kv=None):
+    x = Attention(self.config, name="attention")(x, x if kv is None else kv, bias,
+                                                 deterministic)
     return FeedForward(self.config, name="mlp")(x, deterministic)
 
 
 class TransformerEncoder(nn.Module):
-  """The encoder: returns the last hidden states [batch, length, hidden] and the pooler output.
+  """The encoder: token ids -> `EncoderOutput` (last states, pooler output, all layers).
 
   The pooler output (BERT's dense+tanh over [CLS]) is None when `config.with_pooler` is off.
+  `attention_mask` is a [b, l] padding mask or a full [b, l, l] mask.
   """
   config: EncoderConfig
 
   @nn.compact
-  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True):
+  def __call__(self, input_ids, attention_mask, token_type_ids=None, deterministic: bool = True,
+               output_hidden_states: bool = False) -> EncoderOutput:
     cfg = self.config
     if token_type_ids is None:
       token_type_ids = jnp.zeros_like(input_ids)
     x = Embeddings(cfg, name="embeddings")(input_ids, token_type_ids, deterministic)
-    # Additive mask in float32; the most negative finite value keeps fully padded rows finite.
-    mask_bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0,
-                          jnp.finfo(jnp.float32).min).astype(jnp.float32)
+    bias = mask_bias(attention_mask)
     block = nn.remat(TransformerBlock, static_argnums=(3,)) if cfg.remat else TransformerBlock
+    states = [x]
     for i in range(cfg.num_layers):
-      x = block(cfg, name=f"layer_{i}")(x, mask_bias, deterministic)
+      x = block(cfg, name=f"layer_{i}")(x, bias, deterministic)
+      states.append(x)
     pooled = None
     if cfg.with_pooler:
       pooled = nn.tanh(nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                                 kernel_init=_init(("embed", "embed_out")),
                                 bias_init=_zeros(("embed_out",)), name="pooler")(x[:, 0]))
-    return x, pooled
+    return EncoderOutput(x, pooled, tuple(states) if output_hidden_states else None)
