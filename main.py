@@ -3,12 +3,13 @@ r"""retrieval_jax launcher: one config per paper recipe, overridable from the co
   python main.py --config=configs/dpr.py:cpu --workdir=/tmp/dpr_cpu
   python main.py --config=configs/dpr.py --config.optim.lr=2e-5 --workdir=/tmp/dpr
   python main.py --config=configs/dpr.py:cpu --workdir=/tmp/dpr_cpu --mode=eval
-  python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot --mode=eval
+  python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot
 
 `--config=FILE[:VARIANT]` loads `get_config(VARIANT)` from FILE; `--config.a.b=value`
 overrides one field (an unknown field is an error). Everything goes to `--workdir`; running
-the same command again resumes from its latest checkpoint. `--mode=eval` evaluates the
-checkpoint `--step` (default the latest) of a trained recipe.
+the same command again resumes from its latest checkpoint. `--mode=eval` runs the config's
+evaluators (`config.evals`) on the checkpoint `--step` (default the latest) of a trained
+recipe; an evaluation-only recipe (`zeroshot`) evaluates in `eval` and `train_and_eval` modes.
 
 Several processes (TPU pods, GPU clusters, `launch/local_multiprocess.sh`) run this same
 command; `--coordinator_address --num_processes --process_id`, or the cluster's environment
@@ -61,35 +62,23 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value
   os.makedirs(workdir, exist_ok=True)
-  recipe = config.get("recipe", None)
-  if recipe == "zeroshot":
-    if _MODE.value != "eval":
-      raise app.UsageError("recipe 'zeroshot' evaluates a pretrained model and has nothing to "
-                           "train: use --mode=eval")
-    from retrieval_jax import checkpoint, evaluation  # pylint: disable=g-import-not-at-top
-
-    checkpoint.save_config(workdir, config)
-    result = evaluation.evaluate_pretrained(config, workdir)
-    if chief:
-      print(evaluation.format_table({**result.metrics, **result.extra}))
-    logging.info("metrics: %s", json.dumps(result.metrics))
-    return
   from retrieval_jax import evaluation, recipes, train  # pylint: disable=g-import-not-at-top
 
   try:
-    recipes.get(recipe)
+    module = recipes.get(config.get("recipe", None))
   except ValueError as error:
-    raise app.UsageError(f"{error} (or 'zeroshot' with --mode=eval)") from None
+    raise app.UsageError(str(error)) from None
+  if _MODE.value == "train" and not recipes.trains(module):
+    raise app.UsageError(f"recipe {config.recipe!r} has no training steps: use --mode=eval "
+                         "or train_and_eval")
   summary = train.run(config, workdir, _MODE.value, _STEP.value)
-  refresh = summary.get("info", {}).get("negative_refresh")
   if not chief:
     return
-  if refresh:
-    from retrieval_jax import negative_refresh  # pylint: disable=g-import-not-at-top
-
-    print("\n" + negative_refresh.format_summary(refresh))
+  for report in summary.get("reports", []):
+    print("\n" + report)
   if summary.get("eval"):
-    print(f"\n{config.data.name} / {config.data.eval_split} at step {summary['step']}")
+    at = "" if summary["step"] is None else f" at step {summary['step']}"
+    print(f"\n{config.recipe}{at}")
     print(evaluation.format_table(summary["eval"]))
   logging.info("summary: %s", json.dumps(summary, default=str))
 

@@ -15,7 +15,7 @@ background thread, instead of in a second inference job.
   python main.py --config=configs/ance.py:smoke --workdir=/tmp/ance_smoke    # seconds
   python main.py --config=configs/ance.py:cpu --config.negatives.refresh_mode=sync ...
   python main.py --config=configs/ance.py --config.data.max_passages=4 \
-      --config.eval.max_passages=4 ...                                      # MaxP documents
+      --config.evals.dev.max_passages=4 ...                                      # MaxP documents
   python eval/retrieval.py --model=/tmp/ance_cpu --data=scifact --split=dev --index=scann
 
 Differences from the released code, on purpose: the embedding head (a dense layer and a
@@ -42,7 +42,7 @@ def get_config(arg: str = ""):
 
   # The paper's passage recipe.
   config.model.update(name="roberta-base", pooling="cls", normalize="false", shared_towers=True)
-  config.data.update(name="msmarco", train_split="train", eval_split="dev", max_passages=1)
+  config.data.update(name="msmarco", train_split="train", max_passages=1)
   config.negatives = dict(
       source="ann",
       num=1,                  # negatives per positive
@@ -70,12 +70,12 @@ def get_config(arg: str = ""):
   config.optim.update(name="lamb", lr=1e-6, warmup_steps=5000, warmup_ratio=None,
                       weight_decay=0.0, max_grad_norm=None, eps=1e-8)
   config.loss.update(scale=1.0, symmetric=False, in_batch=False)
-  config.eval.update(max_length=512, max_passages=1)
+  config.evals.dev.update(max_length=512, max_passages=1)
 
   if variant == "cpu":
     # configs/dpr.py:cpu with ANN negatives: same model, data, batch, steps, seed, optimiser.
     config.model.update(name="minilm", pooling="mean", normalize="true")
-    config.data.update(name="scifact", train_split="train_minus_dev", eval_split="dev")
+    config.data.update(name="scifact", train_split="train_minus_dev")
     config.negatives.update(refresh_every=30, first_refresh=20, bm25_depth=30,
                             encode_batch_size=32)
     config.train.update(batch_size=32, num_epochs=4, num_steps=None, query_max_length=64,
@@ -84,10 +84,10 @@ def get_config(arg: str = ""):
     config.optim.update(name="adamw", lr=2e-5, warmup_steps=None, warmup_ratio=0.1,
                         max_grad_norm=1.0)
     config.loss.update(scale=20.0, in_batch=True)  # cosine / 0.05, in-batch + hard negatives
-    config.eval.update(max_length=256, batch_size=32)
+    config.evals.dev.update(max_length=256, batch_size=32)
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
-    config.data.update(name="synthetic", train_split="train_minus_dev", eval_split="dev")
+    config.data.update(name="synthetic", train_split="train_minus_dev")
     config.negatives.update(depth=8, bm25_depth=8, refresh_every=2, first_refresh=2,
                             encode_batch_size=32)
     config.train.update(batch_size=8, num_epochs=None, num_steps=6, query_max_length=16,
@@ -95,7 +95,7 @@ def get_config(arg: str = ""):
                         checkpoint_every_steps=3, progress=False)
     config.optim.update(name="adamw", lr=1e-3, warmup_steps=1)
     config.loss.update(in_batch=True)
-    config.eval.update(max_length=32, depth=10, metrics=("ndcg@10", "recall@10"),
+    config.evals.dev.update(max_length=32, depth=10, metrics=("ndcg@10", "recall@10"),
                        batch_size=16, progress=False)
   elif variant != "default":
     raise ValueError(f"unknown variant {arg!r}; use one of '', 'cpu', 'smoke'")

@@ -10,6 +10,7 @@ import ml_collections
 def model_config() -> ml_collections.ConfigDict:
   """The encoder: a HF directory, hub id or `minilm` (the packaged all-MiniLM-L6-v2)."""
   return ml_collections.ConfigDict({
+      "type": "transformer",    # the model registry's name (retrieval_jax.models.registry)
       "name": "minilm",
       "pooling": "auto",        # auto | cls | mean | pooler
       "normalize": "auto",      # auto | true | false
@@ -18,18 +19,27 @@ def model_config() -> ml_collections.ConfigDict:
 
 
 def data_config() -> ml_collections.ConfigDict:
-  """A BEIR data set (directory or name) and its dev split."""
+  """A BEIR data set (directory or name); `dev_fraction` of its train queries form `dev`."""
   return ml_collections.ConfigDict({
       "name": "scifact",
-      "eval_split": "dev",
       "dev_fraction": 0.2,
       "tfds_dir": ml_collections.FieldReference(None, field_type=str),
   })
 
 
-def eval_config() -> ml_collections.ConfigDict:
-  """How `retrieval_jax.evaluation` retrieves and what it measures."""
+def retrieval_eval(split: str = "dev") -> ml_collections.ConfigDict:
+  """A `retrieval` evaluator entry of `config.evals` (`retrieval_jax.evaluators.retrieval`).
+
+  `data.name`, `data.dev_fraction` and `data.tfds_dir` left None take the run's `data.*`.
+  """
   return ml_collections.ConfigDict({
+      "type": "retrieval",
+      "data": {
+          "name": ml_collections.FieldReference(None, field_type=str),
+          "split": split,
+          "dev_fraction": ml_collections.FieldReference(None, field_type=float),
+          "tfds_dir": ml_collections.FieldReference(None, field_type=str),
+      },
       "index": "exact",         # exact | scann | bm25
       "depth": 100,
       "metrics": ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map"),
@@ -54,12 +64,12 @@ def eval_config() -> ml_collections.ConfigDict:
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The shared skeleton: seed, model, data, eval."""
+  """The shared skeleton: seed, model, data, evals (big_vision style: name -> evaluator)."""
   return ml_collections.ConfigDict({
       "seed": 0,
       "model": model_config(),
       "data": data_config(),
-      "eval": eval_config(),
+      "evals": {"dev": retrieval_eval("dev")},
   })
 
 
@@ -77,7 +87,7 @@ def train_config() -> ml_collections.ConfigDict:
       "passage_max_length": 256,
       "pad_to_multiple_of": 32,     # padded lengths are multiples: few compiled shapes
       "log_every_steps": 50,
-      "eval_every_steps": 0,        # 0: evaluate only at the end (train_and_eval)
+      "eval_every_steps": 0,        # 0: run config.evals only at the end (train_and_eval)
       "checkpoint_every_steps": 1000,
       "keep_checkpoints": 3,
       "async_checkpoints": True,
@@ -131,6 +141,11 @@ def training_config() -> ml_collections.ConfigDict:
   config.model.tokenizer = ml_collections.FieldReference(None, field_type=str)
   config.model.random = ml_collections.ConfigDict({
       "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64})
+  # Heads beyond pooling (models/heads.py): a masked-LM head tied to the word embeddings
+  # (loaded from *ForMaskedLM checkpoints), ColBERT's token head width, a projection MLP.
+  config.model.mlm_head = False
+  config.model.token_dim = ml_collections.FieldReference(None, field_type=int)
+  config.model.mlp_widths = ml_collections.FieldReference(None, field_type=tuple)
   config.data.train_split = "train_minus_dev"
   # Training documents: 1 is FirstP (truncated to train.passage_max_length), N > 1 is MaxP
   # (up to N passages of that length; a document's score is its best passage's).

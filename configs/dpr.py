@@ -32,7 +32,7 @@ def get_config(arg: str = ""):
   # The paper's recipe.
   config.model.update(name="bert-base-uncased", pooling="cls", normalize="false",
                       shared_towers=False)
-  config.data.update(name="msmarco", train_split="train", eval_split="dev")
+  config.data.update(name="msmarco", train_split="train")
   config.negatives = dict(
       source="bm25",
       num=1,          # hard negatives per question
@@ -45,29 +45,29 @@ def get_config(arg: str = ""):
   config.optim.update(lr=1e-5, warmup_steps=1237, warmup_ratio=None, weight_decay=0.0,
                       max_grad_norm=2.0)
   config.loss.update(scale=1.0, symmetric=False)
-  config.eval.update(max_length=256)
+  config.evals.dev.update(max_length=256)
 
   if variant == "cpu":
     # Fine-tune the packaged sentence embedder as a cosine retriever. Shared towers: 640
     # training questions are too few to fork two towers from one checkpoint.
     config.model.update(name="minilm", pooling="mean", normalize="true", shared_towers=True)
-    config.data.update(name="scifact", train_split="train_minus_dev", eval_split="dev")
+    config.data.update(name="scifact", train_split="train_minus_dev")
     config.negatives.update(depth=30)
     config.train.update(batch_size=32, num_epochs=4, query_max_length=64,
                         passage_max_length=128, pad_to_multiple_of=16, log_every_steps=5,
                         checkpoint_every_steps=20)
     config.optim.update(lr=2e-5, warmup_steps=None, warmup_ratio=0.1, max_grad_norm=1.0)
     config.loss.update(scale=20.0)  # cosine similarities / temperature 0.05
-    config.eval.update(batch_size=32)  # ~10% faster than 128 on 2 CPU cores
+    config.evals.dev.update(batch_size=32)  # faster than 128 on 2 CPU cores (WORKSPACE)
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
-    config.data.update(name="synthetic", train_split="train_minus_dev", eval_split="dev")
+    config.data.update(name="synthetic", train_split="train_minus_dev")
     config.negatives.update(depth=8)
     config.train.update(batch_size=8, num_epochs=None, num_steps=6, query_max_length=16,
                         passage_max_length=32, pad_to_multiple_of=16, log_every_steps=2,
                         checkpoint_every_steps=3, progress=False)
     config.optim.update(lr=1e-3, warmup_steps=1, warmup_ratio=None)
-    config.eval.update(max_length=32, depth=10, metrics=("ndcg@10", "recall@10"),
+    config.evals.dev.update(max_length=32, depth=10, metrics=("ndcg@10", "recall@10"),
                        batch_size=16, progress=False)
   elif variant != "default":
     raise ValueError(f"unknown variant {arg!r}; use one of '', 'cpu', 'smoke'")

@@ -5,7 +5,7 @@ The baseline every recipe is measured against: e.g. the packaged all-MiniLM-L6-v
 
   python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot --mode=eval
   python main.py --config=configs/zeroshot.py:bm25 --workdir=/tmp/bm25 --mode=eval
-  python main.py --config=configs/zeroshot.py --config.eval.index=scann --workdir=/tmp/z
+  python main.py --config=configs/zeroshot.py --config.evals.dev.index=scann --workdir=/tmp/z
 
 Variants after the colon: `` (default: dense, exact search), `bm25` (lexical baseline),
 `scann` (ScaNN, with its top-10 overlap against exact search), `smoke` (a tiny corpus, seconds).
@@ -19,14 +19,14 @@ def get_config(arg: str = ""):
   config.recipe = "zeroshot"
   variant = arg or "default"
   if variant == "bm25":
-    config.eval.index = "bm25"
+    config.evals.dev.index = "bm25"
   elif variant == "scann":
-    config.eval.index = "scann"
-    config.eval.check_exact = True
+    config.evals.dev.index = "scann"
+    config.evals.dev.check_exact = True
   elif variant == "smoke":
-    config.eval.max_length = 32
-    config.eval.depth = 10
-    config.eval.metrics = ("ndcg@10", "recall@10")
+    config.evals.dev.max_length = 32
+    config.evals.dev.depth = 10
+    config.evals.dev.metrics = ("ndcg@10", "recall@10")
   elif variant != "default":
     raise ValueError(f"unknown variant {arg!r}; use one of '', 'bm25', 'scann', 'smoke'")
   return config

@@ -202,7 +202,7 @@ class _Ours:
     step = functools.partial(dual_encoder.train_step, dual=dual, tx=tx,
                              schedule=optim.make_schedule(LR, SCHEDULE_STEPS),
                              loss_config=loss_config)
-    self._step = jax.jit(step, in_shardings=(shardings, self.batch_sharding),
+    self._step = jax.jit(step, in_shardings=(shardings, {}, self.batch_sharding),
                          out_shardings=(shardings, sharding.replicated(self.mesh)),
                          donate_argnums=0)
     # Only the loss is returned, so XLA drops the backward pass from this one.
@@ -214,7 +214,8 @@ class _Ours:
   def _device_batch(self, host: dict[str, np.ndarray]):
     from retrieval_jax import train  # pylint: disable=g-import-not-at-top
 
-    return train.global_batch(host, self.batch_sharding)  # as the training loop does
+    # As the training loop does.
+    return train.global_batch(host, self.batch_sharding, self.batcher.host_keys)
 
   def loss_no_dropout(self, step: int) -> float:
     """The loss on batch `step` with the current weights and dropout off."""
@@ -227,7 +228,7 @@ class _Ours:
     start = time.perf_counter()
     batch = self._device_batch(self.batcher.batch(step))
     prepared = time.perf_counter()
-    self.state, metrics = self._step(self.state, batch)
+    self.state, metrics = self._step(self.state, {}, batch)
     jax.block_until_ready((self.state, metrics))
     return prepared - start, time.perf_counter() - start, metrics
 

@@ -5,29 +5,18 @@ slice, one 8 x H100 SXM host), with BERT-base (DPR's and ANCE's encoder) as the 
 number is labelled:
 
   measured      on this machine, by the command that printed it (XLA cost / memory analysis of
-                our compiled programs, ScaNN builds, a CPU encoding run);
+                our compiled programs, ScaNN builds, a CPU encoding run; see
+                `capacity_measure.py` for what is measured and how);
   computed      from a formula and the stated assumptions (chip peak rates, an MFU, sizes);
   extrapolated  computed from measured points (ScaNN build time at the per-shard size).
 
-What is measured, and how:
-  * FLOPs per token: `jax.jit(forward).lower(abstract args).compile().cost_analysis()` of our
-    `TextEncoder` (BERT-base shape, [CLS] pooling) at batch x length shapes, divided by tokens;
-    checked against 2 x matmul parameters + 4 x length x hidden x layers (attention).
-  * Per-device training memory: `recipes.dual_encoder.train_step` (the real step: two towers,
-    in-batch softmax with one hard negative per query, AdamW with clipping, dropout on, the state
-    donated as the training loop does) compiled, never run, for one device's share of the global
-    batch; `memory_analysis()` gives argument + output - aliased + temp bytes. Full batch,
-    `EncoderConfig.remat`, and GradCache (`loss.grad_cache`) with the given chunk sizes.
-    XLA:CPU fuses and lays out differently from XLA:TPU / XLA:GPU (bf16 upcasts, unfused softmax
-    and dropout masks), so these are estimates of the accelerator programs; an analytic
-    activation count (Korthikanti et al. 2022) is printed beside them.
-  * ScaNN: `index.scann_index.ScannIndex.build` with the default `ScannConfig` on random unit
-    vectors of dim 768 at two sizes: wall and CPU seconds, bytes written by `save`.
-  * Optionally (`--cpu_anchor`), our real CPU encoding throughput with the packaged MiniLM.
+The measured FLOPs per token are checked against 2 x matmul parameters + 4 x length x hidden x
+layers (attention), and the compiled training memory against an analytic activation count
+(Korthikanti et al. 2022).
 
 Usage:
-  python eval/capacity_plan.py --out=/tmp/capacity_plan.json     # ~5.5 min on 2 cores
-  python eval/capacity_plan.py --quick                           # < 1 min, tiny sizes (tests)
+  python eval/capacity_plan.py --out=/tmp/capacity_plan.json
+  python eval/capacity_plan.py --quick                           # tiny sizes (tests)
 
 `--quick` keeps the BERT-base FLOPs measurement but compiles the training step of a tiny
 2-layer model at a quarter of the rows and shorter lengths, and builds tiny ScaNN indices: its
@@ -43,15 +32,17 @@ import math
 import os
 import pathlib
 import platform
-import resource
 import sys
-import tempfile
 import time
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
-import numpy as np
+
+if __package__:
+  from . import capacity_measure as measure  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import capacity_measure as measure  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 GIB = 2 ** 30
@@ -61,7 +52,7 @@ LABELS = ("measured", "computed", "extrapolated")
 # The model: BERT-base (bert-base-uncased), DPR's and ANCE's encoder.
 BERT_BASE = dict(vocab_size=30522, hidden_size=768, num_layers=12, num_heads=12,
                  intermediate_size=3072, max_position_embeddings=512)
-# --quick: the training-memory compiles use this instead (seconds, not minutes, per compile).
+# --quick: the training-memory compiles use this shape instead, so that they stay short.
 TINY = dict(vocab_size=1024, hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128,
             max_position_embeddings=128)
 
@@ -157,12 +148,8 @@ def entry(section: str, quantity: str, value: float, unit: str, label: str, how:
               **where)
 
 
-def _first(cost: Any) -> dict[str, Any]:
-  """`cost_analysis()` is a dict, or a one-element list of dicts in older JAX versions."""
-  return cost[0] if isinstance(cost, (list, tuple)) else cost
-
-
 def _fmt_bytes(n: float) -> str:
+  """Bytes in decimal MB, GB or TB."""
   if n >= 1e12:
     return f"{n / 1e12:.2f} TB"
   if n >= 1e9:
@@ -171,10 +158,12 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _fmt_gib(n: float) -> str:
+  """Bytes in binary MiB or GiB."""
   return f"{n / GIB:.1f} GiB" if n >= GIB else f"{n / 2 ** 20:.0f} MiB"
 
 
 def _fmt_s(s: float) -> str:
+  """Seconds in s, min, h or d."""
   if s >= 2 * 86400:
     return f"{s / 86400:.1f} d"
   if s >= 2 * 3600:
@@ -185,208 +174,43 @@ def _fmt_s(s: float) -> str:
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+  """A markdown table."""
   lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
   lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
   return "\n".join(lines)
 
 
-# --- model shape and analytic formulas ------------------------------------------------------------
-
-
-def encoder_config(shape: dict[str, int], **overrides):
-  from retrieval_jax.models.config import EncoderConfig  # pylint: disable=g-import-not-at-top
-  return EncoderConfig(**shape, **overrides)
-
-
-def param_count(config) -> int:
-  """Parameters of one tower (backbone with pooler, no projection), from the abstract params."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.encoder import TextEncoder, abstract_params
-  from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
-
-  params = sharding.unbox(abstract_params(TextEncoder(config, PoolingConfig("cls"))))
-  return int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params)))
+# --- analytic formulas (computed) ----------------------------------------------------------------
 
 
 def analytic_flops_per_token(config, length: int) -> float:
-  """2 x (matmul parameters) + attention (QK^T and AV: 4 x length x hidden per layer), plus the
+  """Forward FLOPs per token of one tower at `length` tokens, by formula.
+
+  2 x (matmul parameters) + attention (QK^T and AV: 4 x length x hidden per layer), plus the
   pooler's 2 x hidden^2 per sequence spread over its tokens. Embedding lookups, softmax, GELU and
-  LayerNorm are not counted (XLA counts their elementwise FLOPs, a few per cent)."""
+  LayerNorm are not counted (XLA counts their elementwise FLOPs too).
+  """
   h, ff, layers = config.hidden_size, config.intermediate_size, config.num_layers
   matmul_params = layers * (4 * h * h + 2 * h * ff)
   return 2 * matmul_params + 4 * length * h * layers + 2 * h * h / length
 
 
 def analytic_activation_bytes(config, rows: int, length: int) -> float:
-  """Activations one tower keeps for the backward over `rows` sequences (bf16, dropout masks in
-  bytes, no recomputation): s*h*(34 + 5*a*s/h) per layer and sequence (Korthikanti et al. 2022,
-  "Reducing Activation Recomputation in Large Transformer Models", eq. 1)."""
+  """Activation bytes one tower keeps for the backward over `rows` sequences, by formula.
+
+  bf16, dropout masks in bytes, no recomputation: s*h*(34 + 5*a*s/h) per layer and sequence
+  (Korthikanti et al. 2022, "Reducing Activation Recomputation in Large Transformer Models",
+  eq. 1).
+  """
   h, a = config.hidden_size, config.num_heads
   return rows * config.num_layers * length * h * (34 + 5 * a * length / h)
-
-
-# --- measurements ---------------------------------------------------------------------------------
-
-
-def measure_flops(config, batch: int, lengths: Sequence[int]) -> dict[int, dict[str, float]]:
-  """FLOPs per token of our encoder's forward from XLA's cost analysis (nothing allocated)."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
-  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.encoder import TextEncoder, abstract_params
-  from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
-
-  model = TextEncoder(config, PoolingConfig("cls"))
-  params = sharding.unbox(abstract_params(model))
-
-  def forward(params, input_ids, attention_mask):
-    return model.apply({"params": params}, input_ids, attention_mask)
-
-  out = {}
-  for length in lengths:
-    ids = jax.ShapeDtypeStruct((batch, length), jnp.int32)
-    start = time.perf_counter()
-    compiled = jax.jit(forward).lower(params, ids, ids).compile()
-    flops = float(_first(compiled.cost_analysis())["flops"])
-    out[length] = dict(batch=batch, length=length, flops=flops,
-                       flops_per_token=flops / (batch * length),
-                       analytic_flops_per_token=analytic_flops_per_token(config, length),
-                       compile_s=time.perf_counter() - start)
-  return out
-
-
-def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
-                         passage_tokens: int, mode: str, chunk_size: int = 0) -> dict[str, Any]:
-  """Compiles (never runs) one device's DPR train step and returns XLA's memory analysis.
-
-  Args:
-    config: The tower's EncoderConfig (remat is set from `mode`).
-    queries: Query rows on the device; passages are queries x group.
-    group: Passages per query (positive + hard negatives).
-    query_tokens: Query length.
-    passage_tokens: Passage length.
-    mode: `full` (one value_and_grad over the batch), `remat` (the same with every block
-      rematerialised) or `grad_cache` (chunks of `chunk_size` rows).
-    chunk_size: GradCache rows per forward.
-  """
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
-
-  from retrieval_jax import optim  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.encoder import TextEncoder  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.recipes import dual_encoder  # pylint: disable=g-import-not-at-top
-
-  if mode not in ("full", "remat", "grad_cache"):
-    raise ValueError(f"mode {mode!r}")
-  config = config.replace(remat=mode == "remat")
-  dual = dual_encoder.DualEncoder(TextEncoder(config, PoolingConfig("cls")), shared=False)
-  # DPR's optimizer: AdamW (float32 moments), linear warm-up/decay, clipping.
-  tx = optim.make_optimizer(1e-5, 10_000, 1_000, max_grad_norm=2.0)
-  schedule = optim.make_schedule(1e-5, 10_000, 1_000)
-  loss_config = ml_collections.ConfigDict(dict(
-      scale=1.0, symmetric=False, in_batch=True, grad_cache=mode == "grad_cache",
-      chunk_size=chunk_size or 1))
-  step = functools.partial(dual_encoder.train_step, dual=dual, tx=tx, schedule=schedule,
-                           loss_config=loss_config)
-  shape = jax.ShapeDtypeStruct
-  batch = dict(query_input_ids=shape((queries, query_tokens), jnp.int32),
-               query_attention_mask=shape((queries, query_tokens), jnp.int32),
-               passage_input_ids=shape((queries, group, passage_tokens), jnp.int32),
-               passage_attention_mask=shape((queries, group, passage_tokens), jnp.int32))
-  state = dual_encoder.abstract_state(dual, tx)
-  start = time.perf_counter()
-  # donate_argnums=0: the training loop donates the state, so new params reuse the old buffers.
-  compiled = jax.jit(step, donate_argnums=0).lower(state, batch).compile()
-  compile_s = time.perf_counter() - start
-  stats = compiled.memory_analysis()
-  fields = ("argument_size_in_bytes", "output_size_in_bytes", "alias_size_in_bytes",
-            "temp_size_in_bytes")
-  result: dict[str, Any] = {name: int(getattr(stats, name)) for name in fields}
-  result.update(
-      peak_bytes=(result["argument_size_in_bytes"] + result["output_size_in_bytes"]
-                  - result["alias_size_in_bytes"] + result["temp_size_in_bytes"]),
-      state_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(state))),
-      batch_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(batch))),
-      mode=mode, chunk_size=chunk_size if mode == "grad_cache" else None, queries=queries,
-      passages=queries * group, query_tokens=query_tokens, passage_tokens=passage_tokens,
-      dtype=jnp.dtype(config.dtype).name, compile_s=compile_s)
-  if mode != "grad_cache":  # The cost analysis counts a loop body (GradCache's scan) once.
-    result["flops"] = float(_first(compiled.cost_analysis())["flops"])
-  return result
-
-
-def measure_scann(sizes: Sequence[int], seed: int = 0) -> list[dict[str, Any]]:
-  """Builds the default ScaNN index on random unit vectors of dim 768; times and sizes it."""
-  # pylint: disable=g-import-not-at-top
-  from retrieval_jax.index.scann_index import ScannConfig, ScannIndex
-
-  rng = np.random.default_rng(seed)
-  results = []
-  for n in sizes:
-    vectors = rng.standard_normal((n, DIM), dtype=np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    cpu_start = resource.getrusage(resource.RUSAGE_SELF)
-    start = time.perf_counter()
-    index = ScannIndex.build(vectors, ScannConfig())
-    wall = time.perf_counter() - start
-    cpu_end = resource.getrusage(resource.RUSAGE_SELF)
-    cpu = (cpu_end.ru_utime - cpu_start.ru_utime) + (cpu_end.ru_stime - cpu_start.ru_stime)
-    with tempfile.TemporaryDirectory() as directory:
-      index.save(directory)
-      files = {name: os.path.getsize(os.path.join(directory, name))
-               for name in sorted(os.listdir(directory))}
-    hashed = sum(size for name, size in files.items()
-                 if name.startswith("hashed_dataset") or name == "datapoint_to_token.npy")
-    results.append(dict(
-        vectors=n, build_wall_s=wall, build_cpu_s=cpu, num_leaves=round(math.sqrt(n)),
-        leaves_searched=index.num_leaves_to_search, files=files,
-        disk_bytes=sum(files.values()), hashed_bytes_per_vector=hashed / n,
-        reorder_bytes_per_vector=files.get("dataset.npy", 0) / n))
-    del index
-  return results
-
-
-def measure_cpu_anchor(num_texts: int = 256, length: int = 128, batch_size: int = 32
-                       ) -> dict[str, Any]:
-  """Our encoding throughput here: `encode.encode_token_ids` with MiniLM on random token ids."""
-  import jax  # pylint: disable=g-import-not-at-top
-
-  from retrieval_jax import encode  # pylint: disable=g-import-not-at-top
-
-  encoder = encode.load_encoder("minilm")
-  vocab = encoder.config.vocab_size
-  rng = np.random.default_rng(0)
-  # [CLS] body [SEP] with BERT's ids; every sequence the same length: one compiled shape.
-  token_ids = [[101] + rng.integers(1000, vocab, length - 2).tolist() + [102]
-               for _ in range(num_texts)]
-  run = functools.partial(encode.encode_token_ids, encoder, token_ids, max_length=length,
-                          batch_size=batch_size, progress=False)
-  run()  # Compiles.
-  seconds = []
-  for _ in range(2):
-    start = time.perf_counter()
-    run()
-    seconds.append(time.perf_counter() - start)
-  flops = measure_flops(encoder.config, batch_size, [length])[length]["flops_per_token"]
-  best = min(seconds)
-  return dict(model="MiniLM (all-MiniLM-L6-v2)", texts=num_texts, length=length,
-              batch_size=batch_size, seconds=seconds, texts_per_s=num_texts / best,
-              tokens_per_s=num_texts * length / best, flops_per_token=flops,
-              achieved_flops=num_texts * length * flops / best,
-              devices=len(jax.local_devices()), cpu_count=os.cpu_count())
 
 
 # --- the plan -------------------------------------------------------------------------------------
 
 
 def _per_device_rows(setup: TrainSetup, system: System, scale: int) -> int:
+  """Queries per device when the global batch is split evenly (and divided by `scale`)."""
   return setup.global_queries // system.chips // scale
 
 
@@ -411,10 +235,10 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
   started = time.perf_counter()
   load_start = os.getloadavg()[0]
   setup = TrainSetup()
-  bert = encoder_config(BERT_BASE, dtype=jnp.bfloat16)
+  bert = measure.encoder_config(BERT_BASE, dtype=jnp.bfloat16)
   entries: list[dict[str, Any]] = []
   measurements: dict[str, Any] = {}
-  tower_params = param_count(bert)
+  tower_params = measure.param_count(bert)
 
   # 1. Embedding storage (computed).
   for corpus in CORPORA:
@@ -434,7 +258,8 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
   # 2. FLOPs per token (measured) and encoding time (computed).
   lengths = sorted({c.avg_tokens for c in CORPORA} | {c.max_tokens for c in CORPORA})
   log(f"[capacity_plan] FLOPs: compiling the BERT-base forward at lengths {lengths}")
-  flops = measure_flops(bert, 8 if quick else 64, lengths)
+  flops = measure.measure_flops(bert, 8 if quick else 64, lengths,
+                               functools.partial(analytic_flops_per_token, bert))
   measurements["flops"] = {str(k): v for k, v in flops.items()}
   for length, f in flops.items():
     entries.append(entry("flops", "forward FLOPs per token", f["flops_per_token"], "FLOP",
@@ -465,7 +290,7 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
 
   if cpu_anchor and not quick:
     log("[capacity_plan] CPU anchor: MiniLM encoding here")
-    anchor = measure_cpu_anchor()
+    anchor = measure.measure_cpu_anchor()
     measurements["cpu_anchor"] = anchor
     entries.append(entry("encode", "CPU anchor: MiniLM texts/s here", anchor["texts_per_s"],
                          "texts/s", "measured",
@@ -488,7 +313,7 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
   if len(sizes) < 2:
     raise ValueError("scann_sizes needs at least two sizes")
   log(f"[capacity_plan] ScaNN: building {sizes} random unit vectors of dim {DIM}")
-  scann = measure_scann(sizes)
+  scann = measure.measure_scann(sizes, DIM)
   measurements["scann"] = scann
   host_cores = os.cpu_count() or 1
   small, large = scann[0], scann[-1]
@@ -527,8 +352,8 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
           f"measured {large['hashed_bytes_per_vector']:.0f} B/vector codes (1 byte per block, "
           f"unpacked, x2 SOAR) + {large['reorder_bytes_per_vector']:.0f} B/vector reorder at "
           f"{large['vectors']} vectors, x {shard}", **where))
-      # ScannIndex.build leaves ScaNN's training threads at their default: one core (measured
-      # wall ~ CPU time). Shards on one host build concurrently, each on its share of vCPUs.
+      # ScannIndex.build leaves ScaNN's training threads at their default (one core). Shards
+      # on one host build concurrently, each on its share of vCPUs.
       cores = system.host_vcpus * system.hosts / system.scann_shards
       linear = intercept + slope * shard
       power = large["build_cpu_s"] * (shard / large["vectors"]) ** 1.5
@@ -546,13 +371,13 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
             "need ScaNN's set_n_training_threads)", **where))
 
   # 4. Per-device training memory (measured by compiling) + analytic cross-check (computed).
-  mem_config = encoder_config(TINY, dtype=jnp.bfloat16) if quick else bert
+  mem_config = measure.encoder_config(TINY, dtype=jnp.bfloat16) if quick else bert
   scale = 4 if quick else 1
   q_tokens, p_tokens = (32, 64) if quick else (setup.query_tokens, setup.passage_tokens)
   chunks = [8] if quick else [int(c) for c in chunk_sizes]
   modes = [("full", 0), ("remat", 0)] + [("grad_cache", c) for c in chunks]
-  mem_params = param_count(mem_config)
-  if quick:  # Each compile costs ~10 s even for the tiny model: two programs only.
+  mem_params = measure.param_count(mem_config)
+  if quick:  # Compiles dominate --quick's time, even for the tiny model: two programs only.
     modes = [("full", 0), ("grad_cache", chunks[0])]
   measurements["train_memory"] = []
   for system in SYSTEMS[:1] if quick else SYSTEMS:
@@ -564,9 +389,9 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
       name = f"{mode} (chunk {chunk})" if chunk else mode
       log(f"[capacity_plan] memory: compiling the {system.name} per-device step, {name}, "
           f"{queries} queries + {passages} passages")
-      result = measure_train_memory(mem_config, queries=queries, group=setup.group,
-                                    query_tokens=q_tokens, passage_tokens=p_tokens, mode=mode,
-                                    chunk_size=chunk)
+      result = measure.measure_train_memory(
+          mem_config, queries=queries, group=setup.group, query_tokens=q_tokens,
+          passage_tokens=p_tokens, mode=mode, chunk_size=chunk)
       result["system"] = system.name
       measurements["train_memory"].append(result)
       where = dict(system=system.name, mode=name, queries=queries, passages=passages)
@@ -655,11 +480,13 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
 
 def _entries_of(plan: dict[str, Any], section: str, quantity: str, **where: Any
                 ) -> list[dict[str, Any]]:
+  """The plan's entries of a section and quantity, filtered by `where`."""
   return [e for e in plan["entries"] if e["section"] == section and e["quantity"] == quantity
           and all(e.get(k) == v for k, v in where.items())]
 
 
 def _pick(plan: dict[str, Any], section: str, quantity: str, **where: Any) -> dict[str, Any]:
+  """The one entry `_entries_of` matches; KeyError if there is not exactly one."""
   matches = _entries_of(plan, section, quantity, **where)
   if len(matches) != 1:
     raise KeyError(f"{len(matches)} entries for {section}/{quantity}/{where}")

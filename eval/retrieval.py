@@ -19,6 +19,7 @@ name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
 from __future__ import annotations
 
 import os
+import pathlib
 import sys
 
 from absl import app, flags
@@ -64,25 +65,28 @@ flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
 def config_from_flags():
-  """The `configs/common.py` skeleton with the flags written into it."""
+  """A `zeroshot` config whose one evaluator (named after --split) the flags describe."""
   from configs import common  # pylint: disable=g-import-not-at-top
 
   config = common.base_config()
+  config.recipe = "zeroshot"
   config.model.update(name=FLAGS.model, pooling=FLAGS.pooling, normalize=FLAGS.normalize,
                       dtype=FLAGS.dtype)
-  config.data.update(name=FLAGS.data, eval_split=FLAGS.split, dev_fraction=FLAGS.dev_fraction,
-                     tfds_dir=FLAGS.tfds_dir)
-  config.eval.update(
+  config.data.update(name=FLAGS.data, dev_fraction=FLAGS.dev_fraction, tfds_dir=FLAGS.tfds_dir)
+  entry = common.retrieval_eval(FLAGS.split)
+  entry.update(
       index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
       max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
-      max_passages=FLAGS.max_passages, batch_size=FLAGS.batch_size, save_embeddings=FLAGS.save_embeddings,
-      embeddings_dtype=FLAGS.embeddings_dtype, check_exact=FLAGS.scann_check_exact,
-      progress=FLAGS.progress)
-  config.eval.scann.update(num_leaves=FLAGS.scann_num_leaves,
-                           num_leaves_to_search=FLAGS.scann_leaves_to_search,
-                           reorder_k=FLAGS.scann_reorder_k,
-                           anisotropic_quantization_threshold=FLAGS.scann_aq_threshold)
-  config.eval.bm25.update(k1=FLAGS.bm25_k1, b=FLAGS.bm25_b)
+      max_passages=FLAGS.max_passages, batch_size=FLAGS.batch_size,
+      save_embeddings=FLAGS.save_embeddings, embeddings_dtype=FLAGS.embeddings_dtype,
+      check_exact=FLAGS.scann_check_exact, progress=FLAGS.progress)
+  entry.scann.update(num_leaves=FLAGS.scann_num_leaves,
+                     num_leaves_to_search=FLAGS.scann_leaves_to_search,
+                     reorder_k=FLAGS.scann_reorder_k,
+                     anisotropic_quantization_threshold=FLAGS.scann_aq_threshold)
+  entry.bm25.update(k1=FLAGS.bm25_k1, b=FLAGS.bm25_b)
+  entry.data.update(name=FLAGS.data, dev_fraction=FLAGS.dev_fraction, tfds_dir=FLAGS.tfds_dir)
+  config.evals = {FLAGS.split: entry}
   return config
 
 
@@ -93,30 +97,35 @@ def is_training_workdir(path: str) -> bool:
 
 
 def run_from_flags() -> dict:
-  """Evaluates as the flags say, writes --out, prints a table, returns the metrics."""
-  from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
+  """Evaluates as the flags say, writes --out, prints a table, returns the metrics.
 
+  The one evaluator of `config_from_flags` runs through the evaluator registry on the models
+  of a training workdir's checkpoint, or of the pretrained `--model`.
+  """
+  from retrieval_jax import checkpoint, evaluation, evaluators, recipes  # pylint: disable=g-import-not-at-top
+
+  flag_config = config_from_flags()
+  (entry,) = flag_config.evals.values()
+  evaluator = evaluators.build(FLAGS.split, entry, flag_config.data)
   if FLAGS.index != "bm25" and is_training_workdir(FLAGS.model):
-    from retrieval_jax import checkpoint, recipes  # pylint: disable=g-import-not-at-top
-
-    flag_config = config_from_flags()
-    result = recipes.evaluate_checkpoint(
-        checkpoint.load_config(FLAGS.model), FLAGS.model, FLAGS.step,
-        eval_config=flag_config.eval, data_config=flag_config.data, out_dir=FLAGS.out)
-    print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / {FLAGS.model} step {result['step']}")
-    print(evaluation.format_table(result["metrics"]))
-    print(f"wrote {os.path.join(result['out_dir'], 'metrics.json')} and run.trec")
-    return dict(result["metrics"], step=result["step"])
-  if FLAGS.step is not None:
-    raise app.UsageError(f"--step needs a training workdir; {FLAGS.model} is not one "
-                         "(no config.json and checkpoints/)")
-  result = evaluation.evaluate_pretrained(config_from_flags(), FLAGS.out)
-  print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / "
-        f"{'bm25' if FLAGS.index == 'bm25' else FLAGS.model}")
-  print(evaluation.format_table({**result.metrics, **result.extra, **result.timings}))
-  if FLAGS.out:
-    print(f"wrote {os.path.join(FLAGS.out, 'metrics.json')} and run.trec")
-  return {**result.metrics, **result.extra}
+    models, step = recipes.eval_models(checkpoint.load_config(FLAGS.model), FLAGS.model,
+                                       FLAGS.step)
+    out = FLAGS.out or os.path.join(FLAGS.model, "eval", f"step_{step}", FLAGS.split)
+    label = f"{FLAGS.model} step {step}"
+  else:
+    if FLAGS.step is not None:
+      raise app.UsageError(f"--step needs a training workdir; {FLAGS.model} is not one "
+                           "(no config.json and checkpoints/)")
+    models, step = recipes.eval_models(flag_config, FLAGS.out)
+    out = FLAGS.out
+    label = "bm25" if FLAGS.index == "bm25" else FLAGS.model
+  evaluators.check_models(evaluator, models, "eval/retrieval.py")
+  values = evaluator.run(models, None if out is None else pathlib.Path(out))
+  print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / {label}")
+  print(evaluation.format_table(values))
+  if out:
+    print(f"wrote {os.path.join(out, 'metrics.json')} and run.trec")
+  return dict(values, **({} if step is None else {"step": step}))
 
 
 def main(argv):

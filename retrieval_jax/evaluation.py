@@ -1,7 +1,7 @@
 """Retrieval evaluation: encode (or BM25) -> search -> TREC run -> pytrec_eval metrics.
 
-Used by `eval/retrieval.py`, by `main.py --mode=eval` and, later, by training's periodic
-evaluation. Writes `metrics.json` (flat keys such as `ndcg@10`), `run.trec` and, on request,
+The engine behind the `retrieval` evaluator (`retrieval_jax.evaluators.retrieval`), which
+`eval/retrieval.py`, `main.py --mode=eval` and training's evaluations run. Writes `metrics.json` (flat keys such as `ndcg@10`), `run.trec` and, on request,
 the embeddings as `.npy`.
 """
 
@@ -249,42 +249,3 @@ def format_table(rows: dict[str, float]) -> str:
   """A two-column text table of metric -> value."""
   width = max(len(k) for k in rows)
   return "\n".join(f"{k:<{width}}  {v:.4f}" for k, v in rows.items())
-
-
-def settings_from_config(eval_config) -> EvalSettings:
-  """EvalSettings from a config's `eval` section (see configs/common.py)."""
-  scann = eval_config.scann
-  return EvalSettings(
-      index=eval_config.index, depth=eval_config.depth, metrics=tuple(eval_config.metrics),
-      max_length=eval_config.max_length, max_passages=eval_config.get("max_passages", 1),
-      query_max_length=eval_config.query_max_length,
-      batch_size=eval_config.batch_size, embeddings_dtype=eval_config.embeddings_dtype,
-      save_embeddings=eval_config.save_embeddings, check_exact=eval_config.check_exact,
-      scann=ScannConfig(num_leaves=scann.num_leaves,
-                        num_leaves_to_search=scann.num_leaves_to_search,
-                        reorder_k=scann.reorder_k,
-                        anisotropic_quantization_threshold=scann.anisotropic_quantization_threshold),
-      bm25_k1=eval_config.bm25.k1, bm25_b=eval_config.bm25.b,
-      progress=eval_config.get("progress", True))
-
-
-def evaluate_pretrained(config, out_dir: str | os.PathLike | None) -> EvalResult:
-  """Evaluates the config's pretrained model (or BM25) on its data set's eval split."""
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-
-  from retrieval_jax.data.beir import load_beir  # pylint: disable=g-import-not-at-top
-
-  settings = settings_from_config(config.eval)
-  data = load_beir(config.data.name, config.data.eval_split,
-                   dev_fraction=config.data.dev_fraction, data_dir=config.data.tfds_dir)
-  logger.info("%s/%s: %d queries, %d documents", data.name, config.data.eval_split,
-              len(data.query_ids), len(data.corpus_ids))
-  encoder = None
-  if settings.index != "bm25":
-    model = config.model
-    encoder = encode.load_encoder(
-        model.name, None if model.pooling == "auto" else model.pooling,
-        normalize={"auto": None, "true": True, "false": False}[str(model.normalize).lower()],
-        dtype=getattr(jnp, model.dtype))
-    logger.info("model %s from %s, %s", model.name, encoder.model_dir, encoder.pooling)
-  return evaluate_retrieval(data, settings, encoder, out_dir)

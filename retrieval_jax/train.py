@@ -4,8 +4,13 @@
 (`retrieval_jax.recipes.<config.recipe>`) supplies the state, the pure step, the batches and
 the evaluation. What the loop guarantees for every recipe:
 
-- the step is `jax.jit(step, in_shardings=..., out_shardings=..., donate_argnums=0)` over the
-  config's ('data', 'model') mesh, with batches assembled from per-process slices;
+- the step `(state, frozen, batch) -> (state, metrics)` is `jax.jit(step, in_shardings=...,
+  out_shardings=..., donate_argnums=0)` over the config's ('data', 'model') mesh, with batches
+  assembled from per-process slices; its contract (`recipes.state.check_step`) is checked by
+  tracing once before it compiles;
+- frozen inputs (`recipes.base.FrozenInput`) are loaded from their own source on every start,
+  sharded by the logical-axis rules, never donated or saved; a resumed run checks that they
+  are the ones it started with;
 - invalid configs fail in `recipe.build`, before anything compiles, naming the key;
 - resume: the latest checkpoint in `workdir` is restored (onto the current mesh, whatever mesh
   wrote it) and the data pipeline continues at the same position, so a resumed run equals an
@@ -14,8 +19,10 @@ the evaluation. What the loop guarantees for every recipe:
   dispatch keeps the host ahead otherwise); a non-finite loss there stops the run with
   `NonFiniteLossError` before any checkpoint of the bad state is written;
 - console progress bar, log lines and TensorBoard events under `workdir/tensorboard`;
-- evaluation on the eval split every `train.eval_every_steps` and at the end
-  (`train_and_eval`), under `workdir/eval/step_<N>/`; a HF export under `workdir/export/`;
+- `config.evals` (the evaluator registry, `retrieval_jax.evaluators`) every
+  `train.eval_every_steps` and at the end (`train_and_eval`), under
+  `workdir/eval/step_<N>/<name>/`, logged as `<name>/<metric>`; a HF export under
+  `workdir/export/`;
 - the recipe's hooks (`recipes.base.Hook`, e.g. ANCE's negative refresh) run between steps,
   log with the metrics and save what they hold in every checkpoint (restored on resume).
 """
@@ -23,17 +30,19 @@ the evaluation. What the loop guarantees for every recipe:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 import pathlib
 import time
 from typing import Any
 
+import flax.linen as nn
 import jax
 import numpy as np
 
-from retrieval_jax import checkpoint, metric_writer, recipes, sharding
-from retrieval_jax.recipes import base as recipe_base
+from retrieval_jax import checkpoint, evaluators, metric_writer, recipes, sharding
+from retrieval_jax.recipes import state as state_lib
 
 logger = logging.getLogger(__name__)
 
@@ -52,12 +61,44 @@ class TrainResult:
   eval_metrics: dict[str, float] | None      # the final evaluation, if one ran
   stopped_early: bool                        # train.stop_at_step ended it before the schedule
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
+  reports: list[str] = dataclasses.field(default_factory=list)  # hooks' console tables
+  state: Any = None                          # the final train state (on the mesh)
+  frozen: Any = None                         # the frozen inputs the steps read
 
 
-def global_batch(local: dict[str, np.ndarray], batch_sharding) -> dict[str, jax.Array]:
-  """Process-local rows -> global arrays sharded over `data` (one process: the whole batch)."""
+def global_batch(local: dict[str, np.ndarray], batch_sharding,
+                 host_keys: frozenset[str] = frozenset()) -> dict[str, jax.Array]:
+  """Process-local rows -> global arrays sharded over `data` (one process: the whole batch);
+  `host_keys` (the batcher's) stay on the host."""
   return {key: jax.make_array_from_process_local_data(batch_sharding, value)
-          for key, value in local.items() if key not in recipe_base.HOST_KEYS}
+          for key, value in local.items() if key not in host_keys}
+
+
+def fingerprint(tree: Any) -> str:
+  """A SHA-256 of a host tree's structure, shapes, dtypes and bytes."""
+  digest = hashlib.sha256(str(jax.tree_util.tree_structure(tree)).encode())
+  for leaf in jax.tree_util.tree_leaves(tree):
+    leaf = np.ascontiguousarray(leaf)
+    digest.update(f"{leaf.dtype}{leaf.shape}".encode())
+    digest.update(leaf.tobytes())
+  return digest.hexdigest()
+
+
+def load_frozen(recipe, mesh) -> tuple[dict, dict, dict[str, str]]:
+  """(frozen arrays on the mesh, their shardings, their fingerprints) of `recipe.frozen`."""
+  arrays, shardings, prints = {}, {}, {}
+  for name, frozen in recipe.frozen.items():
+    shardings[name] = sharding.param_shardings(frozen.abstract, mesh)
+    host = frozen.load()
+    expected = jax.tree_util.tree_structure(nn.meta.unbox(frozen.abstract))
+    if jax.tree_util.tree_structure(host) != expected:
+      raise ValueError(f"frozen input {name!r} from {frozen.source} does not have the "
+                       "structure its recipe declares")
+    prints[name] = fingerprint(host)
+    arrays[name] = jax.device_put(host, shardings[name])
+    logger.info("frozen input %s from %s (sha256 %s)", name, frozen.source, prints[name][:12])
+  return arrays, shardings, prints
+
 
 
 def _every(step: int, interval: int) -> bool:
@@ -107,7 +148,11 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
   workdir = pathlib.Path(workdir)
   recipe_module = recipes.get(config.recipe)
   mesh = sharding.mesh_from_config(config)
+  if not recipes.trains(recipe_module):
+    raise ValueError(f"recipe={config.recipe!r} has no training steps: run it with "
+                     "--mode=eval (or train_and_eval)")
   recipe = recipe_module.build(config, workdir, mesh)
+  evals = evaluators.build_all(config)
   checkpoint.save_config(workdir, config)
   train_config = config.train
   logger.info("recipe %s on mesh %s: %s", recipe.name, dict(mesh.shape), recipe.info)
@@ -117,7 +162,7 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
                                  async_save=train_config.async_checkpoints)
   writer = metric_writer.MetricWriter(workdir / "tensorboard")
   try:
-    return _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval)
+    return _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval)
   finally:
     for hook in recipe.hooks:
       hook.close()
@@ -125,10 +170,11 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
     writer.close()
 
 
-def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> TrainResult:
+def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) -> TrainResult:
   train_config = config.train
   start = ckpt.latest_step()
   host = None
+  frozen, frozen_shardings, frozen_prints = load_frozen(recipe, mesh)
   if start is None:
     state, start = recipe.init_state(), 0
     writer.write_hparams(config.to_dict())
@@ -136,6 +182,11 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     state, extra = ckpt.restore(start, abstract_state=recipe.abstract_state,
                                 shardings=recipe.state_shardings)
     recipe.batcher.check_position(extra["data_position"])
+    for name, saved in extra.get("frozen_sha256", {}).items():
+      if frozen_prints.get(name) != saved:
+        raise ValueError(f"frozen input {name!r} from {recipe.frozen[name].source} is not the "
+                         f"one step {start} was trained with (sha256 {saved[:12]}, now "
+                         f"{frozen_prints.get(name, 'absent')[:12]})")
     host = ckpt.restore_host(start)
     logger.info("resumed from step %d (%s)", start, extra["data_position"])
   for hook in recipe.hooks:
@@ -143,10 +194,13 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
   end = recipe.total_steps
   stop = end if train_config.get("stop_at_step") is None else min(end, train_config.stop_at_step)
 
+  # Frozen inputs are the second argument: sharded like params, read-only, never donated.
   step_fn = jax.jit(recipe.train_step,
-                    in_shardings=(recipe.state_shardings, recipe.batch_sharding),
+                    in_shardings=(recipe.state_shardings, frozen_shardings,
+                                  recipe.batch_sharding),
                     out_shardings=(recipe.state_shardings, sharding.replicated(mesh)),
                     donate_argnums=0)
+  host_keys = frozenset(getattr(recipe.batcher, "host_keys", ()))
   batch_size = int(train_config.batch_size)
   bar = metric_writer.ProgressBar(end, start, enabled=train_config.progress, desc=recipe.name)
   buffer = _MetricBuffer()
@@ -180,14 +234,16 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     interval_start = time.perf_counter()
 
   def evaluate(step: int) -> dict[str, float]:
-    out_dir = workdir / "eval" / f"step_{step}"
-    values = recipe.evaluate(state, str(out_dir))
-    writer.write_scalars(step, {f"{config.data.eval_split}/{k}": v for k, v in values.items()})
+    values = evaluators.run_all(evals, recipe.eval_models(state),
+                                workdir / "eval" / f"step_{step}", recipe=recipe.name)
+    writer.write_scalars(step, values)
     logger.info("eval at step %d: %s", step, values)
     return values
 
   def save(step: int, force: bool = False) -> None:
     extra, host = {"data_position": recipe.batcher.position(step)}, {}
+    if frozen_prints:
+      extra["frozen_sha256"] = frozen_prints
     for hook in recipe.hooks:
       hook_extra, hook_host = hook.checkpoint_payload()
       extra.update(hook_extra)
@@ -195,7 +251,11 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
     ckpt.save(step, state, extra=extra, host=host or None, force=force)
 
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
-    state, metrics = step_fn(state, global_batch(local_batch, recipe.batch_sharding))
+    batch = global_batch(local_batch, recipe.batch_sharding, host_keys)
+    if step == start:  # the contract, by tracing once before the first compile
+      state_lib.check_step(recipe.name, recipe.train_step, recipe.abstract_state,
+                           frozen, batch)
+    state, metrics = step_fn(state, frozen, batch)
     step = step_index + 1
     buffer.add(step, metrics)
     for hook in recipe.hooks:
@@ -222,22 +282,27 @@ def _train_loop(config, workdir, recipe, mesh, ckpt, writer, final_eval) -> Trai
   info = dict(recipe.info)
   for hook in recipe.hooks:
     info.update(hook.finish())
+  reports = [text for text in (hook.report(info) for hook in recipe.hooks) if text]
   stopped_early = step < end
   eval_metrics = None
   if not stopped_early:
-    if final_eval:
+    if final_eval and evals:
       eval_metrics = evaluate(step)
     if train_config.export:  # every process: gathering sharded parameters is a collective
       written = recipe.export(state, str(workdir / "export"))
       if written:
         logger.info("exported %s", [str(p) for p in written])
   return TrainResult(step=step, train_metrics=last_means, eval_metrics=eval_metrics,
-                     stopped_early=stopped_early, info=info)
+                     stopped_early=stopped_early, info=info, reports=reports, state=state,
+                     frozen=frozen)
 
 
 def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
         step: int | None = None) -> dict[str, Any]:
   """`main.py`'s entry point: train, evaluate a checkpoint, or both.
+
+  An evaluation-only recipe (`zeroshot`) evaluates in `eval` and `train_and_eval` modes, and
+  refuses `train`.
 
   Args:
     config: The recipe config.
@@ -246,16 +311,25 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
     step: For `eval`: which checkpoint.
 
   Returns:
-    A summary dict: `step`, and `train` / `eval` metrics where they ran.
+    A summary dict: `step`, and `train` / `eval` metrics (`<evaluator>/<metric>`) where they
+    ran, `reports` (the hooks' console tables).
+
+  Raises:
+    ValueError: An invalid mode or config, naming it.
   """
   if mode not in MODES:
     raise ValueError(f"mode={mode!r} is not one of {MODES}")
-  if mode == "eval":
-    result = recipes.evaluate_checkpoint(config, workdir, step)
+  trains = recipes.trains(recipes.get(config.recipe))
+  if mode == "eval" or not trains:
+    if mode == "train":
+      raise ValueError(f"recipe={config.recipe!r} has no training steps: use --mode=eval")
+    if not trains:
+      checkpoint.save_config(workdir, config)
+    result = recipes.evaluate(config, workdir, step)
     return {"step": result["step"], "eval": result["metrics"]}
   result = train(config, workdir, final_eval=mode == "train_and_eval")
   summary = {"step": result.step, "train": result.train_metrics, "info": result.info,
-             "stopped_early": result.stopped_early}
+             "stopped_early": result.stopped_early, "reports": result.reports}
   if result.eval_metrics is not None:
     summary["eval"] = result.eval_metrics
   return summary

@@ -63,6 +63,14 @@ def write_tiny_bert(out: pathlib.Path, tokenizer_dir: pathlib.Path, seed: int = 
   return out, config, params
 
 
+def restore_towers(config, workdir, step=None):
+  """(query encoder, passage encoder, step) of a training checkpoint, as the evaluators get them."""
+  from retrieval_jax import recipes  # pylint: disable=g-import-not-at-top
+
+  models, step = recipes.eval_models(config, workdir, step)
+  return models.query, models.passage, step
+
+
 def params_unboxed(params):
   """Plain arrays from logically-partitioned boxes."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top

@@ -1,4 +1,5 @@
-"""Tests of eval/capacity_plan.py: `main --quick` writes a consistent, fully labelled plan."""
+"""Tests of eval/capacity_plan.py (and its eval/capacity_measure.py): `main --quick` writes a
+consistent, fully labelled plan."""
 
 import json
 import math
@@ -15,7 +16,10 @@ _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
-from eval import capacity_plan as cp  # pylint: disable=g-import-not-at-top,wrong-import-position
+# pylint: disable=g-import-not-at-top,wrong-import-position
+from eval import capacity_measure as cm
+from eval import capacity_plan as cp
+# pylint: enable=g-import-not-at-top,wrong-import-position
 
 # BERT-base: 12 x (4 x 768^2 + 2 x 768 x 3072) matmul weights per tower.
 _BERT_MATMUL_PARAMS = 12 * (4 * 768 * 768 + 2 * 768 * 3072)
@@ -32,7 +36,7 @@ def _run_main(argv):
 
 @pytest.fixture(scope="module")
 def quick_plan(tmp_path_factory):
-  """The --quick plan (~25 s: two small train-step compiles dominate), its JSON and stdout."""
+  """The --quick plan (two small train-step compiles dominate its time), its JSON and stdout."""
   out = tmp_path_factory.mktemp("plan") / "nested" / "plan.json"
   capture = pytest.MonkeyPatch()
   printed = []
@@ -104,8 +108,8 @@ def test_measured_flops_match_the_analytic_formula(quick_plan):
 
 
 def test_analytic_formulas():
-  bert = cp.encoder_config(cp.BERT_BASE)
-  assert cp.param_count(bert) == _BERT_PARAMS
+  bert = cm.encoder_config(cp.BERT_BASE)
+  assert cm.param_count(bert) == _BERT_PARAMS
   assert cp.analytic_flops_per_token(bert, 128) == pytest.approx(
       2 * _BERT_MATMUL_PARAMS + 4 * 128 * 768 * 12 + 2 * 768 ** 2 / 128)
   # Korthikanti et al.: s*h*(34 + 5*a*s/h) bytes per layer and sequence.
@@ -180,7 +184,7 @@ def test_grad_cache_needs_less_memory_than_the_full_batch(quick_plan):
     assert m["peak_bytes"] == (m["argument_size_in_bytes"] + m["output_size_in_bytes"]
                                - m["alias_size_in_bytes"] + m["temp_size_in_bytes"])
     # Params + two AdamW moments of two towers in float32, plus a few scalars (step, rng, counts).
-    tiny_params = cp.param_count(cp.encoder_config(cp.TINY))
+    tiny_params = cm.param_count(cm.encoder_config(cp.TINY))
     assert 0 <= m["state_bytes"] - tiny_params * 2 * 12 < 1024
 
 
@@ -196,7 +200,7 @@ def test_bad_inputs():
   with pytest.raises(ValueError, match="label"):
     cp.entry("storage", "x", 1.0, "bytes", "guessed", "how")
   with pytest.raises(ValueError, match="mode"):
-    cp.measure_train_memory(cp.encoder_config(cp.TINY), queries=2, group=2, query_tokens=8,
+    cm.measure_train_memory(cm.encoder_config(cp.TINY), queries=2, group=2, query_tokens=8,
                             passage_tokens=8, mode="half")
   flag_values = flags.FlagValues()
   cp.define_flags(flag_values)

@@ -7,10 +7,14 @@ import pathlib
 import random
 import re
 import socket
+import subprocess
+import sys
 
+import numpy as np
 import pytest
 
 from retrieval_jax.data import beir
+from retrieval_jax.data import beir_readers
 from retrieval_jax.data import beir_tfds
 from retrieval_jax.data import paths
 
@@ -371,6 +375,48 @@ def test_name_without_local_copy_is_downloaded(tmp_path, monkeypatch, generation
       tmp_path / "extracted" / "scifact", "train", use_tfds=False).qrels
   assert len(fake.urls) == 3  # The second load reused the prepared data.
   assert generation_spy == ["corpus", "queries", "qrels"]
+
+
+# --- module structure -----------------------------------------------------------------------------
+
+
+def test_readers_are_one_module_that_neither_loader_imports_in_a_circle():
+  # The public names stay importable from `beir`, and are the readers' own objects, so
+  # `except beir.DataError` catches what the TFDS builder raises.
+  for name in ("DataError", "BeirFiles", "QrelRow", "RawBeir", "QRELS_HEADER", "locate_files",
+               "iter_jsonl", "iter_corpus", "iter_queries", "iter_qrels", "read_raw"):
+    assert getattr(beir, name) is getattr(beir_readers, name), name
+  # A fresh interpreter: `beir` does not pull in TFDS (0.35 s of imports) and `beir_tfds` does not
+  # import `beir`, so neither imports the other at top level.
+  script = ("import sys\n"
+            "import retrieval_jax.data.beir\n"
+            "assert 'tensorflow_datasets' not in sys.modules\n"
+            "assert 'retrieval_jax.data.beir_tfds' not in sys.modules\n"
+            "del sys.modules['retrieval_jax.data.beir']\n"
+            "import retrieval_jax.data.beir_tfds\n"
+            "assert 'retrieval_jax.data.beir' not in sys.modules\n")
+  subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
+# --- positives --------------------------------------------------------------------------------------
+
+
+def test_positive_rows_by_doc_id_sorted_unique_int64():
+  # d1 on rows 0 and 3 (an in-memory corpus may repeat an id); d9 is not in the corpus.
+  data = beir.BeirData(
+      "dup", ["d1", "d2", "d3", "d1", "d4"], [""] * 5, list("abcde"),
+      ["q1", "q2", "q3", "q4"], ["w", "x", "y", "z"],
+      {"q1": {"d4": 2, "d1": 1, "d2": 0}, "q2": {"d3": 0, "d9": 1}, "q3": {"d3": 1, "d2": 3}})
+  rows = data.positive_rows()
+  assert [r.tolist() for r in rows] == [[0, 3, 4], [], [1, 2], []]  # judged 0 / unknown / unjudged
+  assert all(r.dtype == np.int64 and r.ndim == 1 for r in rows)
+
+
+def test_positive_rows_of_a_loaded_split(tmp_path):
+  data = beir.load_beir(write_beir(tmp_path / "b"), "test", use_tfds=False)
+  # queries.jsonl order: q2 then q1; q1 judges d3 with 0.
+  assert data.query_ids == ["q2", "q1"]
+  assert [r.tolist() for r in data.positive_rows()] == [[4], [0]]
 
 
 # --- real data ------------------------------------------------------------------------------------

@@ -110,6 +110,16 @@ def test_pairs_from_beir_drops_queries_without_positive(data, caplog):
     assert rows.tolist() == expected
 
 
+def test_pairs_positives_are_the_data_positive_rows_of_kept_queries(data):
+  # Duplicated doc ids give every row, as in mining: both use `BeirData.positive_rows`.
+  dup = BeirData("dup", ["d0", "d1", "d0"], [""] * 3, ["a", "b", "c"], ["q0", "q1"], ["x", "y"],
+                 {"q0": {"d0": 1}, "q1": {"d1": 0}})
+  assert [p.tolist() for p in pairs.pairs_from_beir(dup).positives] == [[0, 2]]
+  dataset = pairs.pairs_from_beir(data)
+  rows = data.positive_rows()
+  assert [p.tolist() for p in dataset.positives] == [rows[q].tolist() for q in dataset.query_rows]
+
+
 def test_pairs_from_beir_without_any_positive():
   data = BeirData("allzero", ["d0", "d1"], ["", ""], ["a", "b"], ["q0"], ["x"], {"q0": {"d0": 0}})
   with pytest.raises(ValueError, match="'allzero'.*no query has a positive judgement"):

@@ -59,22 +59,35 @@ def test_eval_retrieval_module_form_and_bad_model(tiny, tmp_path):
   assert "does not exist" in result.stderr
 
 
-def test_main_eval_mode_with_config_overrides(tiny, tmp_path):
+@pytest.mark.parametrize("mode", [[], ["--mode=eval"]])
+def test_main_zeroshot_evaluates_through_the_registry(tiny, tmp_path, mode):
+  """An evaluation-only recipe: the default mode and --mode=eval both run config.evals."""
   data, model, root = tiny
   result = _run(["main.py", "--config=configs/zeroshot.py:smoke", f"--workdir={tmp_path}",
-                 "--mode=eval", f"--config.model.name={model}", f"--config.data.name={data}",
-                 "--config.data.eval_split=test"], tfds=str(root / "tfds"))
-  assert "ndcg@10" in result.stdout
-  metrics = json.loads((tmp_path / "metrics.json").read_text())
+                 *mode, f"--config.model.name={model}", f"--config.data.name={data}",
+                 "--config.evals.dev.data.split=test"], tfds=str(root / "tfds"))
+  assert "dev/ndcg@10" in result.stdout
+  metrics = json.loads((tmp_path / "eval" / "dev" / "metrics.json").read_text())
   assert set(metrics) == {"ndcg@10", "recall@10"}
   assert json.loads((tmp_path / "config.json").read_text())["model"]["name"] == str(model)
+
+
+def test_main_refuses_to_train_an_evaluation_only_recipe(tmp_path):
+  environ = {**os.environ, "XLA_FLAGS": ""}
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
+       "--mode=train"], cwd=REPO, capture_output=True, text=True, env=environ, timeout=120,
+      check=False)
+  assert result.returncode != 0
+  assert "has no training steps" in result.stderr
+  assert "Traceback" not in result.stderr
 
 
 def test_main_rejects_unknown_config_key(tmp_path):
   environ = {**os.environ, "XLA_FLAGS": ""}
   result = subprocess.run(
       [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
-       "--mode=eval", "--config.eval.no_such_key=1"],
+       "--mode=eval", "--config.evals.dev.no_such_key=1"],
       cwd=REPO, capture_output=True, text=True, env=environ, timeout=120, check=False)
   assert result.returncode != 0
   assert "no_such_key" in result.stderr
@@ -91,8 +104,8 @@ def test_compare_runs_script(tiny, tmp_path):
          "q4": {"d5": 1.0}}
   (tmp_path / "good").mkdir()
   metrics.write_trec_run(tmp_path / "good" / "run.trec", good)
-  (tmp_path / "bad" / "eval" / "step_7").mkdir(parents=True)
-  metrics.write_trec_run(tmp_path / "bad" / "eval" / "step_7" / "run.trec", bad)
+  (tmp_path / "bad" / "eval" / "step_7" / "dev").mkdir(parents=True)
+  metrics.write_trec_run(tmp_path / "bad" / "eval" / "step_7" / "dev" / "run.trec", bad)
   result = _run(["eval/compare_runs.py", f"--data={data}", "--split=test",
                  f"--runs={tmp_path / 'good'},{tmp_path / 'bad'}", "--metric=mrr@10",
                  "--samples=200"], tfds=str(root / "tfds"))

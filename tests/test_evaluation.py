@@ -41,11 +41,13 @@ def test_max_passages_is_validated():
     evaluation.EvalSettings(max_passages=0)
 
 
-def test_settings_from_config_reads_max_passages():
-  config = common.eval_config()
-  assert evaluation.settings_from_config(config).max_passages == 1  # Absent: FirstP.
-  config.max_passages = 4
-  assert evaluation.settings_from_config(config).max_passages == 4
+def test_retrieval_entry_settings_read_max_passages():
+  from retrieval_jax.evaluators import retrieval  # pylint: disable=g-import-not-at-top
+
+  entry = common.retrieval_eval()
+  assert retrieval.settings(entry).max_passages == 1  # The default: FirstP.
+  entry.max_passages = 4
+  assert retrieval.settings(entry).max_passages == 4
 
 
 def test_firstp_is_the_plain_pipeline(tiny, minilm):

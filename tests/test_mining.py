@@ -69,6 +69,13 @@ def test_judged_zero_documents_stay_candidates(synthetic):
   assert kept > 10  # BM25 matches most of this small-vocabulary corpus, judged-zero ones included.
 
 
+def test_pool_positives_are_the_data_positive_rows(synthetic):
+  # One definition of a positive (`BeirData.positive_rows`), here padded with -1.
+  pool = mining.bm25_negative_pool(synthetic, depth=5)
+  for row, expected in zip(pool.positives, synthetic.positive_rows()):
+    assert row[row >= 0].tolist() == expected.tolist() and np.all(row[len(expected):] == -1)
+
+
 def test_no_positive_is_ever_sampled(synthetic, tiny):
   for data in (synthetic, tiny):
     pool = mining.bm25_negative_pool(data, depth=8)

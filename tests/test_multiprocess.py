@@ -18,8 +18,9 @@ import pytest
 
 from retrieval_jax import checkpoint, recipes
 from retrieval_jax.index import exact_search, maxp
-from retrieval_jax.recipes import dpr, dual_encoder
+from retrieval_jax.recipes import dual_encoder
 from tests import multiprocess
+from tests.helpers import restore_towers
 from tests import mp_search_worker
 
 STEPS = 4
@@ -48,7 +49,7 @@ def _losses(workdir):
 
 
 def _params(workdir):
-  query, passage, step = dpr.restore_encoders(checkpoint.load_config(workdir), workdir)
+  query, passage, step = restore_towers(checkpoint.load_config(workdir), workdir)
   return {"query": query.params, "passage": passage.params}, step
 
 
@@ -89,14 +90,14 @@ def test_two_processes_train_like_one(runs):
 def test_checkpoint_of_two_processes_restores_and_evaluates_in_one(runs, tmp_path):
   two, one, _ = runs
   # Each run evaluated itself at the end; the 2-process one searched a corpus shard per process.
-  own_two = json.loads((two / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
-  own_one = json.loads((one / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
+  own_two = json.loads((two / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
+  own_one = json.loads((one / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
   assert own_two == pytest.approx(own_one, abs=1e-6)
   # This (1-process, 8-device) test restores the checkpoint the 2 processes wrote.
-  result = recipes.evaluate_checkpoint(checkpoint.load_config(two), two, out_dir=tmp_path)
+  result = recipes.evaluate(checkpoint.load_config(two), two, out_root=tmp_path)
   assert result["step"] == STEPS
-  assert {k: result["metrics"][k] for k in own_one} == pytest.approx(own_one, abs=1e-6)
-  assert (tmp_path / "run.trec").exists()
+  assert {k: result["metrics"][f"dev/{k}"] for k in own_one} == pytest.approx(own_one, abs=1e-6)
+  assert (tmp_path / "dev" / "run.trec").exists()
   # The export was written once (process 0) from parameters gathered over both processes.
   assert (two / "export" / "query_encoder" / "model.safetensors").exists()
 
@@ -111,8 +112,8 @@ def test_two_processes_evaluate_a_one_process_checkpoint(runs, tmp_path):
   shutil.rmtree(evaluation / "eval")
   multiprocess.run(multiprocess.main_py(*SMOKE, f"--workdir={evaluation}", "--mode=eval"), 2, 4,
                    tmp_path / "logs", timeout=90).check()
-  own_one = json.loads((one / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
-  again = json.loads((evaluation / "eval" / f"step_{STEPS}" / "metrics.json").read_text())
+  own_one = json.loads((one / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
+  again = json.loads((evaluation / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
   assert again == pytest.approx(own_one, abs=1e-6)
 
 

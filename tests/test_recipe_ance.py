@@ -19,7 +19,7 @@ import pytest
 from retrieval_jax import checkpoint, metric_writer, recipes, sharding, train
 from retrieval_jax.data import pairs
 from retrieval_jax.index import mining
-from retrieval_jax.recipes import ance, dpr
+from retrieval_jax.recipes import ance, contrastive, dpr
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -27,6 +27,7 @@ if str(_REPO) not in sys.path:
 
 from configs import ance as ance_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
+    restore_towers,
     assert_rejected_before_compiling, run_python, with_overrides)
 
 
@@ -36,7 +37,7 @@ def _smoke(**overrides):
 
 def _params(workdir, step=None):
   config = checkpoint.load_config(workdir)
-  query, _, step = recipes.get("ance").restore_encoders(config, workdir, step)
+  query, _, step = restore_towers(config, workdir, step)
   return step, jax.tree_util.tree_map(np.asarray, query.params)
 
 
@@ -53,7 +54,7 @@ def async_run(tmp_path_factory):
 
 def test_async_run_refreshes_logs_and_saves_its_negatives(async_run):
   workdir, summary = async_run
-  assert summary["step"] == 6 and 0.0 <= summary["eval"]["ndcg@10"] <= 1.0
+  assert summary["step"] == 6 and 0.0 <= summary["eval"]["dev/ndcg@10"] <= 1.0
   refresh = summary["info"]["negative_refresh"]
   assert refresh["mode"] == "async" and summary["info"]["refresh_steps"] == [2, 4]
   # Each refresh either was installed (at or after its snapshot step) or ran past the end.
@@ -74,7 +75,7 @@ def test_async_run_refreshes_logs_and_saves_its_negatives(async_run):
 def test_positives_are_never_mined_as_negatives(async_run, tmp_path):
   workdir, _ = async_run
   config = checkpoint.load_config(workdir)
-  data = dpr.load_split(config.data, config.data.train_split)
+  data = contrastive.load_split(config.data, config.data.train_split)
   positives = [set(np.flatnonzero(np.isin(data.corpus_ids, [d for d, r in
                                                             data.qrels.get(q, {}).items()
                                                             if r > 0])))
@@ -120,7 +121,7 @@ def test_sync_resume_continues_on_the_saved_negatives(tmp_path, monkeypatch):
   host = _host(interrupted, 3)
   assert int(host["snapshot_step"]) == 2
   config = _smoke()
-  bm25 = dpr.negative_pool(config, dpr.load_split(config.data, config.data.train_split),
+  bm25 = contrastive.negative_pool(config, contrastive.load_split(config.data, config.data.train_split),
                            interrupted, depth=config.negatives.bm25_depth)
   assert not np.array_equal(host["candidates"], bm25.candidates)  # the test can tell them apart
   del mined_at[:]
@@ -134,7 +135,7 @@ def test_sync_resume_continues_on_the_saved_negatives(tmp_path, monkeypatch):
 
 
 def test_maxp_trains_on_documents_split_into_passages(tmp_path):
-  config = _smoke(**{"data.max_passages": 2, "eval.max_passages": 2, "train.num_steps": 3,
+  config = _smoke(**{"data.max_passages": 2, "evals.dev.max_passages": 2, "train.num_steps": 3,
                      "negatives.refresh_mode": "sync", "train.passage_max_length": 16})
   mesh = sharding.mesh_from_config(config)
   recipe = ance.build(config, tmp_path, mesh)
@@ -146,7 +147,7 @@ def test_maxp_trains_on_documents_split_into_passages(tmp_path):
   assert batch["passage_attention_mask"][:, :, 1, 0].any()
   summary = train.run(config, tmp_path, "train_and_eval")
   assert summary["step"] == 3 and np.isfinite(summary["train"]["loss"])
-  assert json.loads((tmp_path / "eval" / "step_3" / "metrics.json").read_text())[
+  assert json.loads((tmp_path / "eval" / "step_3" / "dev" / "metrics.json").read_text())[
       "num_passages"] > 0
 
 
@@ -164,7 +165,7 @@ def test_eval_cli_on_an_ance_workdir_with_scann_and_exact(async_run, tmp_path):
     metrics[index] = json.loads((out / "metrics.json").read_text())
   # 96 documents: ScaNN searches them exhaustively, so both give the final evaluation.
   for index in ("exact", "scann"):
-    assert metrics[index]["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"], abs=1e-5)
+    assert metrics[index]["ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"], abs=1e-5)
 
 
 @pytest.mark.parametrize("overrides, key", [

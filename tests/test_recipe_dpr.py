@@ -9,7 +9,7 @@ import pytest
 
 from retrieval_jax import sharding
 from retrieval_jax.data import synthetic
-from retrieval_jax.recipes import dpr, dual_encoder
+from retrieval_jax.recipes import contrastive, dpr, dual_encoder
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -67,13 +67,13 @@ def test_load_split_errors_name_data_name():
   config = dpr_config.get_config("smoke")
   config.data.name = "/no/such/dir"
   with pytest.raises(ValueError, match=r"data\.name='/no/such/dir'"):
-    dpr.load_split(config.data, "train")
+    contrastive.load_split(config.data, "train")
 
 
 def test_negative_pool_is_cached_and_excludes_positives(tmp_path, monkeypatch):
   config = dpr_config.get_config("smoke")
   data = synthetic.synthetic_beir("train_minus_dev")
-  pool = dpr.negative_pool(config, data, tmp_path)
+  pool = contrastive.negative_pool(config, data, tmp_path)
   for row, query_id in enumerate(pool.query_ids):
     positives = {data.corpus_ids.index(d) for d in data.qrels[query_id]}
     assert not positives & set(pool.candidates[row][pool.candidates[row] >= 0].tolist())
@@ -81,11 +81,11 @@ def test_negative_pool_is_cached_and_excludes_positives(tmp_path, monkeypatch):
   original = dpr.mining.bm25_negative_pool
   monkeypatch.setattr(dpr.mining, "bm25_negative_pool",
                       lambda *a, **k: mined.append(1) or original(*a, **k))
-  again = dpr.negative_pool(config, data, tmp_path)
+  again = contrastive.negative_pool(config, data, tmp_path)
   np.testing.assert_array_equal(again.candidates, pool.candidates)
   assert not mined  # read from the workdir's cache
   config.negatives.depth = 4
-  dpr.negative_pool(config, data, tmp_path)
+  contrastive.negative_pool(config, data, tmp_path)
   assert mined == [1]  # different settings: mined again
 
 
@@ -105,4 +105,4 @@ def test_total_steps(num_steps, num_epochs, expected):
   config = dpr_config.get_config("smoke")
   config.train.num_steps = num_steps
   config.train.num_epochs = num_epochs
-  assert dpr.total_steps(config, steps_per_epoch=7) == expected
+  assert contrastive.total_steps(config, steps_per_epoch=7) == expected

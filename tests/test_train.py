@@ -23,6 +23,7 @@ if str(_REPO) not in sys.path:
 
 from configs import dpr  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
+    restore_towers,
     assert_rejected_before_compiling, run_python, with_overrides)
 
 
@@ -32,7 +33,7 @@ def _smoke(**overrides):
 
 def _final_params(workdir):
   config = checkpoint.load_config(workdir)
-  query, passage, step = recipes.get("dpr").restore_encoders(config, workdir)
+  query, passage, step = restore_towers(config, workdir)
   return step, jax.tree_util.tree_map(np.asarray, (query.params, passage.params))
 
 
@@ -46,8 +47,8 @@ def smoke_run(tmp_path_factory):
 def test_train_and_eval_writes_everything(smoke_run):
   workdir, summary = smoke_run
   assert summary["step"] == 6 and not summary["stopped_early"]
-  assert set(summary["eval"]) == {"ndcg@10", "recall@10"}
-  assert 0.0 <= summary["eval"]["ndcg@10"] <= 1.0
+  assert set(summary["eval"]) == {"dev/ndcg@10", "dev/recall@10"}
+  assert 0.0 <= summary["eval"]["dev/ndcg@10"] <= 1.0
   assert np.isfinite(summary["train"]["loss"])
   assert (workdir / "config.json").exists()
   assert checkpoint.Checkpointer(workdir).all_steps() == [3, 6]
@@ -59,10 +60,10 @@ def test_train_and_eval_writes_everything(smoke_run):
   assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 6]
   # Periodic evaluation at step 3, the final one at 6.
   assert [step for step, _ in scalars["dev/ndcg@10"]] == [3, 6]
-  assert (workdir / "eval" / "step_3" / "metrics.json").exists()
-  metrics = json.loads((workdir / "eval" / "step_6" / "metrics.json").read_text())
-  assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"])
-  assert (workdir / "eval" / "step_6" / "run.trec").exists()
+  assert (workdir / "eval" / "step_3" / "dev" / "metrics.json").exists()
+  metrics = json.loads((workdir / "eval" / "step_6" / "dev" / "metrics.json").read_text())
+  assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"])
+  assert (workdir / "eval" / "step_6" / "dev" / "run.trec").exists()
 
 
 def test_export_loads_and_matches_the_checkpoint(smoke_run):
@@ -156,7 +157,7 @@ def test_eval_mode_and_eval_cli_on_a_workdir(smoke_run, tmp_path):
   workdir, summary = smoke_run
   evaluated = train.run(_smoke(), workdir, "eval")
   assert evaluated["step"] == 6
-  assert evaluated["eval"]["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"], abs=1e-6)
+  assert evaluated["eval"]["dev/ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"], abs=1e-6)
   earlier = train.run(_smoke(), workdir, "eval", step=3)
   assert earlier["step"] == 3
 
@@ -166,7 +167,7 @@ def test_eval_mode_and_eval_cli_on_a_workdir(smoke_run, tmp_path):
                        "--depth=10", f"--out={out}", "--step=6", "--noprogress"])
   assert "step 6" in result.stdout
   metrics = json.loads((out / "metrics.json").read_text())
-  assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["ndcg@10"], abs=1e-5)
+  assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"], abs=1e-5)
 
 
 def test_main_trains_with_flag_overrides_and_rejects_unknown_keys(tmp_path):

@@ -55,10 +55,11 @@ def _setup(mesh, shared=False, pooling=PoolingConfig(mode="cls"), loss_config=No
   tower = jax.tree_util.tree_map(
       np.asarray, sharding.unbox(init_params(dual.model, jax.random.PRNGKey(0))))
   state = dual_encoder.init_state(dual, tx, tower, seed=0, shardings=shardings)
+  step_fn = functools.partial(dual_encoder.train_step, dual=dual, tx=tx,
+                              schedule=optim.make_schedule(lr, 10), dropout=False,
+                              loss_config=loss_config or _loss_config())
   step = jax.jit(
-      functools.partial(dual_encoder.train_step, dual=dual, tx=tx,
-                        schedule=optim.make_schedule(lr, 10), dropout=False,
-                        loss_config=loss_config or _loss_config()),
+      lambda state, batch: step_fn(state, {}, batch),  # a dual encoder has no frozen input
       in_shardings=(shardings, sharding.batch_sharding(mesh)),
       out_shardings=(shardings, sharding.replicated(mesh)), donate_argnums=0)
   return dual, state, step

@@ -1,247 +1,31 @@
-"""BEIR-layout data sets: strict readers, the dev split, and `load_beir`.
+"""BEIR-layout data sets: the dev split, `BeirData` and `load_beir`.
 
-A BEIR directory holds `corpus.jsonl` or `corpus.jsonl.gz` (`{"_id", "title", "text", ...}` per
-line), `queries.jsonl` (`{"_id", "text", ...}`) and `qrels/<split>.tsv` (a `query-id corpus-id
-score` header, then tab-separated rows with an integer score).
+The strict file readers live in `beir_readers` (shared with the TFDS builder in `beir_tfds`) and are
+re-exported here, so `beir.DataError`, `beir.iter_qrels`, `beir.read_raw`, ... stay the public names.
+Any problem with a file raises `DataError` naming the file and the 1-based line.
 
-The readers are strict on purpose: BEIR's own loader skips the first qrels line and bad rows without
-a word, and a silently shrunk qrels file changes every metric. Any problem raises `DataError` naming
-the file and the 1-based line. Blank lines are the one thing skipped: they hold no data.
-
-The same readers run in both loading paths, directly (`use_tfds=False`) and inside the TFDS
-builder's example generators (`beir_tfds`), so the two give identical data and identical errors.
+`beir_tfds` is imported only inside `load_beir`, for cost, not for a circle (it imports
+`beir_readers`, never this module): importing TFDS adds about 0.35 s and ~480 modules to this
+module's 0.1 s, and most users of `BeirData` (synthetic data, pairs, mining) never touch TFDS.
 """
 
 import dataclasses
-import gzip
 import hashlib
-import json
 import os
 import pathlib
-import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-import tqdm
+import numpy as np
 
 from retrieval_jax.data import paths
+# Re-exported: tests, eval/ and the recipes import these names from this module.
+from retrieval_jax.data.beir_readers import (  # pylint: disable=unused-import
+    QRELS_HEADER, BeirFiles, DataError, QrelRow, RawBeir, _error, iter_corpus, iter_jsonl,
+    iter_qrels, iter_queries, locate_files, read_raw)
 
-QRELS_HEADER = ("query-id", "corpus-id", "score")
 DEV_SALT = "retrieval_jax-dev"
 # Splits that `load_beir` derives from `qrels/train.tsv` rather than reading a file of that name.
 DERIVED_SPLITS = ("dev", "train_minus_dev")
-# Seconds before a progress bar appears, so only slow reads (large corpora) show one.
-_PROGRESS_DELAY = 2.0
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-
-
-class DataError(ValueError):
-  """A data file is missing or malformed; the message names the file and, for content, the line."""
-
-
-def _error(path: os.PathLike | str, line: int, message: str) -> DataError:
-  return DataError(f"{path}, line {line}: {message}")
-
-
-@dataclasses.dataclass(frozen=True)
-class BeirFiles:
-  """The files of one BEIR directory."""
-  root: pathlib.Path
-  corpus: pathlib.Path
-  queries: pathlib.Path
-  qrels: dict[str, pathlib.Path]  # split name -> qrels/<split>.tsv, sorted by name
-
-  def to_json(self) -> dict:
-    qrels = {name: str(path) for name, path in self.qrels.items()}
-    return {"root": str(self.root), "corpus": str(self.corpus), "queries": str(self.queries),
-            "qrels": qrels}
-
-  @classmethod
-  def from_json(cls, blob: dict) -> "BeirFiles":
-    qrels = {name: pathlib.Path(path) for name, path in blob["qrels"].items()}
-    return cls(pathlib.Path(blob["root"]), pathlib.Path(blob["corpus"]),
-               pathlib.Path(blob["queries"]), qrels)
-
-
-def locate_files(root: os.PathLike | str) -> BeirFiles:
-  """Finds the files of a BEIR directory, raising `DataError` naming whatever is missing."""
-  root = pathlib.Path(root)
-  if not root.is_dir():
-    raise DataError(f"{root}: not a directory")
-  plain, gz = root / "corpus.jsonl", root / "corpus.jsonl.gz"
-  if plain.is_file() and gz.is_file():
-    # Two corpora could differ; picking one silently would hide that.
-    raise DataError(f"{plain} and {gz} both exist: keep only one corpus file")
-  if not plain.is_file() and not gz.is_file():
-    raise DataError(f"{plain}: file not found (nor {gz.name})")
-  queries = root / "queries.jsonl"
-  if not queries.is_file():
-    raise DataError(f"{queries}: file not found")
-  qrels_dir = root / "qrels"
-  tsvs = sorted(qrels_dir.glob("*.tsv")) if qrels_dir.is_dir() else []
-  if not tsvs:
-    raise DataError(f"{qrels_dir}: no qrels files (expected qrels/<split>.tsv)")
-  for tsv in tsvs:
-    if not _SPLIT_NAME.match(tsv.stem):
-      raise DataError(f"{tsv}: unsupported split name {tsv.stem!r} (use letters, digits, _ and -)")
-    if tsv.stem == "train_minus_dev":  # `dev.tsv` is fine: it replaces the carved dev split.
-      raise DataError(f"{tsv}: {tsv.stem!r} is reserved for a split derived from qrels/train.tsv")
-  corpus = plain if plain.is_file() else gz
-  return BeirFiles(root, corpus, queries, {tsv.stem: tsv for tsv in tsvs})
-
-
-def _lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
-  """Yields (1-based line number, raw line) of a text file, gzip-compressed when named *.gz."""
-  opener = gzip.open if path.suffix == ".gz" else open
-  number = 0
-  try:
-    with opener(path, "rb") as f:
-      progress = tqdm.tqdm(f, desc=path.name, unit=" lines", delay=_PROGRESS_DELAY)
-      for number, line in enumerate(progress, 1):
-        yield number, line
-  except FileNotFoundError as e:
-    raise DataError(f"{path}: file not found") from e
-  except (OSError, EOFError) as e:  # A truncated or corrupt gzip stream.
-    raise _error(path, number + 1, f"cannot read: {e}") from e
-
-
-def _no_rows(path: pathlib.Path, last_line: int, what: str) -> DataError:
-  return _error(path, last_line + 1, f"end of file with no {what}: the file is empty")
-
-
-def iter_jsonl(path: os.PathLike | str, what: str = "records") -> Iterator[tuple[int, dict]]:
-  """Yields (line number, object) per non-blank line; raises `DataError` when there is none."""
-  path = pathlib.Path(path)
-  last, count = 0, 0
-  for last, raw in _lines(path):
-    if not raw.strip():
-      continue
-    count += 1
-    try:
-      record = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-      raise _error(path, last, f"invalid JSON: {e}") from e
-    if not isinstance(record, dict):
-      raise _error(path, last, f"expected a JSON object, got {type(record).__name__}")
-    yield last, record
-  if not count:
-    raise _no_rows(path, last, what)
-
-
-def _field(path: pathlib.Path, line: int, record: dict, key: str, *, required: bool) -> str:
-  """A string field of a JSON record; missing optional fields and nulls are ""."""
-  if key not in record or (record[key] is None and not required):
-    if required:
-      raise _error(path, line, f"missing field {key!r}")
-    return ""
-  value = record[key]
-  if not isinstance(value, str):
-    kind = type(value).__name__
-    raise _error(path, line, f"field {key!r} must be a string, got {kind}: {value!r:.60}")
-  return value
-
-
-def _check_id(path: pathlib.Path, line: int, doc_id: str, seen: dict[str, int]) -> None:
-  if not doc_id:
-    raise _error(path, line, "empty '_id'")
-  if doc_id in seen:
-    raise _error(path, line, f"duplicate _id {doc_id!r}, first defined on line {seen[doc_id]}")
-  seen[doc_id] = line
-
-
-def iter_corpus(path: os.PathLike | str) -> Iterator[tuple[int, str, str, str]]:
-  """Yields (line, id, title, text) of a BEIR corpus, validated; a missing or null title is ""."""
-  path = pathlib.Path(path)
-  seen: dict[str, int] = {}
-  for line, record in iter_jsonl(path, "documents"):
-    doc_id = _field(path, line, record, "_id", required=True)
-    _check_id(path, line, doc_id, seen)
-    title = _field(path, line, record, "title", required=False)
-    yield line, doc_id, title, _field(path, line, record, "text", required=True)
-
-
-def iter_queries(path: os.PathLike | str) -> Iterator[tuple[int, str, str]]:
-  """Yields (line, id, text) of a BEIR queries file, validated."""
-  path = pathlib.Path(path)
-  seen: dict[str, int] = {}
-  for line, record in iter_jsonl(path, "queries"):
-    query_id = _field(path, line, record, "_id", required=True)
-    _check_id(path, line, query_id, seen)
-    yield line, query_id, _field(path, line, record, "text", required=True)
-
-
-@dataclasses.dataclass(frozen=True)
-class QrelRow:
-  """One judged (query, document) pair and its qrels line (for error messages)."""
-  line: int
-  query_id: str
-  corpus_id: str
-  score: int
-
-
-def iter_qrels(path: os.PathLike | str) -> Iterator[QrelRow]:
-  """Yields the validated rows of a `qrels/<split>.tsv` file; the header line is required."""
-  path = pathlib.Path(path)
-  header = "/".join(QRELS_HEADER)
-  seen: dict[tuple[str, str], int] = {}
-  last = 0
-  for last, raw in _lines(path):
-    try:
-      # BEIR ships qrels with CRLF line ends; some editors add a byte-order mark.
-      text = raw.decode("utf-8-sig" if last == 1 else "utf-8").rstrip("\r\n")
-    except UnicodeDecodeError as e:
-      raise _error(path, last, f"not valid UTF-8: {e}") from e
-    if last == 1:
-      if tuple(col.strip() for col in text.split("\t")) != QRELS_HEADER:
-        raise _error(path, 1, f"expected the tab-separated header {header}, got {text!r:.80}")
-      continue
-    if not text.strip():
-      continue
-    cols = [col.strip() for col in text.split("\t")]
-    if len(cols) != 3:
-      raise _error(path, last, f"expected 3 tab-separated columns, got {len(cols)}: {text!r:.80}")
-    query_id, corpus_id, score = cols
-    if not query_id or not corpus_id:
-      raise _error(path, last, f"empty query-id or corpus-id: {text!r:.80}")
-    try:
-      value = int(score)
-    except ValueError as e:
-      raise _error(path, last, f"score must be an integer, got {score!r}") from e
-    if (query_id, corpus_id) in seen:
-      first = seen[query_id, corpus_id]
-      pair = f"({query_id!r}, {corpus_id!r})"
-      raise _error(path, last, f"duplicate pair {pair}, first on line {first}")
-    seen[query_id, corpus_id] = last
-    yield QrelRow(last, query_id, corpus_id, value)
-  if not last:
-    raise _error(path, 1, f"the file is empty: expected the header {header}, then rows")
-  if not seen:
-    raise _no_rows(path, last, "qrels rows after the header")
-
-
-@dataclasses.dataclass(frozen=True)
-class RawBeir:
-  """A whole BEIR directory, each file validated line by line, not yet cross-checked nor split."""
-  files: BeirFiles
-  corpus_ids: list[str]
-  corpus_titles: list[str]
-  corpus_texts: list[str]
-  query_ids: list[str]
-  query_texts: list[str]
-  qrels: dict[str, list[QrelRow]]  # split name -> rows in file order
-
-
-def read_raw(files: BeirFiles) -> RawBeir:
-  """Reads a BEIR directory straight from its files (the `use_tfds=False` path)."""
-  raw = RawBeir(files, [], [], [], [], [], {})
-  for _, doc_id, title, text in iter_corpus(files.corpus):
-    raw.corpus_ids.append(doc_id)
-    raw.corpus_titles.append(title)
-    raw.corpus_texts.append(text)
-  for _, query_id, text in iter_queries(files.queries):
-    raw.query_ids.append(query_id)
-    raw.query_texts.append(text)
-  raw.qrels.update((name, list(iter_qrels(path))) for name, path in files.qrels.items())
-  return raw
 
 
 def _check_fraction(fraction: float) -> None:
@@ -339,6 +123,27 @@ class BeirData:
     pairs = zip(self.corpus_titles, self.corpus_texts)
     return [f"{title} {text}".strip() for title, text in pairs]
 
+  def positive_rows(self) -> list[np.ndarray]:
+    """Per query of `query_ids`, the corpus rows judged relevant: relevance > 0.
+
+    Matched by doc id, so a doc id appearing on several corpus rows gives all of them (the readers
+    reject duplicate ids, in-memory data may have them). A judged-zero document is not a positive,
+    nor is a judged id absent from the corpus. The one definition of a positive, shared by the
+    training pairs (`pairs.pairs_from_beir`) and negative mining (`index.mining`).
+
+    Returns:
+      One sorted, unique int64 array per query (empty for a query with no positive).
+    """
+    rows_of_id: dict[str, list[int]] = {}
+    for row, doc_id in enumerate(self.corpus_ids):
+      rows_of_id.setdefault(doc_id, []).append(row)
+    result = []
+    for query_id in self.query_ids:
+      judged = self.qrels.get(query_id, {})
+      rows = [r for doc_id, rel in judged.items() if rel > 0 for r in rows_of_id.get(doc_id, [])]
+      result.append(np.unique(np.asarray(rows, np.int64)))
+    return result
+
 
 def build_data(raw: RawBeir, name: str, split: str, dev_fraction: float = 0.2) -> BeirData:
   """Cross-checks a raw directory and cuts one split out of it (sharing the corpus lists)."""
@@ -379,7 +184,7 @@ def load_beir(source: str | os.PathLike, split: str = "test", *, dev_fraction: f
   _check_fraction(dev_fraction)
   root = paths.find_dataset(source)
   if root is None:
-    # Imported here because beir_tfds imports this module (and only the TFDS path needs TFDS).
+    # Imported here, not at the top: TFDS costs ~0.35 s to import (see the module docstring).
     from retrieval_jax.data import beir_tfds  # pylint: disable=g-import-not-at-top
     name = os.fspath(source)
     if name not in beir_tfds.DOWNLOADABLE:

@@ -14,7 +14,7 @@ is self-contained: a downloaded one does not depend on the extracted zip staying
 folder. `line` is each row's TSV line because one check can only run at load time (that every qrels
 id exists in the corpus and the queries, which needs both whole) and its error must still name the
 file and the line. All other checks run while the examples are generated, with the same readers as
-`beir.read_raw`, so both paths raise the same errors.
+`beir_readers.read_raw`, so both paths raise the same errors.
 
 Examples keep the file order (`disable_shuffling`): index i of the corpus split is document i.
 
@@ -37,7 +37,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 import tqdm
 
-from retrieval_jax.data import beir
+from retrieval_jax.data import beir_readers as readers
 from retrieval_jax.data import paths
 
 BEIR_URL = "https://public.ukp.informatik.tu-darmstadt.de/thakur/BEIR/datasets/{name}.zip"
@@ -121,7 +121,7 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       root = pathlib.Path(config.source_dir)
     else:
       root = download_root(dl_manager, config.dataset)
-    files = beir.locate_files(root)
+    files = readers.locate_files(root)
     self.info.metadata["files"] = files.to_json()
     if config.part == "corpus":
       return {"corpus": self._generate_examples("corpus", files.corpus)}
@@ -130,15 +130,15 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     return {name: self._generate_examples("qrels", path) for name, path in files.qrels.items()}
 
   def _generate_examples(self, part: str, path: pathlib.Path):
-    """Yields (line number, example); the readers raise `beir.DataError` naming file and line."""
+    """Yields (line number, example); the readers raise `DataError` naming file and line."""
     if part == "corpus":
-      for line, doc_id, title, text in beir.iter_corpus(path):
+      for line, doc_id, title, text in readers.iter_corpus(path):
         yield line, {"id": doc_id, "title": title, "text": text}
     elif part == "queries":
-      for line, query_id, text in beir.iter_queries(path):
+      for line, query_id, text in readers.iter_queries(path):
         yield line, {"id": query_id, "text": text}
     else:
-      for row in beir.iter_qrels(path):
+      for row in readers.iter_qrels(path):
         yield row.line, {"query_id": row.query_id, "corpus_id": row.corpus_id,
                          "score": row.score, "line": row.line}
 
@@ -153,7 +153,7 @@ def _digest(root: pathlib.Path, part_files: list[pathlib.Path]) -> str:
   return digest.hexdigest()[:16]
 
 
-def local_config(files: beir.BeirFiles, part: str) -> BeirConfig:
+def local_config(files: readers.BeirFiles, part: str) -> BeirConfig:
   """The config of one part of a local directory; its name changes when the part's files do."""
   part_files = {"corpus": [files.corpus], "queries": [files.queries],
                 "qrels": list(files.qrels.values())}[part]
@@ -182,7 +182,7 @@ def _prepare(configs: dict[str, BeirConfig],
   return builders
 
 
-def prepare_local(files: beir.BeirFiles,
+def prepare_local(files: readers.BeirFiles,
                   data_dir: str | os.PathLike | None = None) -> dict[str, BeirBuilder]:
   """Prepares (once) the three parts of a local BEIR directory; returns the builders by part."""
   return _prepare({part: local_config(files, part) for part in PARTS}, data_dir)
@@ -193,7 +193,7 @@ def prepare_download(dataset: str,
   """Downloads (once) and prepares the three parts of an official BEIR data set."""
   if dataset not in DOWNLOADABLE:
     known = ", ".join(sorted(DOWNLOADABLE))
-    raise beir.DataError(f"{dataset!r} is not a downloadable BEIR data set: {known}")
+    raise readers.DataError(f"{dataset!r} is not a downloadable BEIR data set: {known}")
   return _prepare({part: download_config(dataset, part) for part in PARTS}, data_dir)
 
 
@@ -214,8 +214,8 @@ def _read_split(builder: BeirBuilder, split: str) -> list[dict]:
 
 
 def read_prepared(builders: dict[str, BeirBuilder],
-                  files: beir.BeirFiles | None = None) -> beir.RawBeir:
-  """Reads prepared parts back into a `beir.RawBeir`.
+                  files: readers.BeirFiles | None = None) -> readers.RawBeir:
+  """Reads prepared parts back into a `readers.RawBeir`.
 
   Args:
     builders: the prepared builders by part, from `prepare_local` or `prepare_download`.
@@ -225,8 +225,8 @@ def read_prepared(builders: dict[str, BeirBuilder],
   Returns:
     The whole data set, each file validated, not yet cross-checked nor split.
   """
-  files = files or beir.BeirFiles.from_json(builders["corpus"].info.metadata["files"])
-  raw = beir.RawBeir(files, [], [], [], [], [], {})
+  files = files or readers.BeirFiles.from_json(builders["corpus"].info.metadata["files"])
+  raw = readers.RawBeir(files, [], [], [], [], [], {})
   for record in _read_split(builders["corpus"], "corpus"):
     raw.corpus_ids.append(record["id"])
     raw.corpus_titles.append(record["title"])
@@ -235,6 +235,6 @@ def read_prepared(builders: dict[str, BeirBuilder],
     raw.query_ids.append(record["id"])
     raw.query_texts.append(record["text"])
   for name in files.qrels:
-    raw.qrels[name] = [beir.QrelRow(r["line"], r["query_id"], r["corpus_id"], r["score"])
+    raw.qrels[name] = [readers.QrelRow(r["line"], r["query_id"], r["corpus_id"], r["score"])
                        for r in _read_split(builders["qrels"], name)]
   return raw

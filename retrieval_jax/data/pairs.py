@@ -106,22 +106,18 @@ class PairDataset:
 def pairs_from_beir(data: BeirData) -> PairDataset:
   """The (query, positives) examples of a BEIR split.
 
-  A positive is a document judged with relevance > 0, as in `index.mining`; a judged-zero
-  document is a negative. Queries with no positive cannot form a pair and are dropped.
+  A positive is a document judged with relevance > 0 (`BeirData.positive_rows`, shared with
+  `index.mining`); a judged-zero document is a negative. Queries with no positive cannot form a
+  pair and are dropped.
 
   Raises:
     ValueError: no query of the split has a positive judgement.
   """
-  rows_of_id: dict[str, list[int]] = {}
-  for row, doc_id in enumerate(data.corpus_ids):
-    rows_of_id.setdefault(doc_id, []).append(row)
   kept, positives = [], []
-  for q, query_id in enumerate(data.query_ids):
-    judged = data.qrels.get(query_id, {})
-    rows = [r for doc_id, rel in judged.items() if rel > 0 for r in rows_of_id.get(doc_id, [])]
-    if rows:
+  for q, rows in enumerate(data.positive_rows()):
+    if len(rows):
       kept.append(q)
-      positives.append(np.unique(np.asarray(rows, np.int64)))
+      positives.append(rows)
   dropped = len(data.query_ids) - len(kept)
   if dropped:
     logging.info("%s: dropped %d of %d queries with no positive judgement", data.name, dropped,
@@ -183,6 +179,8 @@ class PairBatcher:
   Epoch e's global batch b holds the examples `epoch_order(...)[b * G:(b + 1) * G]`; this process
   gets rows [process_index * G / P, (process_index + 1) * G / P) of it.
   """
+  # Batch entries for the host (logs, checks) that never reach the step.
+  host_keys = frozenset({"example_index", "negatives_version"})
 
   def __init__(self, dataset: PairDataset, tokenizer, *, global_batch: int, num_negatives: int,
                negatives_fn: Callable[[int], np.ndarray] | None = None, query_max_length: int,

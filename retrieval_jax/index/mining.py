@@ -43,19 +43,6 @@ class NegativePool:
   num_docs: int
 
 
-def _positive_rows(data: BeirData) -> list[np.ndarray]:
-  """Per query, every corpus row whose doc id is judged positive (by id, so duplicates go too)."""
-  rows_of_id: dict[str, list[int]] = {}
-  for row, doc_id in enumerate(data.corpus_ids):
-    rows_of_id.setdefault(doc_id, []).append(row)
-  result = []
-  for query_id in data.query_ids:
-    judged = data.qrels.get(query_id, {})
-    rows = [r for doc_id, rel in judged.items() if rel > 0 for r in rows_of_id.get(doc_id, [])]
-    result.append(np.unique(np.asarray(rows, np.int64)))
-  return result
-
-
 def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
   out = np.full((len(rows), width), -1, np.int64)
   for i, r in enumerate(rows):
@@ -91,7 +78,7 @@ def bm25_negative_pool(data: BeirData, depth: int = 100, *, k1: float = 0.9, b: 
     index = BM25Index.build(data.doc_strings(), k1=k1, b=b)
   elif index.num_docs != num_docs:
     raise ValueError(f"index holds {index.num_docs} documents but the corpus has {num_docs}")
-  positives = _positive_rows(data)
+  positives = data.positive_rows()
   k = _search_depth(depth, positives, num_docs)
   if data.query_ids:
     _, found = index.search(data.query_texts, k)
@@ -204,7 +191,7 @@ def shard_candidates(query_emb: np.ndarray, corpus_emb: np.ndarray, data: BeirDa
     raise ValueError(f"embeddings {query_emb.shape} / {corpus_emb.shape} do not match the "
                      f"{len(data.query_ids)} queries / documents [{start}, {stop}) of "
                      f"{num_docs} ({len(passage_doc)} passages)")
-  positives = _positive_rows(data)
+  positives = data.positive_rows()
   k = _search_depth(depth, positives, num_docs)
   local_doc = passage_doc - start
   # MaxP: deep enough in passages that k distinct documents are found when every document has
@@ -247,7 +234,7 @@ def pool_from_shards(found: ShardCandidates, data: BeirData, depth: int,
     best = distributed.allgather_rows(found.best_positive[None]).max(axis=0)
     best[~np.isfinite(best)] = np.inf  # no positive embedded: drop nothing
     dropped = scores > (best - false_negative_margin)[:, None]
-  return _pool_from_ranking(data, rows, _positive_rows(data), depth, dropped)
+  return _pool_from_ranking(data, rows, data.positive_rows(), depth, dropped)
 
 
 def _fill(rng: np.random.Generator, exclude: np.ndarray, num_docs: int, need: int) -> np.ndarray:

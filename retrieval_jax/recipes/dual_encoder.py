@@ -22,30 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from retrieval_jax import distributed, encode, grad_cache, losses, sharding
-from retrieval_jax.data import tokenize as tok
-from retrieval_jax.models import hf
-from retrieval_jax.models.config import EncoderConfig
-from retrieval_jax.models.encoder import TextEncoder, abstract_params, init_params
-from retrieval_jax.models.pooling import PoolingConfig
+from retrieval_jax import distributed, encode, grad_cache, losses
+from retrieval_jax.models import hf, registry
+from retrieval_jax.models.encoder import TextEncoder, abstract_params
+from retrieval_jax.recipes import state as state_lib
 
-TOWERS = ("query", "passage")
-# Independent PRNG streams, folded from the config seed: one per purpose (DESIGN.md).
-RNG_STREAMS = {"init": 0, "dropout": 1}
-
-
-def rng_stream(seed: int, purpose: str) -> jax.Array:
-  """The key of one purpose (`init`, `dropout`) for a run seed."""
-  return jax.random.fold_in(jax.random.key(seed), RNG_STREAMS[purpose])
+TOWERS = grad_cache.TOWERS
+rng_stream = state_lib.rng_stream
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,113 +66,45 @@ class DualEncoder:
                             rngs=None if rng is None else {"dropout": rng})
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelSpec:
-  """Where a recipe's encoder comes from, resolved from `config.model` without loading weights."""
-  encoder: EncoderConfig
-  pooling: PoolingConfig
-  model_dir: pathlib.Path | None  # None: random initialisation
-  tokenizer_dir: pathlib.Path
-
-
-def _flag(value: Any, name: str) -> bool | None:
-  text = str(value).lower()
-  if text not in ("auto", "true", "false"):
-    raise ValueError(f"{name}={value!r} must be auto, true or false")
-  return None if text == "auto" else text == "true"
+ModelSpec = registry.TransformerSpec
 
 
 def model_spec(model_config: Any) -> ModelSpec:
-  """Reads the encoder's shape and pooling from `config.model` (only config files are read).
-
-  Raises:
-    ValueError: Naming the `model.*` key that is wrong or missing.
-  """
-  dtype = getattr(jnp, model_config.dtype, None)
-  if dtype is None:
-    raise ValueError(f"model.dtype={model_config.dtype!r} is not a jax.numpy dtype")
-  overrides: dict[str, Any] = dict(dtype=dtype, remat=bool(model_config.get("remat", False)))
-  if model_config.get("dropout") is not None:
-    overrides.update(hidden_dropout=float(model_config.dropout),
-                     attention_dropout=float(model_config.dropout))
-  normalize = _flag(model_config.normalize, "model.normalize")
-  pooling_mode = None if model_config.pooling == "auto" else model_config.pooling
-  if model_config.name == "random":
-    if not model_config.get("tokenizer"):
-      raise ValueError("model.name='random' needs model.tokenizer (a directory, hub id or minilm)")
-    tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer)
-    vocab_size = len(tok.load_tokenizer(tokenizer_dir))
-    shape = dict(model_config.random)
-    encoder = EncoderConfig(vocab_size=vocab_size, max_position_embeddings=512, **shape,
-                            **overrides)
-    pooling = PoolingConfig(mode=pooling_mode or "cls", normalize=bool(normalize))
-    return ModelSpec(encoder, pooling, None, tokenizer_dir)
-  model_dir = hf.resolve_model_dir(model_config.name)
-  config_file = model_dir / "config.json"
-  if not config_file.exists():
-    raise ValueError(f"model.name={model_config.name!r}: {config_file} not found")
-  hf_config = json.loads(config_file.read_text())
-  declared = hf.read_sentence_transformers_pooling(model_dir) or PoolingConfig()
-  encoder = EncoderConfig.from_hf(
-      hf_config, with_pooler=hf.checkpoint_has_pooler(model_dir, hf_config), **overrides)
-  pooling = declared
-  if pooling_mode is not None:
-    pooling = dataclasses.replace(pooling, mode=pooling_mode)
-  if normalize is not None:
-    pooling = dataclasses.replace(pooling, normalize=normalize)
-  tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer) if model_config.get(
-      "tokenizer") else model_dir
-  return ModelSpec(encoder, pooling, model_dir, tokenizer_dir)
+  """The encoder `config.model` names (the registry's `transformer` type)."""
+  spec = registry.build(model_config)
+  if not isinstance(spec, ModelSpec):
+    raise ValueError(f"model.type={model_config.get('type')!r}: a dual encoder needs a "
+                     "'transformer' model")
+  return spec
 
 
 def initial_tower_params(spec: ModelSpec, seed: int) -> Any:
   """One tower's starting parameters (host numpy): the checkpoint's, or a seeded random init."""
-  model = TextEncoder(spec.encoder, spec.pooling)
-  if spec.model_dir is None:
-    return jax.tree_util.tree_map(
-        np.asarray, sharding.unbox(init_params(model, rng_stream(seed, "init"))))
-  encoder, params, _ = hf.load_pretrained(
-      spec.model_dir, dtype=spec.encoder.dtype, remat=spec.encoder.remat,
-      hidden_dropout=spec.encoder.hidden_dropout,
-      attention_dropout=spec.encoder.attention_dropout)
-  expected = jax.tree_util.tree_structure(sharding.unbox(abstract_params(model)))
-  if jax.tree_util.tree_structure(params) != expected:
-    raise ValueError(f"parameters of {spec.model_dir} do not match the model built from "
-                     f"config.model (pooling {spec.pooling}); encoder {encoder}")
-  return params
+  return spec.initial_params(rng_stream(seed, "init"))
+
+
+def state_layout(dual: DualEncoder, tx: optax.GradientTransformation, mesh
+                 ) -> state_lib.StateLayout:
+  """Params by the logical-axis rules (one tree per tower), moments like their params."""
+  tower = abstract_params(dual.model)
+  return state_lib.layout({name: tower for name in dual.towers}, tx, mesh)
 
 
 def state_shardings(dual: DualEncoder, tx: optax.GradientTransformation, mesh) -> dict:
-  """Params by the logical-axis rules, Adam moments like their params, the rest replicated."""
-  tower = sharding.param_shardings(abstract_params(dual.model), mesh)
-  params = {name: tower for name in dual.towers}
-  abstract = abstract_state(dual, tx)
-  opt = optax.tree_map_params(tx, lambda _, s: s, abstract["opt_state"], params,
-                              transform_non_params=lambda _: sharding.replicated(mesh))
-  return dict(params=params, opt_state=opt, step=sharding.replicated(mesh),
-              rng=sharding.replicated(mesh))
+  return state_layout(dual, tx, mesh).shardings
 
 
 def abstract_state(dual: DualEncoder, tx: optax.GradientTransformation) -> dict:
   """Shapes and dtypes of the train state, without allocating it."""
-  tower = sharding.unbox(abstract_params(dual.model))
-  params = {name: tower for name in dual.towers}
-  return dict(params=params, opt_state=jax.eval_shape(tx.init, params),
-              step=jax.ShapeDtypeStruct((), jnp.int32),
-              rng=jax.eval_shape(lambda: jax.random.key_data(jax.random.key(0))))
+  tower = abstract_params(dual.model)
+  return state_lib.abstract_state({name: tower for name in dual.towers}, tx)
 
 
 def init_state(dual: DualEncoder, tx: optax.GradientTransformation, tower_params: Any,
                seed: int, shardings: dict) -> dict:
   """The step-0 state on the mesh: every tower starts from `tower_params` (DPR: both from BERT)."""
-  params = {name: tower_params for name in dual.towers}
-  params = jax.device_put(params, shardings["params"])
-  # jit with out_shardings: the Adam moments are created sharded, never whole on one device.
-  opt_state = jax.jit(tx.init, out_shardings=shardings["opt_state"])(params)
-  rng = jax.random.key_data(rng_stream(seed, "dropout"))
-  return dict(params=params, opt_state=opt_state,
-              step=jax.device_put(jnp.int32(0), shardings["step"]),
-              rng=jax.device_put(rng, shardings["rng"]))
+  return state_lib.init_state(shardings, tx, {name: tower_params for name in dual.towers},
+                              rng_stream(seed, "dropout"))
 
 
 def contrastive_loss_and_grads(dual: DualEncoder, loss_config: Any, params: dict, batch: dict,
@@ -225,9 +147,9 @@ def contrastive_loss_and_grads(dual: DualEncoder, loss_config: Any, params: dict
   return jax.value_and_grad(full_batch_loss, has_aux=True)(params)
 
 
-def train_step(state: dict, batch: dict, *, dual: DualEncoder, tx: optax.GradientTransformation,
-               schedule: optax.Schedule, loss_config: Any, dropout: bool = True
-               ) -> tuple[dict, dict]:
+def train_step(state: dict, frozen: dict, batch: dict, *, dual: DualEncoder,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, loss_config: Any,
+               dropout: bool = True) -> tuple[dict, dict]:
   """One optimizer update; a non-finite loss or gradient leaves params and moments unchanged.
 
   Returns:
@@ -235,24 +157,13 @@ def train_step(state: dict, batch: dict, *, dual: DualEncoder, tx: optax.Gradien
     `grad_norm`, `lr` (the rate this update used) and `finite` (1.0, or 0.0 when the update
     was skipped; the training loop stops on it).
   """
-  step = state["step"]
-  rng = jax.random.fold_in(jax.random.wrap_key_data(state["rng"]), step) if dropout else None
+  del frozen  # a dual encoder reads no frozen model
+  rng = state_lib.step_rng(state, dropout)
   (loss, metrics), grads = contrastive_loss_and_grads(dual, loss_config, state["params"], batch,
                                                       rng)
-  grad_norm = optax.global_norm(grads)
-  updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-  # Keep the last good parameters rather than spreading NaNs: the loop stops on `finite`, and
-  # the state it would save (it does not) or inspect is still the one before the bad batch.
-  keep = lambda new, old: jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
-  new_state = dict(params=keep(params, state["params"]),
-                   opt_state=keep(opt_state, state["opt_state"]), step=step + 1,
-                   rng=state["rng"])
-  metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
-                 lr=jnp.asarray(schedule(step), jnp.float32),
-                 finite=finite.astype(jnp.float32))
-  return new_state, metrics
+  new_state, update_metrics = state_lib.apply_gradients(state, grads, loss, tx=tx,
+                                                        schedule=schedule)
+  return new_state, dict(metrics, **update_metrics)
 
 
 def tower_encoders(dual: DualEncoder, params: dict, tokenizer, model_dir: pathlib.Path | None

@@ -1,4 +1,4 @@
-"""Tests for retrieval_jax.negative_refresh: schedule, sync and async swaps, resume, errors.
+"""Tests for retrieval_jax.recipes.ance_refresh: schedule, sync and async swaps, resume, errors.
 
 The mining function is a stand-in (no encoder): it returns a pool whose every candidate is the
 snapshot step, so the set in use shows which parameters mined it. Asynchronous timing is made
@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from retrieval_jax import negative_refresh
+from retrieval_jax.recipes import ance_refresh as negative_refresh
 from retrieval_jax.index import mining
 
 NUM_QUERIES, NUM_DOCS = 4, 100

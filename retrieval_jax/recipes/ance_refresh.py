@@ -35,6 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from retrieval_jax.index import mining
+from retrieval_jax.recipes import base
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class RefreshRecord:
   waited_s: float     # how long the trainer blocked on it
 
 
-class NegativeRefresher:
+class NegativeRefresher(base.Hook):
   """Owns the negative set in use and the refreshes that replace it (see the module docstring).
 
   The training loop calls `start` once, `after_step` after every step, `scalars` at log points,
@@ -327,6 +328,12 @@ class NegativeRefresher:
     logger.info("refresh: negatives mined at step %d in use after step %d (%.1f s, %d steps "
                 "trained meanwhile, trainer waited %.1f s)", snapshot_step, installed_at, wall,
                 record.steps_during, waited_s)
+
+
+  def report(self, info: dict[str, Any]) -> str | None:
+    """The refresh table of the run, for the console."""
+    summary = info.get("negative_refresh")
+    return format_summary(summary) if summary else None
 
 
 def format_summary(summary: dict[str, Any]) -> str:
