@@ -46,13 +46,13 @@ def encoder_config(shape: dict[str, int], **overrides):
 
 def _cls_encoder(config):
   """Our `TextEncoder` with [CLS] pooling (DPR's and ANCE's) and its abstract params."""
-  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   # pylint: disable=g-import-not-at-top
   from retrieval_jax.models.encoder import TextEncoder, abstract_params
   from retrieval_jax.models.pooling import PoolingConfig  # pylint: disable=g-import-not-at-top
 
   model = TextEncoder(config, PoolingConfig("cls"))
-  return model, sharding.unbox(abstract_params(model))
+  return model, nn.meta.unbox(abstract_params(model))
 
 
 def param_count(config) -> int:

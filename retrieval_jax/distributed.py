@@ -28,9 +28,14 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
+from retrieval_jax import options
+
 logger = logging.getLogger(__name__)
 
-CHOICES = ("auto", "true", "false")
+CHOICES = options.AUTO_BOOL
+# Rows per process share of a corpus come in multiples of this; `index/exact.py` tiles each
+# device's rows with the same alignment, which keeps sharded scores bit-identical.
+ROW_ALIGNMENT = 128
 
 
 def _count(env: Mapping[str, str], key: str) -> int:
@@ -94,15 +99,14 @@ def maybe_initialize(choice: str = "auto", env: Mapping[str, str] | None = None,
   Raises:
     ValueError: An unknown `choice`, or explicit flags that are incomplete or inconsistent.
   """
-  if choice not in CHOICES:
-    raise ValueError(f"distributed={choice!r} is not one of {CHOICES}")
+  wanted = options.auto_bool(choice, "distributed")
   if _check_explicit(coordinator_address, num_processes, process_id):
     reason = f"flags: process {process_id} of {num_processes}, coordinator {coordinator_address}"
     jax.distributed.initialize(coordinator_address, num_processes=num_processes,
                                process_id=process_id)
   else:
-    reason = ("requested" if choice == "true" else
-              cluster_detected(env) if choice == "auto" else None)
+    reason = ("requested" if wanted else
+              cluster_detected(env) if wanted is None else None)
     if reason is None:
       return False
     jax.distributed.initialize()
@@ -124,7 +128,7 @@ def is_multiprocess() -> bool:
 
 
 def shard_range(num_rows: int, index: int | None = None, count: int | None = None,
-                align: int = 128) -> tuple[int, int]:
+                align: int = ROW_ALIGNMENT) -> tuple[int, int]:
   """[start, stop) of process `index`'s contiguous share of `num_rows` rows.
 
   Shares are whole multiples of `align` rows (except the last), so every row sits at the same

@@ -21,7 +21,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
-from retrieval_jax import distributed
+from retrieval_jax import distributed, sharding
 from retrieval_jax.data import passages
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import hf
@@ -29,7 +29,7 @@ from retrieval_jax.models.config import EncoderConfig
 from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.models.pooling import PoolingConfig
 
-DATA_AXIS = "data"
+DATA_AXIS = sharding.DATA_AXIS
 
 
 @dataclasses.dataclass
@@ -77,9 +77,8 @@ def load_encoder(name_or_path: str | os.PathLike, pooling: str | PoolingConfig |
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A 1-D mesh named `data` over the given devices (default: all local devices)."""
-  devices = list(devices) if devices is not None else jax.local_devices()
-  return Mesh(np.asarray(devices), (DATA_AXIS,))
+  """The given devices (default: all local devices) on the `data` axis (`sharding.local_mesh`)."""
+  return sharding.local_mesh(devices)
 
 
 @functools.lru_cache(maxsize=16)

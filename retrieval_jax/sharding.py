@@ -22,7 +22,6 @@ from typing import Any
 
 import flax.linen as nn
 import jax
-from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 import numpy as np
 
@@ -95,10 +94,15 @@ def make_mesh(data: int = -1, model: int = 1, devices: Sequence[jax.Device] | No
   """
   devices = list(jax.devices() if devices is None else devices)
   shape = _resolve_mesh_shape(data, model, len(devices))
-  grid = mesh_utils.create_device_mesh(shape, devices)
-  # Auto axes: jax.make_mesh would default to Explicit (sharding in types), which changes
-  # how jit propagates shardings; we shard through in/out_shardings and the rules instead.
-  return Mesh(grid, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+  # Auto axes: sharding goes through in/out_shardings and the rules, not through types.
+  return jax.make_mesh(shape, MESH_AXES, devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def local_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """All of this process's devices (or `devices`) on the `data` axis: the mesh of work that
+  needs no communication between processes (encoding, a shard's search)."""
+  return make_mesh(-1, 1, jax.local_devices() if devices is None else devices)
 
 
 def _get(config: Any, dotted_key: str, default: Any = KeyError) -> Any:
@@ -216,18 +220,13 @@ def param_shardings(abstract_params: Any, mesh: Mesh,
   return jax.tree_util.tree_map_with_path(one, abstract_params, is_leaf=_is_box)
 
 
-def unbox(params: Any) -> Any:
-  """The raw arrays of boxed parameters, without applying any sharding constraint."""
-  return jax.tree_util.tree_map(lambda x: x.value if _is_box(x) else x, params, is_leaf=_is_box)
-
-
 def shard_params(params: Any, shardings: Any) -> Any:
   """Places (boxed or unboxed) parameters on the mesh; returns unboxed, sharded arrays.
 
   Every process must pass the same values. For models too large for one host, jit the
   initialiser with `out_shardings=shardings` instead, so no device ever holds a full copy.
   """
-  return jax.device_put(unbox(params), shardings)
+  return jax.device_put(nn.meta.unbox(params), shardings)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

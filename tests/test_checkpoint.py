@@ -6,6 +6,7 @@ extra JSON and the config; restoring a (8, 1)-mesh checkpoint onto (4, 2) and on
 the errors for an empty directory and a missing step.
 """
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,7 +37,7 @@ def _state_shardings(mesh, abstract_state):
 @pytest.fixture(scope="module")
 def state():
   """A state placed on a (8, 1) mesh, with a non-trivial optimizer state (one update)."""
-  params = sharding.unbox(init_params(_MODEL, jax.random.PRNGKey(0)))
+  params = nn.meta.unbox(init_params(_MODEL, jax.random.PRNGKey(0)))
 
   @jax.jit  # one compiled update instead of many small eager ops on 8 devices
   def update(params):

@@ -51,7 +51,7 @@ def _one_device():
 def test_default_mesh_has_eight_devices():
   assert len(jax.local_devices()) == 8
   mesh = encode.data_mesh()
-  assert mesh.devices.size == 8 and mesh.axis_names == (encode.DATA_AXIS,)
+  assert mesh.devices.size == 8 and dict(mesh.shape) == {encode.DATA_AXIS: 8, "model": 1}
 
 
 def test_load_encoder_reads_declared_pooling(encoder):

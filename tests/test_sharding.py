@@ -142,7 +142,7 @@ def test_sharded_jitted_forward_equals_one_device_forward(boxed_params, placed, 
   def apply(p, ids, mask):
     return _MODEL.apply({"params": p}, ids, mask)
 
-  expected = apply(sharding.unbox(boxed_params), ids, mask)  # eager, one device
+  expected = apply(nn.meta.unbox(boxed_params), ids, mask)  # eager, one device
   rows = sharding.batch_sharding(mesh42)
   forward = jax.jit(apply, in_shardings=(shardings, rows, rows), out_shardings=rows)
   got = forward(params, ids, mask)

@@ -10,6 +10,7 @@
 
 import functools
 
+import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
@@ -53,7 +54,7 @@ def _setup(mesh, shared=False, pooling=PoolingConfig(mode="cls"), loss_config=No
                                   max_grad_norm=1.0)
   shardings = dual_encoder.state_shardings(dual, tx, mesh)
   tower = jax.tree_util.tree_map(
-      np.asarray, sharding.unbox(init_params(dual.model, jax.random.PRNGKey(0))))
+      np.asarray, nn.meta.unbox(init_params(dual.model, jax.random.PRNGKey(0))))
   state = dual_encoder.init_state(dual, tx, tower, seed=0, shardings=shardings)
   step_fn = functools.partial(dual_encoder.train_step, dual=dual, tx=tx,
                               schedule=optim.make_schedule(lr, 10), dropout=False,

@@ -22,16 +22,20 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
+from retrieval_jax import distributed, sharding
+
 # Dtypes that go to the device as they are and are widened to float32 there; anything else (float64,
 # integers) is converted to float32 on the host, one chunk at a time.
 _DEVICE_DTYPES = (np.dtype(np.float16), np.dtype(jnp.bfloat16), np.dtype(np.float32))
-# Rows per device come in whole multiples of this (see exact_search).
-_ROW_ALIGNMENT = 128
+# Rows per device come in whole multiples of this (see exact_search); the per-process
+# corpus shares (`distributed.shard_range`) use the same alignment, so that a shard's rows
+# sit at the same offsets in their tiles as in the whole corpus (bit-identical scores).
+_ROW_ALIGNMENT = distributed.ROW_ALIGNMENT
 
 
 def default_mesh() -> Mesh:
-  """A 1-D mesh over this process's devices, axis 'data'."""
-  return Mesh(np.array(jax.local_devices()), ("data",))
+  """This process's devices on the `data` axis (`sharding.local_mesh`)."""
+  return sharding.local_mesh()
 
 
 def exact_search(
