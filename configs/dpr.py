@@ -48,8 +48,8 @@ def get_config(arg: str = ""):
   config.evals.dev.update(max_length=256)
 
   if variant == "cpu":
-    # Fine-tune the packaged sentence embedder as a cosine retriever. Shared towers: 640
-    # training questions are too few to fork two towers from one checkpoint.
+    # Fine-tune the packaged sentence embedder as a cosine retriever. Shared towers: SciFact's
+    # few hundred training questions are too few to fork two towers from one checkpoint.
     config.model.update(name="minilm", pooling="mean", normalize="true", shared_towers=True)
     config.data.update(name="scifact", train_split="train_minus_dev")
     config.negatives.update(depth=30)
@@ -58,7 +58,7 @@ def get_config(arg: str = ""):
                         checkpoint_every_steps=20)
     config.optim.update(lr=2e-5, warmup_steps=None, warmup_ratio=0.1, max_grad_norm=1.0)
     config.loss.update(scale=20.0)  # cosine similarities / temperature 0.05
-    config.evals.dev.update(batch_size=32)  # faster than 128 on 2 CPU cores (WORKSPACE)
+    config.evals.dev.update(batch_size=32)  # faster than 128 on CPU (WORKSPACE, "Measured")
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
     config.data.update(name="synthetic", train_split="train_minus_dev")

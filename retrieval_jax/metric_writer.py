@@ -18,11 +18,8 @@ Typical use:
     bar.close()
 
 Events are encoded by `retrieval_jax.tfevents` (pure Python: no TensorFlow, tensorboardX or
-protobuf), synchronously and with tags verbatim. tensorboardX was tried first: its package
-imports torch whenever torch is installed, its `SummaryWriter.flush()` does not wait for its
-writer thread (with 2.6.5, 10 of 200 scalars were not on disk after it), and `add_scalar`
-renames tags ("dev/ndcg@10" → "dev/ndcg_10"). A step's scalars are one small record in a
-buffered file, so writing in the loop's thread costs tens of microseconds.
+protobuf), synchronously and with tags verbatim (why not tensorboardX: WORKSPACE). A step's
+scalars are one small record in a buffered file, cheap enough to write in the loop's thread.
 
 `read_scalars` reads events back with TensorBoard's own reader when the `tensorboard` package is
 installed (tests, eval tools), else from `metrics.jsonl`; the library never needs `tensorboard`.
