@@ -5,8 +5,8 @@ re-exported here, so `beir.DataError`, `beir.iter_qrels`, `beir.read_raw`, ... s
 Any problem with a file raises `DataError` naming the file and the 1-based line.
 
 `beir_tfds` is imported only inside `load_beir`, for cost, not for a circle (it imports
-`beir_readers`, never this module): importing TFDS adds about 0.35 s and ~480 modules to this
-module's 0.1 s, and most users of `BeirData` (synthetic data, pairs, mining) never touch TFDS.
+`beir_readers`, never this module): importing TFDS is several times heavier than this module
+(WORKSPACE), and most users of `BeirData` (synthetic data, pairs, mining) never touch TFDS.
 """
 
 import dataclasses
@@ -184,7 +184,7 @@ def load_beir(source: str | os.PathLike, split: str = "test", *, dev_fraction: f
   _check_fraction(dev_fraction)
   root = paths.find_dataset(source)
   if root is None:
-    # Imported here, not at the top: TFDS costs ~0.35 s to import (see the module docstring).
+    # Imported here, not at the top: TFDS is slow to import (see the module docstring).
     from retrieval_jax.data import beir_tfds  # pylint: disable=g-import-not-at-top
     name = os.fspath(source)
     if name not in beir_tfds.DOWNLOADABLE:
