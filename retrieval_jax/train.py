@@ -100,7 +100,6 @@ def load_frozen(recipe, mesh) -> tuple[dict, dict, dict[str, str]]:
   return arrays, shardings, prints
 
 
-
 def _every(step: int, interval: int) -> bool:
   return interval > 0 and step % interval == 0
 
@@ -153,6 +152,11 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
                      "--mode=eval (or train_and_eval)")
   recipe = recipe_module.build(config, workdir, mesh)
   evals = evaluators.build_all(config)
+  for evaluator in evals:  # before anything compiles, not after the last step
+    missing = [role for role in evaluator.requires if role not in recipe.eval_roles]
+    if missing:
+      raise ValueError(f"evals.{evaluator.name} needs the model roles {missing}; recipe "
+                       f"{recipe.name!r} provides {list(recipe.eval_roles)}")
   checkpoint.save_config(workdir, config)
   train_config = config.train
   logger.info("recipe %s on mesh %s: %s", recipe.name, dict(mesh.shape), recipe.info)
@@ -184,8 +188,9 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) 
     recipe.batcher.check_position(extra["data_position"])
     for name, saved in extra.get("frozen_sha256", {}).items():
       if frozen_prints.get(name) != saved:
-        raise ValueError(f"frozen input {name!r} from {recipe.frozen[name].source} is not the "
-                         f"one step {start} was trained with (sha256 {saved[:12]}, now "
+        source = recipe.frozen[name].source if name in recipe.frozen else "nowhere"
+        raise ValueError(f"frozen input {name!r} from {source} is not the one step {start} "
+                         f"was trained with (sha256 {saved[:12]}, now "
                          f"{frozen_prints.get(name, 'absent')[:12]})")
     host = ckpt.restore_host(start)
     logger.info("resumed from step %d (%s)", start, extra["data_position"])

@@ -145,8 +145,7 @@ def build(config: Any, workdir, mesh) -> base.Recipe:
       batch_sharding=sharding.batch_sharding(mesh), init_state=init_state,
       train_step=functools.partial(train_step, student=student, teacher=teacher, tx=tx,
                                    schedule=schedule),
-      eval_models=lambda state: base.EvalModels(),
-      export=export,
+      eval_models=lambda state: base.EvalModels(), eval_roles=(), export=export,
       frozen={"teacher": base.FrozenInput(
           abstract=teacher_spec.abstract_params(),
           load=lambda: teacher_spec.initial_params(state_lib.rng_stream(seed, "init")),

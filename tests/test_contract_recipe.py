@@ -162,6 +162,18 @@ def test_trained_model_matches_transformers_hidden_states_and_mlm_logits(straigh
   assert len(out.hidden_states) == 3 and hidden < 1e-5 and logit < 1e-4
 
 
+def test_evaluator_needing_a_role_the_recipe_lacks_is_refused_before_training(
+    model_dirs, tmp_path, monkeypatch):
+  config = _config(model_dirs)
+  config.evals = {"dev": common.retrieval_eval("dev")}
+  compiled = []
+  monkeypatch.setattr(train.jax, "jit", lambda *a, **k: compiled.append(1))
+  with pytest.raises(ValueError, match=r"evals\.dev needs the model roles \['query', "
+                                       r"'passage'\]; recipe 'contract_test' provides \[\]"):
+    train.train(config, tmp_path)
+  assert not compiled
+
+
 def test_step_contract_is_checked_before_compiling():
   abstract = {"params": jax.ShapeDtypeStruct((2,), jnp.float32)}
 

@@ -126,6 +126,8 @@ class Recipe:
     export: (state, out_dir) -> writes the trained model in an interchange format; called on
       every process (gathering sharded parameters is a collective), process 0 writes.
     frozen: Name -> `FrozenInput`; the step's second argument is a dict of their arrays.
+    eval_roles: The `EvalModels` roles `eval_models` fills (checked against the evaluators'
+      needs before training starts).
     info: Facts for the log (examples, parameters, ...).
     hooks: Called between steps, saved in checkpoints (see `Hook`).
   """
@@ -140,6 +142,7 @@ class Recipe:
   eval_models: Callable[[Any], EvalModels]
   export: Callable[[Any, str], Any]
   frozen: dict[str, FrozenInput] = dataclasses.field(default_factory=dict)
+  eval_roles: tuple[str, ...] = ("query", "passage")
   info: dict[str, Any] = dataclasses.field(default_factory=dict)
   hooks: list[Hook] = dataclasses.field(default_factory=list)
 
