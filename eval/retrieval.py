@@ -102,7 +102,8 @@ def run_from_flags() -> dict:
   The one evaluator of `config_from_flags` runs through the evaluator registry on the models
   of a training workdir's checkpoint, or of the pretrained `--model`.
   """
-  from retrieval_jax import checkpoint, evaluation, evaluators, recipes  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import checkpoint, evaluation, evaluators, recipes
 
   flag_config = config_from_flags()
   (entry,) = flag_config.evals.values()

@@ -1,7 +1,8 @@
 """Retrieval evaluation: encode (or BM25) -> search -> TREC run -> pytrec_eval metrics.
 
 The engine behind the `retrieval` evaluator (`retrieval_jax.evaluators.retrieval`), which
-`eval/retrieval.py`, `main.py --mode=eval` and training's evaluations run. Writes `metrics.json` (flat keys such as `ndcg@10`), `run.trec` and, on request,
+`eval/retrieval.py`, `main.py --mode=eval` and training's evaluations run. Writes
+`metrics.json` (flat keys such as `ndcg@10`), `run.trec` and, on request,
 the embeddings as `.npy`.
 """
 

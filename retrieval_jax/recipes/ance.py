@@ -1,8 +1,8 @@
 """ANCE (Xiong et al. 2020): hard negatives from an ANN index of the model being trained.
 
 A dual encoder (`recipes.contrastive.build_contrastive`, one shared tower) whose negatives
-come from a `recipes.ance_refresh.NegativeRefresher`: BM25 negatives during the warm-up, then every
-`negatives.refresh_every` steps the corpus and the training queries are encoded with a snapshot
+come from a `recipes.ance_refresh.NegativeRefresher`: BM25 negatives during the warm-up, then
+every `negatives.refresh_every` steps the corpus and the training queries are encoded with a snapshot
 of the parameters, searched with ScaNN (or exactly) `negatives.depth` deep, positives (and,
 optionally, near-positive scores) removed, and the new pool swapped in - in a background
 thread while training goes on (`negatives.refresh_mode='async'`), or blocking (`'sync'`).
@@ -23,7 +23,7 @@ import jax
 from retrieval_jax import distributed, encode
 from retrieval_jax.index import mining
 from retrieval_jax.index.scann_index import ScannConfig
-from retrieval_jax.recipes import ance_refresh as negative_refresh
+from retrieval_jax.recipes import ance_refresh
 from retrieval_jax.recipes import base, contrastive, dual_encoder
 from retrieval_jax.recipes.contrastive import restore_eval_models  # noqa: F401  (DPR's towers)
 
@@ -42,9 +42,9 @@ def _check(config: Any) -> None:
     raise ValueError(f"negatives.depth={negatives.depth} must be >= 1")
   if negatives.index not in INDEXES:
     raise ValueError(f"negatives.index={negatives.index!r} must be one of {INDEXES}")
-  if negatives.refresh_mode not in negative_refresh.MODES:
+  if negatives.refresh_mode not in ance_refresh.MODES:
     raise ValueError(f"negatives.refresh_mode={negatives.refresh_mode!r} must be one of "
-                     f"{negative_refresh.MODES}")
+                     f"{ance_refresh.MODES}")
   if negatives.refresh_every < 0:
     raise ValueError(f"negatives.refresh_every={negatives.refresh_every} must be >= 0")
   if negatives.encode_batch_size < 1:
@@ -88,9 +88,10 @@ def mine_shard(params: Any, step: int, *, ctx: contrastive.TrainingData, tokeniz
 def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
   """The refresher and the batcher's view of it. -> (batcher kwargs, hooks)."""
   config, negatives = ctx.config, ctx.config.negatives
-  warmup_pool = contrastive.negative_pool(config, ctx.data, ctx.workdir, depth=negatives.bm25_depth)
-  initial = negative_refresh.MinedNegatives(
-      warmup_pool, negative_refresh.NOT_MINED, "bm25", int(negatives.num), int(config.seed),
+  warmup_pool = contrastive.negative_pool(config, ctx.data, ctx.workdir,
+                                         depth=negatives.bm25_depth)
+  initial = ance_refresh.MinedNegatives(
+      warmup_pool, ance_refresh.NOT_MINED, "bm25", int(negatives.num), int(config.seed),
       negatives.get("top_k"), ctx.dataset.query_rows)
   mode = negatives.refresh_mode
   # A private tokenizer: HF fast tokenizers set truncation on the shared backend at each call.
@@ -100,7 +101,7 @@ def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
                             depth=int(negatives.depth),
                             false_negative_margin=negatives.get("false_negative_margin"))
   several = distributed.is_multiprocess()
-  refresher = negative_refresh.NegativeRefresher(
+  refresher = ance_refresh.NegativeRefresher(
       mine, lambda: initial, every=int(negatives.refresh_every), total_steps=ctx.total_steps,
       mode=mode, first=negatives.get("first_refresh"),
       mine_at_start=bool(negatives.get("mine_at_start", False)), merge=merge,
@@ -114,6 +115,7 @@ def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train ANCE as `config` says."""
   _check(config)
-  recipe = contrastive.build_contrastive(config, workdir, mesh, name="ance", negatives=ann_negatives)
+  recipe = contrastive.build_contrastive(config, workdir, mesh, name="ance",
+                                         negatives=ann_negatives)
   recipe.info["refresh_steps"] = recipe.hooks[0].schedule
   return recipe
