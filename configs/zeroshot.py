@@ -1,10 +1,12 @@
 r"""Zero-shot evaluation of a pretrained encoder (no training) on a BEIR data set.
 
 The baseline every recipe is measured against: e.g. the packaged all-MiniLM-L6-v2
-(sentence-transformers; mean pooling, L2-normalised) on the SciFact dev split.
+(sentence-transformers; mean pooling, L2-normalised) on the SciFact dev split. An
+evaluation-only recipe: it runs `config.evals` (default mode or `--mode=eval`) and has
+nothing to train.
 
-  python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot --mode=eval
-  python main.py --config=configs/zeroshot.py:bm25 --workdir=/tmp/bm25 --mode=eval
+  python main.py --config=configs/zeroshot.py --workdir=/tmp/zeroshot
+  python main.py --config=configs/zeroshot.py:bm25 --workdir=/tmp/bm25
   python main.py --config=configs/zeroshot.py --config.evals.dev.index=scann --workdir=/tmp/z
 
 Variants after the colon: `` (default: dense, exact search), `bm25` (lexical baseline),
