@@ -1,7 +1,7 @@
 """Defaults every recipe config starts from: model, data, evaluation, and training.
 
 Configs import only `ml_collections` and each other. Every field here can be overridden
-on the command line, e.g. `--config.eval.index=scann`.
+on the command line, e.g. `--config.evals.dev.index=scann`.
 """
 
 import ml_collections

@@ -135,7 +135,7 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
   Args:
     config: The recipe config (see `configs/`).
     workdir: Run directory: config.json, checkpoints/, tensorboard/, eval/, export/.
-    final_eval: Evaluate on `data.eval_split` after the last step.
+    final_eval: Run `config.evals` after the last step.
 
   Returns:
     A `TrainResult`.
