@@ -49,13 +49,10 @@ _DATA = flags.DEFINE_string(
     "$RETRIEVAL_JAX_DATA/scifact or ../shared/data/scifact).")
 _MODEL = flags.DEFINE_string(
     "model", "minilm", "HF model directory, hub id or `minilm` (the packaged all-MiniLM-L6-v2).")
-# Why 32 rows by default, measured at --limit=512 on 2 AMD EPYC (Zen 4) cores, best of 5 rounds,
-# docs/s ours / sentence-transformers: 16 rows 24.4 / 23.8, 32 rows 23.6 / 23.1, 64 rows
-# 20.7 / 21.3, 128 rows 21.5 / 17.9. Up to 32 rows both sides are at their fastest; beyond, the
-# [rows, 12, 256, 256] attention scores (100 MB per layer at 32 rows, 400 MB at 128) leave the
-# caches and both slow down, PyTorch more than us, so 128 would flatter our ratio (1.20 instead
-# of 1.02). 32 also compiles fewer shapes than 16 (5 instead of 7 here) and is
-# sentence-transformers' own default.
+# 32 rows by default: both sides are at their fastest up to 32; beyond, the [rows, 12, 256, 256]
+# attention scores leave the caches and both slow down, PyTorch more than us, so a larger batch
+# would flatter our ratio. 32 also compiles fewer shapes than 16 and is sentence-transformers'
+# own default (measurements in WORKSPACE, "Batch size of bench_encode").
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 32, "Rows per forward, the same for both sides.")
 _MAX_LENGTH = flags.DEFINE_integer("max_length", 256, "Token cap, special tokens included.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed rounds per side (after one warm-up each).")

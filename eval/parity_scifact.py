@@ -9,7 +9,7 @@ For the train split and the dev split carved from it:
   python eval/parity_scifact.py --out=/tmp/parity.json [--limit_queries=N]
 
 Needs torch and sentence-transformers (the `bench` extra). Slow on CPU: both models embed the
-whole corpus (about 5 minutes each on 2 cores).
+whole corpus.
 """
 
 from __future__ import annotations

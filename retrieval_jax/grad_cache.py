@@ -22,7 +22,7 @@ Chunks are strided: chunk j holds rows j, j + num_chunks, j + 2 * num_chunks, ..
 are sharded over the mesh's `data` axis in contiguous blocks and chunk_size is a multiple of that
 axis, this split is a local reshape and each device embeds chunk_size / devices rows of every
 chunk. Contiguous chunks would each live on a few devices; XLA then all-gathers every chunk and
-each device computes the whole chunk redundantly (seen in the compiled HLO on 8 CPU devices).
+each device computes the whole chunk redundantly.
 
 Dropout: chunk j of tower t always uses `chunk_rng(rng, t, j)`, in the forward and in the
 recomputation, so the recomputed activations are exactly the ones the loss saw.

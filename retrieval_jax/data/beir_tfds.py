@@ -22,7 +22,7 @@ A config points either at a local directory (`source_dir`) or at a BEIR name to 
 (`dataset`). A local config's name carries a hash of the resolved directory path and of the part's
 file names and contents, so two directories, or one directory before and after an edit, never share
 prepared data, while an unchanged directory is prepared once and then reused. Hashing reads the
-files (about 1 GB/s here), far cheaper than preparing again. Stale versions stay in `data_dir`.
+files, far cheaper than preparing again. Stale versions stay in `data_dir`.
 """
 
 import dataclasses

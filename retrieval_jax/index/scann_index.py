@@ -4,9 +4,9 @@
 `exact_search` does, and `save` / `load` keep the searcher in ScaNN's own format with the config as
 JSON beside it.
 
-The defaults aim at recall@10 >= 0.95 against exact search on sentence-embedding corpora (checked
-in tests/test_index_scann.py on clustered synthetic data; on MiniLM embeddings of BEIR SciFact the
-default gives 0.996); lower num_leaves_to_search for speed when that is not needed. ScaNN's own rule
+The defaults aim at recall@10 >= 0.95 against exact search on sentence-embedding corpora (asserted
+in tests/test_index_scann.py on clustered synthetic data; SciFact figures in WORKSPACE); lower
+num_leaves_to_search for speed when that is not needed. ScaNN's own rule
 of thumb is brute force below 20k points and no tree below 100k: for small corpora `exact_search`
 is as fast.
 """
@@ -49,8 +49,8 @@ class ScannConfig:
     spherical: train the tree on the sphere (cosine k-means); None: when the embeddings are
       unit-norm, which makes a large difference to recall for normalized embeddings.
     soar_lambda: SOAR spilling (each embedding also goes to a second, "orthogonal" leaf), which
-      ScaNN recommends for new indices; it lifts SciFact recall@10 at a fifth of the leaves from
-      0.91 to 0.97. None turns it off (half the partition memory). ScaNN has SOAR for dot products
+      ScaNN recommends for new indices: more recall at a given number of leaves searched
+      (WORKSPACE). None turns it off (half the partition memory). ScaNN has SOAR for dot products
       only, so it is not used with squared_l2.
     soar_overretrieve_factor: ScaNN's SOAR search over-retrieval, with its recommended 2.0.
   """
@@ -69,15 +69,9 @@ class ScannConfig:
 def auto_leaves_to_search(num_leaves: int, num_docs: int) -> int:
   """The default number of leaves searched per query.
 
-  A quarter of the leaves, and at least enough leaves to score about MIN_POINTS_SCORED embeddings.
-  Measured recall@10 against exact search (SOAR on, reorder_k 100):
-    * MiniLM embeddings of BEIR SciFact, 5,183 documents, 72 leaves: 0.977 with a fifth of the
-      leaves, 0.986 with a quarter, 0.996 with 28 (the 2,000-point floor); random subsets of 2,000
-      documents with a fifth of the leaves only reach 0.92 (small leaves cut neighbourhoods apart),
-      hence the floor, which costs little: hashing a few thousand points takes well under 1 ms;
-    * the hierarchical synthetic set of tests/test_index_scann.py (10k and 20k documents): 0.95-0.96
-      with a fifth, 0.965-0.976 with a quarter; past that the hashing, not the tree, limits recall
-      (0.98 with every leaf; reorder_k=200 gives 0.98 already with a quarter).
+  A quarter of the leaves, and at least enough leaves to score about MIN_POINTS_SCORED embeddings:
+  on small corpora small leaves cut neighbourhoods apart, and scoring a few thousand points is
+  cheap. The recall this gives is measured in WORKSPACE ("ScaNN defaults").
 
   Args:
     num_leaves: leaves of the tree.
