@@ -114,26 +114,22 @@ def test_ema_and_queue_equal_numpy(straight):
   assert int(result.state["queue_ptr"]) == pointer == (STEPS * 8) % contract_recipe.QUEUE_SIZE
 
 
-def test_resume_equals_the_uninterrupted_run(straight, model_dirs, tmp_path):
+def test_resume_equals_the_uninterrupted_run_and_checks_the_teacher(straight, model_dirs,
+                                                                     tmp_path):
   _, full = straight
-  first = train.train(_config(model_dirs, stop_at_step=3), tmp_path)
+  first = train.train(_config(model_dirs, stop_at_step=3), tmp_path / "run")
   assert first.stopped_early and first.step == 3
-  resumed = train.train(_config(model_dirs), tmp_path)
-  assert resumed.step == STEPS
-  jax.tree_util.tree_map(np.testing.assert_array_equal,
-                         _host({k: resumed.state[k] for k in ("params", "ema", "queue",
-                                                               "queue_ptr", "opt_state")}),
-                         _host({k: full.state[k] for k in ("params", "ema", "queue",
-                                                           "queue_ptr", "opt_state")}))
-
-
-def test_resume_with_another_teacher_is_refused(model_dirs, tmp_path):
-  train.train(_config(model_dirs, stop_at_step=3), tmp_path / "run")
   other = _write_bert(tmp_path / "other_teacher", 9, 1, 48)
   config = _config(model_dirs)
   config.teacher.name = str(other)
   with pytest.raises(ValueError, match=r"frozen input 'teacher' .* is not the one step 3"):
     train.train(config, tmp_path / "run")
+  resumed = train.train(_config(model_dirs), tmp_path / "run")
+  assert resumed.step == STEPS
+  keys = ("params", "ema", "queue", "queue_ptr", "opt_state")
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         _host({k: resumed.state[k] for k in keys}),
+                         _host({k: full.state[k] for k in keys}))
 
 
 def test_trained_model_matches_transformers_hidden_states_and_mlm_logits(straight):
