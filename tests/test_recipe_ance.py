@@ -16,10 +16,10 @@ import jax
 import numpy as np
 import pytest
 
-from retrieval_jax import checkpoint, metric_writer, recipes, sharding, train
+from retrieval_jax import checkpoint, metric_writer, sharding, train
 from retrieval_jax.data import pairs
 from retrieval_jax.index import mining
-from retrieval_jax.recipes import ance, contrastive, dpr
+from retrieval_jax.recipes import ance, contrastive
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:

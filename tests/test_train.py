@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import pytest
 
-from retrieval_jax import checkpoint, metric_writer, recipes, train
+from retrieval_jax import checkpoint, metric_writer, train
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
