@@ -10,6 +10,12 @@ overrides one field (an unknown field is an error). Everything goes to `--workdi
 the same command again resumes from its latest checkpoint. `--mode=eval` runs the config's
 evaluators (`config.evals`) on the checkpoint `--step` (default the latest) of a trained
 recipe; an evaluation-only recipe (`zeroshot`) evaluates in `eval` and `train_and_eval` modes.
+`--workdir` may be a bucket path (`gs://bucket/run`).
+
+Resuming with a config that differs from the workdir's `config.json` in anything that changes
+the training is refused with the differing keys (`--allow_config_change` accepts them). On
+SIGTERM (preemption) every process saves a checkpoint of the current step and the command
+exits with status 143; rerunning it resumes.
 
 Several processes (TPU pods, GPU clusters, `launch/local_multiprocess.sh`) run this same
 command; `--coordinator_address --num_processes --process_id`, or the cluster's environment
@@ -18,7 +24,6 @@ metrics, evaluation files and exports; every process takes part in checkpoints.
 """
 
 import json
-import os
 import sys
 
 from absl import app, flags, logging
@@ -30,6 +35,10 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results and check
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "What to run.")
 _STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default latest).")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False,
+    "Resume even when the config differs from the workdir's config.json in keys that change "
+    "the training (the old file is kept as config.step_<N>.json).")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "true", "false"],
     "Call jax.distributed.initialize(): auto = when SLURM, Open MPI, a multi-host TPU or "
@@ -60,9 +69,11 @@ def main(argv):
   if not chief:
     logging.set_verbosity(logging.WARNING)  # one log per job, not one per host
   config = _CONFIG.value
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
-  from retrieval_jax import evaluation, recipes, train  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import evaluation, files, preemption, recipes, run_config, train
+
+  workdir = files.as_path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
 
   try:
     module = recipes.get(config.get("recipe", None))
@@ -71,7 +82,16 @@ def main(argv):
   if _MODE.value == "train" and not recipes.trains(module):
     raise app.UsageError(f"recipe {config.recipe!r} has no training steps: use --mode=eval "
                          "or train_and_eval")
-  summary = train.run(config, workdir, _MODE.value, _STEP.value)
+  try:
+    summary = train.run(config, workdir, _MODE.value, _STEP.value,
+                        allow_config_change=_ALLOW_CONFIG_CHANGE.value)
+  except run_config.ConfigChangedError as error:
+    raise app.UsageError(str(error)) from None
+  except preemption.Preempted as stopped:
+    logging.warning("%s", stopped)
+    if chief:
+      print(f"\n{stopped}", flush=True)
+    sys.exit(preemption.EXIT_CODE)
   if not chief:
     return
   for report in summary.get("reports", []):
@@ -84,5 +104,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
   app.run(main)

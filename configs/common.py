@@ -67,6 +67,9 @@ def base_config() -> ml_collections.ConfigDict:
   """The shared skeleton: seed, model, data, evals (big_vision style: name -> evaluator)."""
   return ml_collections.ConfigDict({
       "seed": 0,
+      # Free text recorded in config.json and TensorBoard's config table (e.g. "lr sweep");
+      # safe to change on resume.
+      "note": "",
       "model": model_config(),
       "data": data_config(),
       "evals": {"dev": retrieval_eval("dev")},

@@ -34,7 +34,6 @@ import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 from typing import Any, Callable, Sequence
 
@@ -270,7 +269,4 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
-  # `python eval/bench_encode.py` puts eval/ first on sys.path; the repository root must be there
-  # for `retrieval_jax` when it is not installed.
-  sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))
   app.run(main)

@@ -49,7 +49,6 @@ import os
 import pathlib
 import platform
 import statistics
-import sys
 import time
 from typing import Any, Sequence
 
@@ -467,8 +466,5 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-  # `python eval/bench_train.py` puts eval/ first on sys.path; the repository root must be there
-  # for `retrieval_jax` when it is not installed.
-  sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))
   define_flags()
   app.run(main)

@@ -653,8 +653,5 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 if __name__ == "__main__":
-  # `python eval/capacity_plan.py` puts eval/ first on sys.path; the repository root must be there
-  # for `retrieval_jax` when it is not installed.
-  sys.path.insert(1, str(pathlib.Path(__file__).resolve().parents[1]))
   define_flags()
   app.run(main)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-import sys
 
 from absl import app, flags
 
@@ -83,5 +82,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(main)

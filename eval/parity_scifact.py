@@ -15,8 +15,6 @@ whole corpus.
 from __future__ import annotations
 
 import json
-import os
-import sys
 import time
 
 from absl import app, flags
@@ -151,5 +149,4 @@ def main(argv):
 
 if __name__ == "__main__":
   _define_flags()
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(main)

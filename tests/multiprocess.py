@@ -54,11 +54,13 @@ class Finished:
 
 
 def run(command: list[str], num_processes: int, devices: int, log_dir: pathlib.Path, *,
-        timeout: float = 120.0, multiprocess_flags: bool = True) -> Finished:
+        timeout: float = 120.0, multiprocess_flags: bool = True,
+        ok_codes: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> Finished:
   """Runs `command` as `num_processes` processes with `devices` CPU devices each.
 
-  Every process is killed (its whole process group) when one fails, on timeout, or if this
-  function is interrupted, so a failing test never leaves processes behind.
+  Every process is killed (its whole process group) when one fails (exits with a code not in
+  `ok_codes`), on timeout, or if this function is interrupted, so a failing test never
+  leaves processes behind. `env` adds variables to each process's environment.
   """
   port = free_port()
   log_dir.mkdir(parents=True, exist_ok=True)
@@ -72,11 +74,12 @@ def run(command: list[str], num_processes: int, devices: int, log_dir: pathlib.P
                  f"--num_processes={num_processes}", f"--process_id={index}"]
       log = open(log_dir / f"process_{index}.log", "w")  # pylint: disable=consider-using-with
       files.append(log)
-      procs.append(subprocess.Popen(argv, cwd=REPO, env=cpu_env(devices), stdout=log,
+      procs.append(subprocess.Popen(argv, cwd=REPO, env={**cpu_env(devices), **(env or {})},
+                                    stdout=log,
                                     stderr=subprocess.STDOUT, start_new_session=True))
     deadline = time.monotonic() + timeout
     while any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs):
+      if any(p.poll() is not None and p.poll() not in ok_codes for p in procs):
         break  # one failed: the others would wait for it forever
       if time.monotonic() > deadline:
         break

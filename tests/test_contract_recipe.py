@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 
-from retrieval_jax import checkpoint, recipes, train
+from retrieval_jax import checkpoint, recipes, run_config, train
 from retrieval_jax.models import hf
 from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.recipes import state as state_lib
@@ -122,8 +122,11 @@ def test_resume_equals_the_uninterrupted_run_and_checks_the_teacher(straight, mo
   other = _write_bert(tmp_path / "other_teacher", 9, 1, 48)
   config = _config(model_dirs)
   config.teacher.name = str(other)
-  with pytest.raises(ValueError, match=r"frozen input 'teacher' .* is not the one step 3"):
+  with pytest.raises(run_config.ConfigChangedError, match=r"teacher\.name"):
     train.train(config, tmp_path / "run")
+  # Even accepted as a config change, another teacher is not the frozen input it trained with.
+  with pytest.raises(ValueError, match=r"frozen input 'teacher' .* is not the one step 3"):
+    train.train(config, tmp_path / "run", allow_config_change=True)
   resumed = train.train(_config(model_dirs), tmp_path / "run")
   assert resumed.step == STEPS
   keys = ("params", "ema", "queue", "queue_ptr", "opt_state")

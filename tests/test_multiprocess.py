@@ -9,6 +9,7 @@ the rounding differences of the two all-reduce orders into learning-rate-sized s
 
 import json
 import pathlib
+import re
 import shutil
 import sys
 
@@ -16,7 +17,7 @@ import jax
 import numpy as np
 import pytest
 
-from retrieval_jax import checkpoint, recipes
+from retrieval_jax import checkpoint, preemption, recipes, run_config
 from retrieval_jax.index import exact_search, maxp
 from retrieval_jax.recipes import dual_encoder
 from tests import multiprocess
@@ -49,7 +50,7 @@ def _losses(workdir):
 
 
 def _params(workdir):
-  query, passage, step = restore_towers(checkpoint.load_config(workdir), workdir)
+  query, passage, step = restore_towers(run_config.load_config(workdir), workdir)
   return {"query": query.params, "passage": passage.params}, step
 
 
@@ -81,7 +82,7 @@ def test_two_processes_train_like_one(runs):
         f"params max abs {worst:.1e}")
   assert worst <= 1e-5
   # And training moved them: the comparison is not between two untouched initialisations.
-  config = checkpoint.load_config(one)
+  config = run_config.load_config(one)
   start = dual_encoder.initial_tower_params(dual_encoder.model_spec(config.model),
                                             int(config.seed))
   assert _max_abs_difference(params_one["query"], start) > 1e-3
@@ -94,7 +95,7 @@ def test_checkpoint_of_two_processes_restores_and_evaluates_in_one(runs, tmp_pat
   own_one = json.loads((one / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
   assert own_two == pytest.approx(own_one, abs=1e-6)
   # This (1-process, 8-device) test restores the checkpoint the 2 processes wrote.
-  result = recipes.evaluate(checkpoint.load_config(two), two, out_root=tmp_path)
+  result = recipes.evaluate(run_config.load_config(two), two, out_root=tmp_path)
   assert result["step"] == STEPS
   assert {k: result["metrics"][f"dev/{k}"] for k in own_one} == pytest.approx(own_one, abs=1e-6)
   assert (tmp_path / "dev" / "run.trec").exists()
@@ -115,6 +116,43 @@ def test_two_processes_evaluate_a_one_process_checkpoint(runs, tmp_path):
   own_one = json.loads((one / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
   again = json.loads((evaluation / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
   assert again == pytest.approx(own_one, abs=1e-6)
+
+
+def test_sigterm_on_one_process_of_two_on_a_gcs_workdir(runs, tmp_path, gcs_server, gcs_bucket):
+  """Preemption of a pod, on a bucket: process 1 alone receives SIGTERM after step 1; both
+  save the same step to gs:// and exit 143; the same command resumes and trains like the
+  uninterrupted run; a 1-process job restores the bucket's checkpoint and evaluates it."""
+  two, _, _ = runs
+  workdir = f"{gcs_bucket}/run"
+  stopped = multiprocess.run(
+      [sys.executable, str(multiprocess.REPO / "tests" / "preempt_main.py"),
+       "--sigterm_at_step=1", "--sigterm_process=1", *SMOKE, f"--workdir={workdir}"],
+      2, 4, tmp_path / "logs_stopped", timeout=240, ok_codes=(preemption.EXIT_CODE,),
+      env=gcs_server.environment())
+  assert stopped.returncodes == [preemption.EXIT_CODE] * 2, stopped.logs[0][-3000:]
+  saved = [re.search(r"checkpoint of step (\d+) saved in ([\d.]+) s", log) for log in stopped.logs]
+  assert all(saved), [log[-2000:] for log in stopped.logs]
+  steps = {int(match.group(1)) for match in saved}
+  (step,) = steps  # the same step on both processes
+  assert 1 <= step < STEPS
+  print(f"[measured] 2x4 on gs://, SIGTERM to process 1 after step 1: both saved step {step} "
+        f"in {float(saved[0].group(2)):.1f} s")
+  objects = gcs_server.list_objects(gcs_bucket[len("gs://"):], f"run/checkpoints/{step}/")
+  assert any("/state/" in name for name in objects)
+
+  multiprocess.run(multiprocess.main_py(*SMOKE, f"--workdir={workdir}"), 2, 4,
+                   tmp_path / "logs_resumed", timeout=240, env=gcs_server.environment()).check()
+  resumed, resumed_step = _params(workdir)
+  uninterrupted, _ = _params(two)
+  assert resumed_step == STEPS
+  worst = _max_abs_difference(resumed, uninterrupted)
+  print(f"[measured] preempted at {step} and resumed vs uninterrupted (2x4): params max abs "
+        f"{worst:.1e}")
+  assert worst <= 1e-6
+  result = recipes.evaluate(run_config.load_config(workdir), workdir, out_root=tmp_path / "eval")
+  own = json.loads((two / "eval" / f"step_{STEPS}" / "dev" / "metrics.json").read_text())
+  assert result["step"] == STEPS
+  assert {k: result["metrics"][f"dev/{k}"] for k in own} == pytest.approx(own, abs=1e-6)
 
 
 def test_sharded_search_across_two_processes_equals_one_process(tmp_path):

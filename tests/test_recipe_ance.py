@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import pytest
 
-from retrieval_jax import checkpoint, metric_writer, sharding, train
+from retrieval_jax import checkpoint, metric_writer, run_config, sharding, train
 from retrieval_jax.data import pairs
 from retrieval_jax.index import mining
 from retrieval_jax.recipes import ance, contrastive
@@ -36,7 +36,7 @@ def _smoke(**overrides):
 
 
 def _params(workdir, step=None):
-  config = checkpoint.load_config(workdir)
+  config = run_config.load_config(workdir)
   query, _, step = restore_towers(config, workdir, step)
   return step, jax.tree_util.tree_map(np.asarray, query.params)
 
@@ -74,7 +74,7 @@ def test_async_run_refreshes_logs_and_saves_its_negatives(async_run):
 
 def test_positives_are_never_mined_as_negatives(async_run, tmp_path):
   workdir, _ = async_run
-  config = checkpoint.load_config(workdir)
+  config = run_config.load_config(workdir)
   data = contrastive.load_split(config.data, config.data.train_split)
   positives = [set(np.flatnonzero(np.isin(data.corpus_ids, [d for d, r in
                                                             data.qrels.get(q, {}).items()

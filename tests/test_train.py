@@ -7,15 +7,20 @@ compiling, naming their key; `--mode=eval` and `eval/retrieval.py --model=<workd
 checkpoint; a checkpoint restores onto a different mesh shape.
 """
 
+import dataclasses
 import json
+import os
 import pathlib
+import signal
 import sys
 
 import jax
 import numpy as np
 import pytest
 
-from retrieval_jax import checkpoint, metric_writer, train
+from retrieval_jax import checkpoint, metric_writer, preemption, run_config, train
+from retrieval_jax.recipes import base
+from retrieval_jax.recipes import dpr as dpr_recipe
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 if str(_REPO) not in sys.path:
@@ -32,7 +37,7 @@ def _smoke(**overrides):
 
 
 def _final_params(workdir):
-  config = checkpoint.load_config(workdir)
+  config = run_config.load_config(workdir)
   query, passage, step = restore_towers(config, workdir)
   return step, jax.tree_util.tree_map(np.asarray, (query.params, passage.params))
 
@@ -81,8 +86,18 @@ def test_export_loads_and_matches_the_checkpoint(smoke_run):
                          passage_params["backbone"]["embeddings"]["word_embeddings"]["embedding"])
 
 
-def test_resume_equals_uninterrupted(tmp_path):
-  _, straight = _final_params(_run(tmp_path / "straight", _smoke()))
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  """The final params of an uninterrupted smoke run (6 steps)."""
+  return _final_params(_run(tmp_path_factory.mktemp("straight"), _smoke()))[1]
+
+
+def _max_abs_difference(a, b):
+  return max(float(np.max(np.abs(x - y))) for x, y in
+             zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_resume_equals_uninterrupted(tmp_path, straight):
   interrupted = tmp_path / "interrupted"
   first = train.run(_smoke(**{"train.stop_at_step": 3}), interrupted, "train")
   assert first["stopped_early"] and first["step"] == 3
@@ -90,10 +105,77 @@ def test_resume_equals_uninterrupted(tmp_path):
   assert second["step"] == 6 and not second["stopped_early"]
   step, resumed = _final_params(interrupted)
   assert step == 6
-  worst = max(float(np.max(np.abs(a - b))) for a, b in
-              zip(jax.tree_util.tree_leaves(resumed), jax.tree_util.tree_leaves(straight)))
+  worst = _max_abs_difference(resumed, straight)
   print(f"[measured] resume 3 -> 6 vs straight 6 steps: params max abs diff {worst:.1e}")
   assert worst <= 1e-6
+
+
+class _SigtermAt(base.Hook):
+  """Sends this process a real SIGTERM after `step`, as a scheduler's preemption notice."""
+
+  def __init__(self, step):
+    self.step = step
+
+  def after_step(self, step, state):
+    if step == self.step:
+      os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_saves_the_current_step_and_the_resumed_run_equals_uninterrupted(
+    tmp_path, monkeypatch, straight):
+  build = dpr_recipe.build
+
+  def build_with_notice(*args, **kwargs):
+    recipe = build(*args, **kwargs)
+    return dataclasses.replace(recipe, hooks=[*recipe.hooks, _SigtermAt(2)])
+
+  workdir = tmp_path / "preempted"
+  monkeypatch.setattr(dpr_recipe, "build", build_with_notice)
+  with pytest.raises(preemption.Preempted) as stopped:
+    train.run(_smoke(), workdir, "train")
+  monkeypatch.undo()
+  assert stopped.value.step == 2  # no step lost, none trained after the notice
+  assert checkpoint.Checkpointer(workdir).all_steps() == [2]
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is removed
+  print(f"[measured] SIGTERM at step 2: checkpoint saved in {stopped.value.save_seconds:.2f} s")
+
+  # A resumed run may not change what is trained, only what is safe (logging, stopping).
+  with pytest.raises(run_config.ConfigChangedError, match=r"optim\.lr: 0\.001 -> 0\.002"):
+    train.run(_smoke(**{"optim.lr": 2e-3}), workdir, "train")
+  summary = train.run(_smoke(**{"train.log_every_steps": 1}), workdir, "train")
+  assert summary["step"] == 6
+  worst = _max_abs_difference(_final_params(workdir)[1], straight)
+  print(f"[measured] preempted at 2, resumed to 6 vs straight: params max abs diff {worst:.1e}")
+  assert worst <= 1e-6
+
+
+def test_a_gcs_workdir_trains_resumes_and_evaluates_like_a_local_one(
+    smoke_run, straight, gcs_server, gcs_bucket, tmp_path, monkeypatch):
+  """`gs://bucket/run` end to end, in process: stop at 3, resume to 6 (equal to the local
+  uninterrupted run), evaluate it again, read its TensorBoard events from the bucket."""
+  monkeypatch.chdir(tmp_path)  # a path mangled into a local "gs:" directory would show here
+  workdir = f"{gcs_bucket}/run"
+  first = train.run(_smoke(**{"train.stop_at_step": 3}), workdir, "train")
+  assert first["stopped_early"] and first["step"] == 3
+  summary = train.run(_smoke(), workdir, "train_and_eval")
+  assert summary["step"] == 6
+  assert _max_abs_difference(_final_params(workdir)[1], straight) <= 1e-6
+  _, local = smoke_run
+  assert summary["eval"] == pytest.approx(local["eval"], abs=1e-6)
+  assert train.run(_smoke(), workdir, "eval")["eval"] == pytest.approx(local["eval"], abs=1e-6)
+  scalars = metric_writer.read_scalars(f"{workdir}/tensorboard")
+  assert [step for step, _ in scalars["train/loss"]] == [1, 2, 3, 4, 6]
+  assert "dev/ndcg@10" in scalars
+  objects = set(gcs_server.list_objects(gcs_bucket[len("gs://"):]))
+  for name in ("run/config.json", "run/tensorboard/metrics.jsonl",
+               "run/negatives/bm25_train_minus_dev.npz", "run/model/retrieval_jax_model.json",
+               "run/model/tokenizer/tokenizer.json",
+               "run/eval/step_6/dev/metrics.json", "run/eval/step_6/dev/run.trec",
+               "run/export/query_encoder/model.safetensors",
+               "run/export/passage_encoder/config_sentence_transformers.json"):
+    assert name in objects, sorted(objects)
+  assert any(name.startswith("run/tensorboard/events.out.tfevents.") for name in objects)
+  assert not list(tmp_path.iterdir())  # nothing was written locally
 
 
 def _run(workdir, config, mode="train"):
@@ -172,11 +254,22 @@ def test_eval_mode_and_eval_cli_on_a_workdir(smoke_run, tmp_path):
 
 def test_main_trains_with_flag_overrides_and_rejects_unknown_keys(tmp_path):
   workdir = tmp_path / "main"
-  run_python(["main.py", "--config=configs/dpr.py:smoke", f"--workdir={workdir}",
-              "--mode=train", "--config.train.num_steps=2", "--config.optim.lr=5e-4"])
+  command = ["main.py", "--config=configs/dpr.py:smoke", f"--workdir={workdir}",
+             "--mode=train", "--config.train.num_steps=2"]
+  run_python([*command, "--config.optim.lr=5e-4", "--config.note=lr sweep"])
   saved = json.loads((workdir / "config.json").read_text())
   assert saved["optim"]["lr"] == 5e-4 and saved["train"]["num_steps"] == 2
+  assert saved["note"] == "lr sweep"
   assert checkpoint.Checkpointer(workdir).all_steps() == [2]
+  # Resuming with another learning rate is refused in one line that names the key...
+  changed = run_python([*command, "--config.optim.lr=1e-3"], check=False)
+  assert changed.returncode != 0 and "Traceback" not in changed.stderr
+  (line,) = [l for l in changed.stderr.splitlines() if "optim.lr" in l]
+  assert "0.0005 -> 0.001" in line and "--allow_config_change" in line
+  # ... and accepted knowingly, keeping the old config beside the new one.
+  run_python([*command, "--config.optim.lr=1e-3", "--allow_config_change"])
+  assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 1e-3
+  assert json.loads((workdir / "config.step_2.json").read_text())["optim"]["lr"] == 5e-4
   bad = run_python(["main.py", "--config=configs/dpr.py:smoke",
                     f"--workdir={tmp_path / 'bad'}", "--config.optim.learning_rate=1e-3"],
                    check=False)

@@ -17,8 +17,11 @@ from __future__ import annotations
 import importlib
 import logging
 import os
-import pathlib
 from typing import Any, Callable, Mapping, Protocol
+
+from etils import epath
+
+from retrieval_jax import files
 
 logger = logging.getLogger(__name__)
 
@@ -31,7 +34,7 @@ class Evaluator(Protocol):
   name: str
   requires: tuple[str, ...]   # EvalModels roles it reads
 
-  def run(self, models: Any, out_dir: pathlib.Path | None) -> dict[str, float]:
+  def run(self, models: Any, out_dir: epath.Path | None) -> dict[str, float]:
     """Metrics without the name prefix; writes metrics.json (and more) into `out_dir`."""
 
 
@@ -84,7 +87,7 @@ def run_all(evaluators: list[Evaluator], models: Any, out_root: str | os.PathLik
   results: dict[str, float] = {}
   for evaluator in evaluators:
     check_models(evaluator, models, recipe)
-    out_dir = None if out_root is None else pathlib.Path(out_root) / evaluator.name
+    out_dir = None if out_root is None else files.as_path(out_root) / evaluator.name
     values = evaluator.run(models, out_dir)
     if log is not None:
       log(evaluator.name, values)

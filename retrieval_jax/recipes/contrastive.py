@@ -14,16 +14,17 @@ import functools
 import json
 import logging
 import os
-import pathlib
 from typing import Any, Callable
 
 import jax
+from etils import epath
 
-from retrieval_jax import distributed, optim, sharding
+from retrieval_jax import distributed, files, optim, sharding
 from retrieval_jax.data import pairs, splits
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.data.beir import BeirData
 from retrieval_jax.index import mining
+from retrieval_jax.models import registry
 from retrieval_jax.recipes import base, dual_encoder
 
 logger = logging.getLogger(__name__)
@@ -57,7 +58,7 @@ def negative_pool(config: Any, data: BeirData, workdir: str | os.PathLike,
     depth: Candidates per query; default `negatives.depth`.
   """
   settings = _pool_settings(config, config.negatives.depth if depth is None else depth)
-  cache = pathlib.Path(workdir) / "negatives" / f"bm25_{config.data.train_split}.npz"
+  cache = files.as_path(workdir) / "negatives" / f"bm25_{config.data.train_split}.npz"
   meta = cache.with_suffix(".json")
   if cache.exists() and meta.exists() and json.loads(meta.read_text()) == settings:
     pool = mining.load_pool(cache)
@@ -72,8 +73,12 @@ def negative_pool(config: Any, data: BeirData, workdir: str | os.PathLike,
   return pool
 
 
-def build_model(config: Any) -> tuple[dual_encoder.DualEncoder, dual_encoder.ModelSpec]:
-  spec = dual_encoder.model_spec(config.model)
+MODEL_FILES = "model"  # workdir/model: the spec's config files and tokenizer (no weights)
+
+
+def build_model(config: Any, files_dir: str | None = None
+                ) -> tuple[dual_encoder.DualEncoder, dual_encoder.ModelSpec]:
+  spec = dual_encoder.model_spec(config.model, files_dir)
   return dual_encoder.DualEncoder(spec.module, bool(config.model.shared_towers)), spec
 
 
@@ -124,7 +129,7 @@ def _check_config(config: Any, spec: dual_encoder.ModelSpec) -> None:
 class TrainingData:
   """What a recipe's negatives are made from (see `build_contrastive`)."""
   config: Any
-  workdir: pathlib.Path
+  workdir: epath.Path
   data: BeirData                 # the training split
   dataset: pairs.PairDataset     # its (query, positives) examples
   dual: dual_encoder.DualEncoder
@@ -165,9 +170,11 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
     negatives: TrainingData -> (PairBatcher keyword arguments: `negatives_fn` or
       `negative_sets`; hooks for the loop, e.g. ANCE's refresher).
   """
-  workdir = pathlib.Path(workdir)
+  workdir = files.as_path(workdir)
   dual, spec = build_model(config)
   _check_config(config, spec)
+  if jax.process_index() == 0:
+    registry.save_model_files(spec, workdir / MODEL_FILES)
   data = load_split(config.data, config.data.train_split)
   dataset = pairs.pairs_from_beir(data)
   num_negatives = int(config.negatives.num)
@@ -237,14 +244,19 @@ def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | Non
   """(the towers of a checkpoint of `workdir` as `EvalModels`, its step)."""
   from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
-  dual, spec = build_model(config)
+  model_files = files.as_path(workdir) / MODEL_FILES
+  # Older workdirs have no model/: their spec is resolved from config.model again.
+  dual, spec = build_model(config, model_files if model_files.exists() else None)
   tx = optim.optimizer_from_config(config.optim, 1)  # the schedule's length does not shape the state
   # Every device of the job (whatever mesh and process count wrote the checkpoint); the
   # parameters then come to each host whole, to encode its shard of the corpus.
   mesh = sharding.make_mesh(-1, 1)
+  wanted = ("params", "step")  # never the optimizer moments
+  abstract = dual_encoder.abstract_state(dual, tx)
+  shardings = dual_encoder.state_shardings(dual, tx, mesh)
   with checkpoint.Checkpointer(workdir, async_save=False) as ckpt:
-    state, _ = ckpt.restore(step, abstract_state=dual_encoder.abstract_state(dual, tx),
-                            shardings=dual_encoder.state_shardings(dual, tx, mesh))
+    state, _ = ckpt.restore(step, abstract_state={k: abstract[k] for k in wanted},
+                            shardings={k: shardings[k] for k in wanted}, partial=True)
   tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
   models = towers_as_models(dual, distributed.host_local(state["params"]), tokenizer, spec)
   return models, int(state["step"])

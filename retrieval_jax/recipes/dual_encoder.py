@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from retrieval_jax import distributed, encode, grad_cache, losses
+from retrieval_jax import distributed, encode, files, grad_cache, losses
 from retrieval_jax.models import hf, registry
 from retrieval_jax.models.encoder import TextEncoder, abstract_params
 from retrieval_jax.recipes import state as state_lib
@@ -69,9 +69,10 @@ class DualEncoder:
 ModelSpec = registry.TransformerSpec
 
 
-def model_spec(model_config: Any) -> ModelSpec:
-  """The encoder `config.model` names (the registry's `transformer` type)."""
-  spec = registry.build(model_config)
+def model_spec(model_config: Any, files_dir: str | None = None) -> ModelSpec:
+  """The encoder `config.model` names (the registry's `transformer` type); `files_dir`: a
+  run's `workdir/model` to read it from (`registry.build`)."""
+  spec = registry.build(model_config, files_dir=files_dir)
   if not isinstance(spec, ModelSpec):
     raise ValueError(f"model.type={model_config.get('type')!r}: a dual encoder needs a "
                      "'transformer' model")
@@ -176,14 +177,29 @@ def tower_encoders(dual: DualEncoder, params: dict, tokenizer, model_dir: pathli
 
 
 def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokenizer_dir,
-           max_seq_length: int) -> list[pathlib.Path]:
+           max_seq_length: int, *, similarity: str | None = None,
+           prompts: dict[str, str] | None = None) -> list[Any]:
   """HF + sentence-transformers directories: `encoder/`, or `query_encoder/` and
   `passage_encoder/` for separate towers.
 
   Every process calls it (gathering parameters that span processes is a collective); process
   0 writes, and the others return an empty list.
+
+  Args:
+    dual: The towers' architecture.
+    params: The train state's params (one tree per tower).
+    out_dir: Where the directories go: local, or remote (`gs://...`, see
+      `hf.save_pretrained`).
+    tokenizer_dir: The tokenizer files to copy into each directory.
+    max_seq_length: The sentence-transformers max_seq_length.
+    similarity: sentence-transformers' similarity; None: cosine for normalized towers, dot
+      otherwise (`hf.sentence_transformers_config`).
+    prompts: Query / document prefixes the recipe trained with (None: none).
+
+  Returns:
+    The directories written (`hf.save_pretrained`'s paths: pathlib locally, epath remotely).
   """
-  out_dir = pathlib.Path(out_dir)
+  out_dir = files.as_path(out_dir)
   names = {"shared": "encoder", "query": "query_encoder", "passage": "passage_encoder"}
   written = []
   for tower in dual.towers:
@@ -192,5 +208,6 @@ def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokeniz
       continue
     written.append(hf.save_pretrained(out_dir / names[tower], dual.model.encoder, host,
                                       pooling=dual.model.pooling, tokenizer_dir=tokenizer_dir,
-                                      max_seq_length=max_seq_length))
+                                      max_seq_length=max_seq_length, similarity=similarity,
+                                      prompts=prompts))
   return written
