@@ -118,6 +118,7 @@ def test_two_processes_evaluate_a_one_process_checkpoint(runs, tmp_path):
   assert again == pytest.approx(own_one, abs=1e-6)
 
 
+@pytest.mark.slow  # two 2-process jobs: minutes
 def test_sigterm_on_one_process_of_two_on_a_gcs_workdir(runs, tmp_path, gcs_server, gcs_bucket):
   """Preemption of a pod, on a bucket: process 1 alone receives SIGTERM after step 1; both
   save the same step to gs:// and exit 143; the same command resumes and trains like the

@@ -2,7 +2,8 @@
 clean exit with status 143, and the same command resumes from it.
 
 The in-process check that the resumed run equals an uninterrupted one is in test_train.py;
-two processes on a gs:// workdir in test_multiprocess.py.
+two processes on a gs:// workdir in test_multiprocess.py. A process start and compile take
+over a minute on 2 cores: `slow`.
 """
 
 import os
@@ -13,8 +14,12 @@ import sys
 import threading
 import time
 
+import pytest
+
 from retrieval_jax import checkpoint, preemption
 from tests.helpers import REPO
+
+pytestmark = pytest.mark.slow
 
 
 def test_sigterm_to_main_saves_the_current_step_and_exits_143(tmp_path):
