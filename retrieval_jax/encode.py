@@ -18,6 +18,7 @@ from typing import Any, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm.auto import tqdm
 
@@ -243,11 +244,25 @@ def encode_document_shard(encoder: LoadedEncoder, doc_texts: Sequence[str], *, m
 
 
 def save_embeddings(path: str | os.PathLike, embeddings: np.ndarray,
-                    dtype=np.float32) -> pathlib.Path:
-  """Writes embeddings as .npy in float32 or float16."""
+                    dtype=np.float32) -> epath.Path:
+  """Writes embeddings as .npy in float32 or float16, local or remote (`gs://...`).
+
+  Args:
+    path: The file; `.npy` is appended if it lacks it (as `np.save` does with a name). Missing
+      parent directories are created.
+    embeddings: The array to write.
+    dtype: `np.float32` or `np.float16`.
+
+  Returns:
+    The file written.
+  """
   if dtype not in (np.float32, np.float16):
     raise ValueError(f"embeddings are saved as float32 or float16, not {dtype}")
-  path = pathlib.Path(path)
+  path = epath.Path(path)
+  if not path.name.endswith(".npy"):
+    path = path.with_name(path.name + ".npy")
   path.parent.mkdir(parents=True, exist_ok=True)
-  np.save(path, embeddings.astype(dtype))
+  # A file object, not a name: numpy opens names with the local `open`.
+  with path.open("wb") as f:
+    np.save(f, embeddings.astype(dtype))
   return path

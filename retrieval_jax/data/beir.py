@@ -12,7 +12,6 @@ Any problem with a file raises `DataError` naming the file and the 1-based line.
 import dataclasses
 import hashlib
 import os
-import pathlib
 from collections.abc import Iterable
 
 import numpy as np
@@ -64,7 +63,7 @@ def check_split(files: BeirFiles, split: str) -> None:
     raise DataError(f"unknown split {split!r} for {files.root}; available: {', '.join(available)}")
 
 
-def _check_refs(rows: list[QrelRow], path: pathlib.Path, raw: RawBeir, corpus: set[str],
+def _check_refs(rows: list[QrelRow], path: paths.AnyPath, raw: RawBeir, corpus: set[str],
                 queries: set[str]) -> None:
   """Every qrels row must name a known query and document: evaluation would skip it silently."""
   for row in rows:
@@ -163,13 +162,14 @@ def load_beir(source: str | os.PathLike, split: str = "test", *, dev_fraction: f
   """Loads one split of a BEIR data set.
 
   Args:
-    source: a BEIR directory, or a data set name looked up by `paths.find_dataset` (`scifact`);
-      a known BEIR name with no local copy is downloaded through TFDS.
+    source: a BEIR directory, local or remote (`gs://bucket/beir/scifact`), or a data set name
+      looked up by `paths.find_dataset` (`scifact`); a known BEIR name with no local copy is
+      downloaded through TFDS.
     split: a `qrels/<split>.tsv` name (`train`, `test`, ...), or `dev` or `train_minus_dev` (see
       `split_rows`).
     dev_fraction: share of the train queries carved out as dev when there is no `qrels/dev.tsv`.
-    data_dir: where TFDS keeps prepared data; default `$RETRIEVAL_JAX_TFDS_DIR`, else
-      `~/tensorflow_datasets`.
+    data_dir: where TFDS keeps prepared data, local or remote; default `$RETRIEVAL_JAX_TFDS_DIR`,
+      else `~/tensorflow_datasets`.
     use_tfds: go through the TFDS builder (prepared once, then read back by random access); False
       reads the files directly. Both give the same `BeirData` and the same errors.
 
@@ -202,4 +202,4 @@ def load_beir(source: str | os.PathLike, split: str = "test", *, dev_fraction: f
     raw = beir_tfds.read_prepared(beir_tfds.prepare_local(files, data_dir), files)
   else:
     raw = read_raw(files)
-  return build_data(raw, root.resolve().name, split, dev_fraction)
+  return build_data(raw, paths.resolved(root).name, split, dev_fraction)

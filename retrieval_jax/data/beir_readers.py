@@ -12,17 +12,24 @@ Both loading paths use these readers: `beir.read_raw` (`use_tfds=False`) and the
 example generators (`beir_tfds`), so the two give identical data and identical errors. This module
 imports neither of them, so `beir` and `beir_tfds` both import it at top level without a circle.
 Everything here is re-exported by `beir`, the public entry point.
+
+Paths may be remote (`gs://...`, as `epath.Path`, see `paths.user_path`): files are read through
+`path.open`, and messages name the remote path as given.
 """
 
+import contextlib
 import dataclasses
 import gzip
+import io
 import json
 import os
-import pathlib
 import re
 from collections.abc import Iterator
+from typing import IO
 
 import tqdm
+
+from retrieval_jax.data import paths
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
 # Seconds before a progress bar appears, so only slow reads (large corpora) show one.
@@ -41,10 +48,10 @@ def _error(path: os.PathLike | str, line: int, message: str) -> DataError:
 @dataclasses.dataclass(frozen=True)
 class BeirFiles:
   """The files of one BEIR directory."""
-  root: pathlib.Path
-  corpus: pathlib.Path
-  queries: pathlib.Path
-  qrels: dict[str, pathlib.Path]  # split name -> qrels/<split>.tsv, sorted by name
+  root: paths.AnyPath
+  corpus: paths.AnyPath
+  queries: paths.AnyPath
+  qrels: dict[str, paths.AnyPath]  # split name -> qrels/<split>.tsv, sorted by name
 
   def to_json(self) -> dict:
     qrels = {name: str(path) for name, path in self.qrels.items()}
@@ -53,14 +60,15 @@ class BeirFiles:
 
   @classmethod
   def from_json(cls, blob: dict) -> "BeirFiles":
-    qrels = {name: pathlib.Path(path) for name, path in blob["qrels"].items()}
-    return cls(pathlib.Path(blob["root"]), pathlib.Path(blob["corpus"]),
-               pathlib.Path(blob["queries"]), qrels)
+    # `user_path`, not pathlib: pathlib would turn `gs://b/x` into `gs:/b/x`.
+    qrels = {name: paths.user_path(path) for name, path in blob["qrels"].items()}
+    return cls(paths.user_path(blob["root"]), paths.user_path(blob["corpus"]),
+               paths.user_path(blob["queries"]), qrels)
 
 
 def locate_files(root: os.PathLike | str) -> BeirFiles:
-  """Finds the files of a BEIR directory, raising `DataError` naming whatever is missing."""
-  root = pathlib.Path(root)
+  """Finds the files of a local or remote BEIR directory; `DataError` names whatever is missing."""
+  root = paths.user_path(root)
   if not root.is_dir():
     raise DataError(f"{root}: not a directory")
   plain, gz = root / "corpus.jsonl", root / "corpus.jsonl.gz"
@@ -85,12 +93,27 @@ def locate_files(root: os.PathLike | str) -> BeirFiles:
   return BeirFiles(root, corpus, queries, {tsv.stem: tsv for tsv in tsvs})
 
 
-def _lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
+@contextlib.contextmanager
+def _open_bytes(path: paths.AnyPath) -> Iterator[IO[bytes]]:
+  """`path` opened for reading lines of bytes, decompressed when named *.gz."""
+  with path.open("rb") as f:
+    if path.suffix == ".gz":
+      with gzip.GzipFile(fileobj=f, mode="rb") as unzipped:
+        yield unzipped
+    elif isinstance(f, io.BufferedIOBase) or not hasattr(f, "readinto"):
+      yield f  # A local file, or TensorFlow's GFile (epath's gs:// with TF installed): buffered.
+    else:
+      # fsspec's files (epath's gs:// without TF) find each line by reading a whole block and
+      # seeking back; a buffer reads each block once.
+      with io.BufferedReader(f) as buffered:
+        yield buffered
+
+
+def _lines(path: paths.AnyPath) -> Iterator[tuple[int, bytes]]:
   """Yields (1-based line number, raw line) of a text file, gzip-compressed when named *.gz."""
-  opener = gzip.open if path.suffix == ".gz" else open
   number = 0
   try:
-    with opener(path, "rb") as f:
+    with _open_bytes(path) as f:
       progress = tqdm.tqdm(f, desc=path.name, unit=" lines", delay=_PROGRESS_DELAY)
       for number, line in enumerate(progress, 1):
         yield number, line
@@ -100,13 +123,13 @@ def _lines(path: pathlib.Path) -> Iterator[tuple[int, bytes]]:
     raise _error(path, number + 1, f"cannot read: {e}") from e
 
 
-def _no_rows(path: pathlib.Path, last_line: int, what: str) -> DataError:
+def _no_rows(path: paths.AnyPath, last_line: int, what: str) -> DataError:
   return _error(path, last_line + 1, f"end of file with no {what}: the file is empty")
 
 
 def iter_jsonl(path: os.PathLike | str, what: str = "records") -> Iterator[tuple[int, dict]]:
   """Yields (line number, object) per non-blank line; raises `DataError` when there is none."""
-  path = pathlib.Path(path)
+  path = paths.user_path(path)
   last, count = 0, 0
   for last, raw in _lines(path):
     if not raw.strip():
@@ -123,7 +146,7 @@ def iter_jsonl(path: os.PathLike | str, what: str = "records") -> Iterator[tuple
     raise _no_rows(path, last, what)
 
 
-def _field(path: pathlib.Path, line: int, record: dict, key: str, *, required: bool) -> str:
+def _field(path: paths.AnyPath, line: int, record: dict, key: str, *, required: bool) -> str:
   """A string field of a JSON record; missing optional fields and nulls are ""."""
   if key not in record or (record[key] is None and not required):
     if required:
@@ -136,7 +159,7 @@ def _field(path: pathlib.Path, line: int, record: dict, key: str, *, required: b
   return value
 
 
-def _check_id(path: pathlib.Path, line: int, doc_id: str, seen: dict[str, int]) -> None:
+def _check_id(path: paths.AnyPath, line: int, doc_id: str, seen: dict[str, int]) -> None:
   if not doc_id:
     raise _error(path, line, "empty '_id'")
   if doc_id in seen:
@@ -146,7 +169,7 @@ def _check_id(path: pathlib.Path, line: int, doc_id: str, seen: dict[str, int]) 
 
 def iter_corpus(path: os.PathLike | str) -> Iterator[tuple[int, str, str, str]]:
   """Yields (line, id, title, text) of a BEIR corpus, validated; a missing or null title is ""."""
-  path = pathlib.Path(path)
+  path = paths.user_path(path)
   seen: dict[str, int] = {}
   for line, record in iter_jsonl(path, "documents"):
     doc_id = _field(path, line, record, "_id", required=True)
@@ -157,7 +180,7 @@ def iter_corpus(path: os.PathLike | str) -> Iterator[tuple[int, str, str, str]]:
 
 def iter_queries(path: os.PathLike | str) -> Iterator[tuple[int, str, str]]:
   """Yields (line, id, text) of a BEIR queries file, validated."""
-  path = pathlib.Path(path)
+  path = paths.user_path(path)
   seen: dict[str, int] = {}
   for line, record in iter_jsonl(path, "queries"):
     query_id = _field(path, line, record, "_id", required=True)
@@ -176,7 +199,7 @@ class QrelRow:
 
 def iter_qrels(path: os.PathLike | str) -> Iterator[QrelRow]:
   """Yields the validated rows of a `qrels/<split>.tsv` file; the header line is required."""
-  path = pathlib.Path(path)
+  path = paths.user_path(path)
   header = "/".join(QRELS_HEADER)
   seen: dict[tuple[str, str], int] = {}
   last = 0

@@ -23,12 +23,15 @@ A config points either at a local directory (`source_dir`) or at a BEIR name to 
 file names and contents, so two directories, or one directory before and after an edit, never share
 prepared data, while an unchanged directory is prepared once and then reused. Hashing reads the
 files, far cheaper than preparing again. Stale versions stay in `data_dir`.
+
+`source_dir` may be remote (`gs://...`): its files are read through epath (`paths.user_path`).
+`data_dir` must be local: array_record, the format that spares us TensorFlow, opens its files with
+the local file API, so TFDS cannot write or read them in a bucket (`check_data_dir`).
 """
 
 import dataclasses
 import hashlib
 import os
-import pathlib
 import re
 from typing import Any
 
@@ -74,10 +77,11 @@ class BeirConfig(tfds.core.BuilderConfig):
   dataset: str = ""
 
 
-def download_root(dl_manager: Any, dataset: str) -> pathlib.Path:
+def download_root(dl_manager: Any, dataset: str) -> paths.AnyPath:
   """Downloads and extracts a BEIR zip; the zip holds one folder named after the data set."""
   extracted = dl_manager.download_and_extract(beir_url(dataset))
-  return pathlib.Path(os.fspath(extracted)) / dataset
+  # Under `data_dir/downloads`, so remote when `data_dir` is.
+  return paths.user_path(extracted) / dataset
 
 
 class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
@@ -118,7 +122,7 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _split_generators(self, dl_manager: tfds.download.DownloadManager):
     config = self.builder_config
     if config.source_dir:
-      root = pathlib.Path(config.source_dir)
+      root = paths.user_path(config.source_dir)
     else:
       root = download_root(dl_manager, config.dataset)
     files = readers.locate_files(root)
@@ -129,7 +133,7 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       return {"queries": self._generate_examples("queries", files.queries)}
     return {name: self._generate_examples("qrels", path) for name, path in files.qrels.items()}
 
-  def _generate_examples(self, part: str, path: pathlib.Path):
+  def _generate_examples(self, part: str, path: paths.AnyPath):
     """Yields (line number, example); the readers raise `DataError` naming file and line."""
     if part == "corpus":
       for line, doc_id, title, text in readers.iter_corpus(path):
@@ -143,12 +147,12 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                          "score": row.score, "line": row.line}
 
 
-def _digest(root: pathlib.Path, part_files: list[pathlib.Path]) -> str:
+def _digest(root: paths.AnyPath, part_files: list[paths.AnyPath]) -> str:
   """A hash of the resolved directory and of the part's file names and contents."""
-  digest = hashlib.sha256(str(root.resolve()).encode("utf-8"))
+  digest = hashlib.sha256(str(paths.resolved(root)).encode("utf-8"))
   for path in part_files:
     digest.update(f"\0{path.relative_to(root)}\0".encode("utf-8"))
-    with open(path, "rb") as f:
+    with path.open("rb") as f:
       digest.update(hashlib.file_digest(f, "sha256").digest())
   return digest.hexdigest()[:16]
 
@@ -157,7 +161,7 @@ def local_config(files: readers.BeirFiles, part: str) -> BeirConfig:
   """The config of one part of a local directory; its name changes when the part's files do."""
   part_files = {"corpus": [files.corpus], "queries": [files.queries],
                 "qrels": list(files.qrels.values())}[part]
-  slug = re.sub(r"[^A-Za-z0-9_]+", "_", files.root.resolve().name) or "beir"
+  slug = re.sub(r"[^A-Za-z0-9_]+", "_", paths.resolved(files.root).name) or "beir"
   return BeirConfig(name=f"{slug}-{_digest(files.root, part_files)}-{part}", part=part,
                     source_dir=str(files.root), description=f"BEIR {part} of {files.root}")
 
@@ -168,10 +172,22 @@ def download_config(dataset: str, part: str) -> BeirConfig:
                     description=f"BEIR {part} of {beir_url(dataset)}")
 
 
-def _prepare(configs: dict[str, BeirConfig],
-             data_dir: str | os.PathLike | None) -> dict[str, BeirBuilder]:
-  """Prepares each part unless it already is (then TFDS only opens the prepared files)."""
+def check_data_dir(data_dir: str | os.PathLike | None) -> str:
+  """`data_dir`, or the default, as a string; `ValueError` when it is remote.
+
+  Called before any work (hashing a remote source reads all of it): see the module docstring.
+  """
   data_dir = os.fspath(data_dir or paths.default_tfds_dir())
+  if paths.is_remote(data_dir):
+    raise ValueError(
+        f"TFDS data_dir {data_dir}: prepared data must be on a local disk, because array_record "
+        "files are written and read with local file I/O; use a local data_dir (the BEIR "
+        "directory itself may be remote) or use_tfds=False")
+  return data_dir
+
+
+def _prepare(configs: dict[str, BeirConfig], data_dir: str) -> dict[str, BeirBuilder]:
+  """Prepares each part unless it already is (then TFDS only opens the prepared files)."""
   # Statistics would need TensorFlow, and nothing here reads them.
   options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
   builders = {}
@@ -184,7 +200,8 @@ def _prepare(configs: dict[str, BeirConfig],
 
 def prepare_local(files: readers.BeirFiles,
                   data_dir: str | os.PathLike | None = None) -> dict[str, BeirBuilder]:
-  """Prepares (once) the three parts of a local BEIR directory; returns the builders by part."""
+  """Prepares (once) the three parts of a BEIR directory; returns the builders by part."""
+  data_dir = check_data_dir(data_dir)
   return _prepare({part: local_config(files, part) for part in PARTS}, data_dir)
 
 
@@ -194,7 +211,8 @@ def prepare_download(dataset: str,
   if dataset not in DOWNLOADABLE:
     known = ", ".join(sorted(DOWNLOADABLE))
     raise readers.DataError(f"{dataset!r} is not a downloadable BEIR data set: {known}")
-  return _prepare({part: download_config(dataset, part) for part in PARTS}, data_dir)
+  return _prepare({part: download_config(dataset, part) for part in PARTS},
+                  check_data_dir(data_dir))
 
 
 def _decode(record: dict) -> dict:

@@ -1,4 +1,5 @@
-"""One split of a data set named in a config: a BEIR directory or name, or `synthetic`."""
+"""One split of a data set named in a config: a BEIR directory (local or `gs://`) or name, or
+`synthetic`."""
 
 from __future__ import annotations
 

@@ -14,6 +14,7 @@ import dataclasses
 import os
 
 import numpy as np
+from etils import epath
 
 from retrieval_jax import distributed
 from retrieval_jax.data.beir import BeirData
@@ -305,15 +306,24 @@ def sample_negatives(pool: NegativePool, num_negatives: int, *, seed: int, epoch
 
 
 def save_pool(path: str | os.PathLike, pool: NegativePool) -> None:
-  """Writes a pool as .npz (numpy adds the suffix if `path` lacks it)."""
-  np.savez(path, query_ids=np.asarray(pool.query_ids, dtype=str), candidates=pool.candidates,
-           counts=pool.counts, positives=pool.positives, num_docs=np.int64(pool.num_docs))
+  """Writes a pool as .npz, local or remote (`gs://...`); `.npz` is appended if `path` lacks it.
+
+  Written through an epath file object, which numpy takes as is: the suffix numpy appends to a
+  path name is appended here.
+  """
+  path = epath.Path(path)
+  if not path.name.endswith(".npz"):
+    path = path.with_name(path.name + ".npz")
+  with path.open("wb") as f:
+    np.savez(f, query_ids=np.asarray(pool.query_ids, dtype=str), candidates=pool.candidates,
+             counts=pool.counts, positives=pool.positives, num_docs=np.int64(pool.num_docs))
 
 
 def load_pool(path: str | os.PathLike) -> NegativePool:
-  """Reads a pool written by `save_pool`."""
-  with np.load(path, allow_pickle=False) as f:
-    return NegativePool(query_ids=[str(q) for q in f["query_ids"]],
-                        candidates=f["candidates"].astype(np.int64),
-                        counts=f["counts"].astype(np.int64),
-                        positives=f["positives"].astype(np.int64), num_docs=int(f["num_docs"]))
+  """Reads a pool written by `save_pool`, local or remote."""
+  with epath.Path(path).open("rb") as f, np.load(f, allow_pickle=False) as arrays:
+    return NegativePool(query_ids=[str(q) for q in arrays["query_ids"]],
+                        candidates=arrays["candidates"].astype(np.int64),
+                        counts=arrays["counts"].astype(np.int64),
+                        positives=arrays["positives"].astype(np.int64),
+                        num_docs=int(arrays["num_docs"]))
