@@ -86,7 +86,7 @@ def main(argv):
     summary = train.run(config, workdir, _MODE.value, _STEP.value,
                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except run_config.ConfigChangedError as error:
-    raise app.UsageError(str(error)) from None
+    sys.exit(f"error: {error}")  # one line, status 1: not a usage mistake, no usage text
   except preemption.Preempted as stopped:
     logging.warning("%s", stopped)
     if chief:

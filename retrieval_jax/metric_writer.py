@@ -1,15 +1,16 @@
 """The training loop's logging: scalars to TensorBoard, a JSONL file and the log; a progress bar.
 
 Only process 0 writes (the default); the others validate their inputs and do nothing else, so
-a multi-host run has one event file and one `metrics.jsonl`. A logdir looks like:
+a multi-host run has one event file per writer and one `metrics.jsonl`. A logdir (a local
+path or `gs://bucket/...`: every path is an `etils.epath.Path`) looks like:
 
-  logdir/events.out.tfevents.<time>.<host>.<pid>.<n>   # TensorBoard events (`tfevents`)
+  logdir/events.out.tfevents.<time>.<host>.<pid>.<n>   # TensorBoard events
   logdir/metrics.jsonl                                 # {"step": 120, "train/loss": 0.43, ...}
   logdir/hparams.json                                  # the flattened config
 
 Typical use:
 
-  with MetricWriter(os.path.join(workdir, "tensorboard")) as writer:
+  with MetricWriter(workdir / "tensorboard") as writer:
     writer.write_hparams(config)
     bar = ProgressBar(config.num_steps, initial_step=start_step)
     for step in ...:
@@ -17,49 +18,72 @@ Typical use:
       bar.update(step, {"loss": loss})
     bar.close()
 
-Events are encoded by `retrieval_jax.tfevents` (pure Python: no TensorFlow, tensorboardX or
-protobuf), synchronously and with tags verbatim (why not tensorboardX: WORKSPACE). A step's
-scalars are one small record in a buffered file, cheap enough to write in the loop's thread.
+Events are written by the `tensorboard` package's own `EventFileWriter` (no TensorFlow needed:
+it then writes through TensorBoard's filesystem layer, which reaches gs:// through fsspec), with
+tags verbatim ("dev/ndcg@10"). Its thread writes the records; `flush` waits for it.
 
-`read_scalars` reads events back with TensorBoard's own reader when the `tensorboard` package is
-installed (tests, eval tools), else from `metrics.jsonl`; the library never needs `tensorboard`.
+An object store cannot append, so on gs:// every flush rewrites the whole event file and the
+whole `metrics.jsonl` (read back when a resumed run opens it): the cost of a flush grows with
+the run, which `flush_every_s` bounds. Local files are appended to.
+
+`read_scalars` reads events back with TensorBoard's own reader (tests, eval tools).
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
-import itertools
+import functools
+import io
 import json
 import math
 import operator
 import os
-import pathlib
-import socket
+import threading
 import time
 from typing import Any, Iterator, Mapping, TextIO
 
 from absl import logging
+from etils import epath
 import jax
 import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.compat.proto import summary_pb2
+from tensorboard.compat.proto import tensor_pb2
+from tensorboard.compat.proto import tensor_shape_pb2
+from tensorboard.compat.proto import types_pb2
+from tensorboard.summary.writer import event_file_writer
 import tqdm
-
-from retrieval_jax import tfevents
 
 JSONL_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
 HPARAMS_TAG = "config"
 
-# Event file names carry the second, the host, the process and this counter: two writers opened
-# on one logdir within a second must not truncate each other's file, and TensorBoard reads a
-# directory's files in name order, so the counter is zero-padded to keep that the write order.
-_EVENT_FILE_COUNTER = itertools.count()
-
 _NON_FINITE = {"nan": math.nan, "inf": math.inf, "-inf": -math.inf}
+
+# fsspec protocols whose filesystem (gcsfs) has no append mode.
+_NO_APPEND_PROTOCOLS = ("gs", "gcs")
+
+# The event writer's thread would also flush on its own timer, concurrently with `flush`, and
+# TensorBoard's GFile is not thread-safe where it rewrites whole objects (gs://); so in effect
+# only `flush` and `close` flush.
+_WRITER_THREAD_FLUSH_S = 365 * 24 * 3600.0
+
+# Event file names carry the second they were opened in, then the host, the process and
+# EventFileWriter's counter, which is not zero-padded ("...10" sorts before "...9"). TensorBoard
+# reads a directory's files in name order, so a second file that this process opens on one
+# logdir waits for a later second than the first: names then sort in write order.
+_OPENED_AT: dict[str, float] = {}
+_OPENED_AT_LOCK = threading.Lock()
 
 
 def _default_enabled(enabled: bool | None) -> bool:
   return jax.process_index() == 0 if enabled is None else bool(enabled)
+
+
+def _is_remote(path: epath.Path) -> bool:
+  """Whether `path` is in an object store (gs://...) rather than on a local filesystem."""
+  return "://" in os.fspath(path)
 
 
 def _check_scalar(key: str, value: Any) -> None:
@@ -137,28 +161,130 @@ def _markdown_table(flat: Mapping[str, Any]) -> str:
   return "\n".join(["| key | value |", "|---|---|", *rows])
 
 
-class _EventFile:
-  """A new TensorBoard event file in `logdir`, written synchronously (`tfevents`)."""
+def _scalar_summary(values: Mapping[str, float]) -> summary_pb2.Summary:
+  """One `simple_value` per tag, the tags verbatim (float32 on disk, as TensorBoard stores it)."""
+  return summary_pb2.Summary(
+      value=[summary_pb2.Summary.Value(tag=tag, simple_value=v) for tag, v in values.items()])
 
-  def __init__(self, logdir: pathlib.Path):
-    name = (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}"
-            f".{os.getpid()}.{next(_EVENT_FILE_COUNTER):06d}")
-    self.path = logdir / name
-    self._writer = tfevents.EventFileWriter(self.path)
+
+def _text_summary(tag: str, text: str) -> summary_pb2.Summary:
+  """One scalar string tensor for TensorBoard's text plugin, under `tag`."""
+  tensor = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING,
+                                  tensor_shape=tensor_shape_pb2.TensorShapeProto(),
+                                  string_val=[text.encode("utf-8")])
+  metadata = summary_pb2.SummaryMetadata(
+      plugin_data=summary_pb2.SummaryMetadata.PluginData(plugin_name="text"))
+  return summary_pb2.Summary(
+      value=[summary_pb2.Summary.Value(tag=tag, tensor=tensor, metadata=metadata)])
+
+
+class _NoAppendFileSystem:
+  """TensorBoard's fsspec filesystem (what its GFile writes gs:// with), minus `append`.
+
+  GFile writes every chunk after the first with `append` when its filesystem has one, and gcsfs
+  cannot append: it warns and overwrites, so an event file would keep only its last record.
+  Without `append`, GFile keeps the file in a local temporary file and uploads it whole on
+  every flush.
+  """
+
+  def __init__(self, inner: Any):
+    self._inner = inner
+
+  def __getattr__(self, name: str) -> Any:
+    if name == "append":
+      raise AttributeError(name)
+    return getattr(self._inner, name)
+
+
+@functools.cache
+def _use_no_append_filesystems() -> None:
+  """Routes TensorBoard's gs:// writes through `_NoAppendFileSystem` (once per process)."""
+  from tensorboard.compat import tf  # pylint: disable=g-import-not-at-top
+  from tensorboard.compat.tensorflow_stub.io import gfile  # pylint: disable=g-import-not-at-top
+
+  if tf.io.gfile is not gfile:
+    return  # TensorFlow is installed: TensorBoard writes with tf.io.gfile, which handles gs://
+  for protocol in _NO_APPEND_PROTOCOLS:
+    gfile.register_filesystem(protocol, _NoAppendFileSystem(gfile.FSSpecFileSystem()))
+
+
+def _seconds_to_wait(last_opened: float | None, now: float) -> float:
+  """How long to wait until the second after the one `last_opened` was in (0 if it is past)."""
+  if last_opened is None or int(now) > int(last_opened):
+    return 0.0
+  return int(last_opened) + 1 - now
+
+
+class _EventFile:
+  """A new TensorBoard event file in `logdir`."""
+
+  def __init__(self, logdir: epath.Path):
+    _use_no_append_filesystems()
+    key = os.fspath(logdir)
+    with _OPENED_AT_LOCK:
+      time.sleep(_seconds_to_wait(_OPENED_AT.get(key), time.time()))
+      self._writer = event_file_writer.EventFileWriter(key, flush_secs=_WRITER_THREAD_FLUSH_S)
+      _OPENED_AT[key] = time.time()
+
+  def _add(self, step: int, summary: summary_pb2.Summary) -> None:
+    self._writer.add_event(event_pb2.Event(wall_time=time.time(), step=step, summary=summary))
 
   def add_scalars(self, step: int, values: Mapping[str, float]) -> None:
     """One event for the whole step; tags are the names verbatim."""
-    self._writer.add_summary(step, tfevents.scalar_summary(values))
+    self._add(step, _scalar_summary(values))
 
   def add_text(self, tag: str, text: str, step: int) -> None:
     """Tag `<tag>/text_summary` for the text plugin, as tensorboardX's add_text names it."""
-    self._writer.add_summary(step, tfevents.text_summary(f"{tag}/text_summary", text))
+    self._add(step, _text_summary(f"{tag}/text_summary", text))
 
   def flush(self) -> None:
+    """Returns once every event added so far is in the file (on gs://: uploaded)."""
     self._writer.flush()
 
   def close(self) -> None:
+    """Flushes, stops the writer's thread and closes the file."""
     self._writer.close()
+
+
+class _RewrittenTextFile:
+  """A text file on an object store, which cannot append: kept in memory (with what it held
+  when opened) and written whole on flush."""
+
+  def __init__(self, path: epath.Path):
+    self._path = path
+    self._text = io.StringIO()
+    if path.exists():
+      self._text.write(path.read_text(encoding="utf-8"))
+    self._dirty = False
+
+  def write(self, text: str) -> None:
+    self._text.write(text)
+    self._dirty = True
+
+  def flush(self) -> None:
+    if self._dirty:
+      self._path.write_text(self._text.getvalue(), encoding="utf-8")
+      self._dirty = False
+
+  def close(self) -> None:
+    self.flush()
+
+
+def _open_for_append(path: epath.Path) -> TextIO | _RewrittenTextFile:
+  """`path` opened to append text: a file in append mode, or rewritten whole if remote."""
+  if _is_remote(path):
+    return _RewrittenTextFile(path)
+  return path.open("a", encoding="utf-8")
+
+
+def _write_text_atomically(path: epath.Path, text: str) -> None:
+  """Replaces `path` by `text`; a reader never sees a half-written file."""
+  if _is_remote(path):
+    path.write_text(text, encoding="utf-8")  # an object appears whole when its upload ends
+    return
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(text, encoding="utf-8")
+  tmp.replace(path)
 
 
 class MetricWriter:
@@ -166,34 +292,37 @@ class MetricWriter:
 
   Every `write_scalars` call becomes one TensorBoard event (tag = metric name, verbatim: e.g.
   "dev/ndcg@10"), one JSON line `{"step": step, ...}` appended to `logdir/metrics.jsonl`, and
-  one `absl.logging.info` line. A resumed run appends to the same JSONL file and starts a new
-  event file beside the old ones.
+  one `absl.logging.info` line. A resumed run appends to the same JSONL file (on gs://: reads
+  it when opened and rewrites it whole on each flush) and starts a new event file beside the
+  old ones.
   """
 
-  def __init__(self, logdir: str | os.PathLike, *, enabled: bool | None = None,
+  def __init__(self, logdir: epath.PathLike, *, enabled: bool | None = None,
                flush_every_s: float = 10.0):
     """Opens the writers (on process 0 only).
 
     Args:
-      logdir: events go here (e.g. `workdir/tensorboard`); the JSONL to `logdir/metrics.jsonl`.
+      logdir: events go here (e.g. `workdir/tensorboard`, local or `gs://...`); the JSONL to
+        `logdir/metrics.jsonl`.
       enabled: whether this process writes; None means `jax.process_index() == 0`. A disabled
         writer creates no directory or file and logs nothing.
-      flush_every_s: a write flushes the files (and fsyncs the events) when the last flush
-        is at least this old; `flush` and `close` always do, and so does interpreter exit.
+      flush_every_s: a write flushes the files when the last flush is at least this old;
+        `flush` and `close` always do, and so does interpreter exit. On gs:// a flush uploads
+        both files whole.
     """
     if flush_every_s < 0:
       raise ValueError(f"flush_every_s must be >= 0, got {flush_every_s}")
-    self.logdir = pathlib.Path(logdir)
+    self.logdir = epath.Path(logdir)
     self.enabled = _default_enabled(enabled)
     self._flush_every_s = float(flush_every_s)
     self._closed = False
     self._events: _EventFile | None = None
-    self._jsonl: TextIO | None = None
+    self._jsonl: TextIO | _RewrittenTextFile | None = None
     self._last_flush = time.monotonic()
     if self.enabled:
       self.logdir.mkdir(parents=True, exist_ok=True)
       self._events = _EventFile(self.logdir)
-      self._jsonl = open(self.logdir / JSONL_FILE, "a", encoding="utf-8")
+      self._jsonl = _open_for_append(self.logdir / JSONL_FILE)
       atexit.register(self.close)  # a loop that dies without closing still leaves whole files
 
   def _check_open(self) -> None:
@@ -240,10 +369,8 @@ class MetricWriter:
       return
     flat = {key: _json_value(value) for key, value in _flatten(hparams)}
     self._events.add_text(HPARAMS_TAG, _markdown_table(flat), 0)
-    path = self.logdir / HPARAMS_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(flat, indent=2, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)  # never a half-written file
+    _write_text_atomically(self.logdir / HPARAMS_FILE,
+                           json.dumps(flat, indent=2, allow_nan=False) + "\n")
     self.flush()
 
   def flush(self) -> None:
@@ -258,11 +385,10 @@ class MetricWriter:
     """Flushes and closes the files; later calls do nothing."""
     if self._closed:
       return
-    self.flush()
     self._closed = True
     if self.enabled:
       atexit.unregister(self.close)
-      self._events.close()
+      self._events.close()  # flushes
       self._jsonl.close()
 
   def __enter__(self) -> MetricWriter:
@@ -272,7 +398,7 @@ class MetricWriter:
     self.close()
 
 
-def _read_scalars_tensorboard(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+def _read_scalars_tensorboard(logdir: epath.Path) -> dict[str, list[tuple[int, float]]]:
   """Every scalar of every event file in `logdir`, via TensorBoard's EventAccumulator."""
   from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=g-import-not-at-top
 
@@ -283,10 +409,10 @@ def _read_scalars_tensorboard(logdir: pathlib.Path) -> dict[str, list[tuple[int,
   return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
-def _read_scalars_jsonl(logdir: pathlib.Path) -> dict[str, list[tuple[int, float]]]:
+def _read_scalars_jsonl(logdir: epath.Path) -> dict[str, list[tuple[int, float]]]:
   """Every scalar in `logdir/metrics.jsonl` (float64, where the events hold float32)."""
   out: dict[str, list[tuple[int, float]]] = collections.defaultdict(list)
-  path = logdir / JSONL_FILE
+  path = epath.Path(logdir) / JSONL_FILE
   if not path.exists():
     return {}
   lines = path.read_text(encoding="utf-8").split("\n")
@@ -306,27 +432,21 @@ def _read_scalars_jsonl(logdir: pathlib.Path) -> dict[str, list[tuple[int, float
   return dict(out)
 
 
-def read_scalars(logdir: str | os.PathLike) -> dict[str, list[tuple[int, float]]]:
+def read_scalars(logdir: epath.PathLike) -> dict[str, list[tuple[int, float]]]:
   """Reads back the scalars a `MetricWriter` wrote to `logdir`: tag → [(step, value)].
 
-  With the `tensorboard` package installed (the `test` extra), this reads all the event files
-  in `logdir` with TensorBoard's own `EventAccumulator`, so it also proves TensorBoard can read
-  them; values are float32, as events store them. Without it, it parses `metrics.jsonl`
-  (float64). Lists are sorted by step; a step written twice (a resumed run) keeps both values,
-  in the order written.
+  Reads all the event files in `logdir` (local or gs://) with TensorBoard's own
+  `EventAccumulator`, so it also proves TensorBoard can read them; values are float32, as
+  events store them. Lists are sorted by step; a step written twice (a resumed run) keeps both
+  values, in the order written.
 
   Raises:
     FileNotFoundError: if `logdir` is not a directory.
   """
-  logdir = pathlib.Path(logdir)
+  logdir = epath.Path(logdir)
   if not logdir.is_dir():
     raise FileNotFoundError(f"no metrics directory {logdir}")
-  try:
-    import tensorboard  # pylint: disable=g-import-not-at-top,unused-import
-  except ImportError:
-    scalars = _read_scalars_jsonl(logdir)
-  else:
-    scalars = _read_scalars_tensorboard(logdir)
+  scalars = _read_scalars_tensorboard(logdir)
   # sorted() is stable: equal steps stay in file order, i.e. the order they were written.
   return {tag: sorted(points, key=lambda p: p[0]) for tag, points in scalars.items()}
 

@@ -1,4 +1,7 @@
-"""Tests for retrieval_jax.metric_writer: events read back by TensorBoard's reader, JSONL, bar."""
+"""Tests for retrieval_jax.metric_writer: events read back by TensorBoard's reader, JSONL, bar.
+
+The tests taking the `logdir` fixture run on a local directory and on gs:// (the emulator).
+"""
 
 from __future__ import annotations
 
@@ -6,13 +9,15 @@ import io
 import json
 import logging
 import math
-import sys
 
+from etils import epath
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
+from tensorboard.compat.tensorflow_stub.io import gfile
 
 from retrieval_jax import metric_writer
 from retrieval_jax.metric_writer import MetricWriter, ProgressBar, read_scalars
@@ -23,6 +28,14 @@ _STEPS = {
     10: {"train/loss": 0.4312, "train/lr": 3e-5, "dev/ndcg@10": 0.61},
     25: {"train/loss": 0.125, "train/lr": 2.5e-5},
 }
+
+
+@pytest.fixture(params=["local", "gcs"])
+def logdir(request, tmp_path) -> epath.Path:
+  """A logdir that does not exist yet: under tmp_path, or in a new emulator bucket."""
+  if request.param == "local":
+    return epath.Path(tmp_path) / "tb"
+  return epath.Path(request.getfixturevalue("gcs_bucket")) / "run" / "tb"
 
 
 def _expected() -> dict[str, list[tuple[int, float]]]:
@@ -49,17 +62,19 @@ def _write_steps(logdir, **kwargs) -> None:
 
 
 def _accumulator(logdir):
-  event_accumulator = pytest.importorskip(
-      "tensorboard.backend.event_processing.event_accumulator")
-  acc = event_accumulator.EventAccumulator(str(logdir),
-                                           size_guidance={event_accumulator.SCALARS: 0})
+  acc = event_accumulator.EventAccumulator(
+      str(logdir), size_guidance={event_accumulator.SCALARS: 0, event_accumulator.TENSORS: 0})
   acc.Reload()
   return acc
 
 
-def test_scalars_read_back_by_read_scalars(tmp_path):
-  _write_steps(tmp_path / "tb")
-  _assert_close(read_scalars(tmp_path / "tb"), _expected())
+def _event_files(logdir: epath.Path) -> list[str]:
+  return sorted(p.name for p in logdir.glob("events.out.tfevents.*"))
+
+
+def test_scalars_read_back_by_read_scalars(logdir):
+  _write_steps(logdir)
+  _assert_close(read_scalars(logdir), _expected())
 
 
 def test_scalars_read_back_by_tensorboard_event_accumulator(tmp_path):
@@ -69,12 +84,16 @@ def test_scalars_read_back_by_tensorboard_event_accumulator(tmp_path):
   _assert_close(got, _expected())
 
 
-def test_read_scalars_falls_back_to_jsonl_without_tensorboard(tmp_path, monkeypatch):
+def test_large_steps_and_negative_values(tmp_path):
+  with MetricWriter(tmp_path, enabled=True) as writer:
+    writer.write_scalars(3, {"train/loss": 0.25})
+    writer.write_scalars(2**40, {"train/loss": -1.5})
+  assert read_scalars(tmp_path) == {"train/loss": [(3, 0.25), (2**40, -1.5)]}
+
+
+def test_jsonl_holds_the_same_scalars_in_float64(tmp_path):
   _write_steps(tmp_path / "tb")
-  monkeypatch.setitem(sys.modules, "tensorboard", None)  # makes `import tensorboard` fail
-  got = read_scalars(tmp_path / "tb")
-  # The JSONL keeps float64: exact.
-  _assert_close(got, _expected(), rtol=0)
+  _assert_close(metric_writer._read_scalars_jsonl(tmp_path / "tb"), _expected(), rtol=0)
 
 
 def test_read_scalars_missing_dir(tmp_path):
@@ -82,7 +101,12 @@ def test_read_scalars_missing_dir(tmp_path):
     read_scalars(tmp_path / "nope")
 
 
-def test_jsonl_lines_are_json_and_non_finite_values_round_trip(tmp_path, monkeypatch):
+def test_read_scalars_missing_gcs_dir(gcs_bucket):
+  with pytest.raises(FileNotFoundError, match="nope"):
+    read_scalars(f"{gcs_bucket}/nope")
+
+
+def test_jsonl_lines_are_json_and_non_finite_values_round_trip(tmp_path):
   logdir = tmp_path / "tb"
   with MetricWriter(logdir, enabled=True) as writer:
     writer.write_scalars(1, {"a": 0.5, "b": float("nan")})
@@ -91,10 +115,8 @@ def test_jsonl_lines_are_json_and_non_finite_values_round_trip(tmp_path, monkeyp
   records = [json.loads(line) for line in lines]  # strict JSON: no bare NaN / Infinity
   assert records == [{"step": 1, "a": 0.5, "b": "nan"}, {"step": 2, "a": "inf", "b": "-inf"}]
 
-  for reader in ("tensorboard", "jsonl"):
-    if reader == "jsonl":
-      monkeypatch.setitem(sys.modules, "tensorboard", None)
-    got = read_scalars(logdir)
+  for reader in (read_scalars, metric_writer._read_scalars_jsonl):
+    got = reader(logdir)
     assert got["a"] == [(1, 0.5), (2, math.inf)], reader
     assert got["b"][0][0] == 1 and math.isnan(got["b"][0][1]), reader
     assert got["b"][1] == (2, -math.inf), reader
@@ -194,40 +216,115 @@ def test_flush_makes_writes_readable_before_close(tmp_path):
   writer.close()
 
 
-def test_resumed_run_appends_beside_the_first(tmp_path):
+def test_every_flush_keeps_the_earlier_records(logdir):
+  # On gs:// TensorBoard's GFile would append each record after the first, which gcsfs turns
+  # into an overwrite: only the last record would be left.
+  writer = MetricWriter(logdir, enabled=True, flush_every_s=3600)
+  for step in range(3):
+    writer.write_scalars(step, {"a": float(step)})
+    writer.flush()
+    want = {"a": [(s, float(s)) for s in range(step + 1)]}
+    assert read_scalars(logdir) == want
+    assert metric_writer._read_scalars_jsonl(logdir) == want
+  writer.close()
+  assert read_scalars(logdir) == {"a": [(0, 0.0), (1, 1.0), (2, 2.0)]}
+
+
+def test_resumed_run_appends_beside_the_first(logdir):
   # Two writers within one second: distinct event files, read in the order they were written.
-  with MetricWriter(tmp_path, enabled=True) as first:
+  with MetricWriter(logdir, enabled=True) as first:
     first.write_scalars(1, {"a": 1.0})
     first.write_scalars(2, {"a": 2.0})
-  with MetricWriter(tmp_path, enabled=True) as second:
+  with MetricWriter(logdir, enabled=True) as second:
     second.write_scalars(2, {"a": 20.0})
     second.write_scalars(3, {"a": 3.0})
-  assert len(list(tmp_path.glob("events.out.tfevents.*"))) == 2
+  assert len(_event_files(logdir)) == 2
   want = {"a": [(1, 1.0), (2, 2.0), (2, 20.0), (3, 3.0)]}
-  assert read_scalars(tmp_path) == want
-  assert metric_writer._read_scalars_jsonl(tmp_path) == want
+  assert read_scalars(logdir) == want
+  assert metric_writer._read_scalars_jsonl(logdir) == want
 
 
-def test_write_hparams(tmp_path):
+def test_event_file_names_sort_in_write_order_across_the_counters_digits(tmp_path):
+  # EventFileWriter numbers its files with a process-wide counter that is not zero-padded:
+  # bring it to ...9 on scratch directories, then open two writers on one logdir.
+  def counter(logdir) -> int:
+    (name,) = _event_files(epath.Path(logdir))
+    return int(name.rsplit(".", 1)[1])
+
+  scratch = 0
+  while True:
+    MetricWriter(tmp_path / f"scratch{scratch}", enabled=True).close()
+    if set(str(counter(tmp_path / f"scratch{scratch}") + 1)) == {"9"}:
+      break
+    scratch += 1
+  logdir = tmp_path / "tb"
+  with MetricWriter(logdir, enabled=True) as first:
+    first.write_scalars(1, {"a": 1.0})
+  with MetricWriter(logdir, enabled=True) as second:
+    second.write_scalars(1, {"a": 2.0})
+  names = _event_files(epath.Path(logdir))
+  assert [len(name.rsplit(".", 1)[1]) for name in names] in ([1, 2], [2, 3], [3, 4])
+  assert read_scalars(logdir) == {"a": [(1, 1.0), (1, 2.0)]}
+
+
+def test_seconds_to_wait():
+  assert metric_writer._seconds_to_wait(None, 100.5) == 0
+  assert metric_writer._seconds_to_wait(99.9, 100.5) == 0
+  assert metric_writer._seconds_to_wait(100.2, 100.5) == pytest.approx(0.5)
+
+
+def test_resumed_run_on_gcs_keeps_the_objects_of_the_first(gcs_server, gcs_bucket):
+  logdir = f"{gcs_bucket}/run/tb"
+  with MetricWriter(logdir, enabled=True) as first:
+    first.write_hparams({"lr": 1e-5})
+    first.write_scalars(1, {"a": 1.0})
+  with MetricWriter(logdir, enabled=True) as second:
+    second.write_scalars(2, {"a": 2.0})
+  objects = sorted(gcs_server.list_objects(gcs_bucket[len("gs://"):]))
+  events = [name for name in objects if name.startswith("run/tb/events.out.tfevents.")]
+  assert len(events) == 2
+  assert sorted(set(objects) - set(events)) == ["run/tb/hparams.json", "run/tb/metrics.jsonl"]
+  text = (epath.Path(logdir) / metric_writer.JSONL_FILE).read_text()
+  assert text == '{"step": 1, "a": 1.0}\n{"step": 2, "a": 2.0}\n'
+  assert read_scalars(logdir) == {"a": [(1, 1.0), (2, 2.0)]}
+
+
+def test_gcs_writes_go_through_a_filesystem_without_append(tmp_path):
+  MetricWriter(tmp_path, enabled=True).close()
+  assert not hasattr(gfile.get_filesystem("gs://bucket/tb/events"), "append")
+  assert isinstance(gfile.get_filesystem(str(tmp_path / "events")), gfile.LocalFileSystem)
+
+
+def test_write_hparams(logdir):
   config = ml_collections.ConfigDict({
       "model": {"name": "bert|base", "dims": (768, 12)},
       "optim": {"lr": 1e-5, "warmup": float("inf")},
       "seed": 0,
       "dtype": jnp.bfloat16,
   })
-  with MetricWriter(tmp_path, enabled=True) as writer:
+  with MetricWriter(logdir, enabled=True) as writer:
     writer.write_hparams(config)
   want = {"model.dims": [768, 12], "model.name": "bert|base", "optim.lr": 1e-5,
           "optim.warmup": "inf", "seed": 0, "dtype": str(jnp.bfloat16)}
-  assert json.loads((tmp_path / metric_writer.HPARAMS_FILE).read_text()) == want
-  assert not list(tmp_path.glob("*.tmp"))
+  assert json.loads((logdir / metric_writer.HPARAMS_FILE).read_text()) == want
+  assert not list(logdir.glob("*.tmp"))
 
-  acc = _accumulator(tmp_path)
+  acc = _accumulator(logdir)
   (event,) = acc.Tensors("config/text_summary")
+  assert event.step == 0
+  assert acc.SummaryMetadata("config/text_summary").plugin_data.plugin_name == "text"
   text = event.tensor_proto.string_val[0].decode()
   assert text.splitlines()[:2] == ["| key | value |", "|---|---|"]
   assert "| model.name | bert\\|base |" in text
   assert "| optim.lr | 1e-05 |" in text
+
+
+def test_write_hparams_replaces_the_file_of_a_resumed_run(logdir):
+  with MetricWriter(logdir, enabled=True) as writer:
+    writer.write_hparams({"lr": 1e-5})
+  with MetricWriter(logdir, enabled=True) as writer:
+    writer.write_hparams({"lr": 2e-5})
+  assert json.loads((logdir / metric_writer.HPARAMS_FILE).read_text()) == {"lr": 2e-5}
 
 
 def test_progress_bar_disabled_does_nothing():
