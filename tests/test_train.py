@@ -265,7 +265,7 @@ def test_main_trains_with_flag_overrides_and_rejects_unknown_keys(tmp_path):
   changed = run_python([*command, "--config.optim.lr=1e-3"], check=False)
   assert changed.returncode != 0 and "Traceback" not in changed.stderr
   (line,) = [l for l in changed.stderr.splitlines() if l.startswith("error:")]
-  assert "0.0005 -> 0.001" in line and "--allow_config_change" in line
+  assert "optim.lr: 0.0005 -> 0.001" in line and "--allow_config_change" in line
   # ... and accepted knowingly, keeping the old config beside the new one.
   run_python([*command, "--config.optim.lr=1e-3", "--allow_config_change"])
   assert json.loads((workdir / "config.json").read_text())["optim"]["lr"] == 1e-3
