@@ -55,6 +55,8 @@ from tensorboard.compat.proto import types_pb2
 from tensorboard.summary.writer import event_file_writer
 import tqdm
 
+from retrieval_jax import files
+
 JSONL_FILE = "metrics.jsonl"
 HPARAMS_FILE = "hparams.json"
 HPARAMS_TAG = "config"
@@ -79,11 +81,6 @@ _OPENED_AT_LOCK = threading.Lock()
 
 def _default_enabled(enabled: bool | None) -> bool:
   return jax.process_index() == 0 if enabled is None else bool(enabled)
-
-
-def _is_remote(path: epath.Path) -> bool:
-  """Whether `path` is in an object store (gs://...) rather than on a local filesystem."""
-  return "://" in os.fspath(path)
 
 
 def _check_scalar(key: str, value: Any) -> None:
@@ -272,14 +269,14 @@ class _RewrittenTextFile:
 
 def _open_for_append(path: epath.Path) -> TextIO | _RewrittenTextFile:
   """`path` opened to append text: a file in append mode, or rewritten whole if remote."""
-  if _is_remote(path):
+  if files.is_remote(path):
     return _RewrittenTextFile(path)
   return path.open("a", encoding="utf-8")
 
 
 def _write_text_atomically(path: epath.Path, text: str) -> None:
   """Replaces `path` by `text`; a reader never sees a half-written file."""
-  if _is_remote(path):
+  if files.is_remote(path):
     path.write_text(text, encoding="utf-8")  # an object appears whole when its upload ends
     return
   tmp = path.with_name(path.name + ".tmp")

@@ -310,11 +310,11 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
     if save_due:
       save(step)
       saved_step = step
+    if step < stop and notice.reached(step):  # before an evaluation that could outlast it
+      stop_on_preemption(step, saved=save_due)
     if eval_due:
       evaluate(step)
       interval_start = time.perf_counter()  # keep evaluation out of the training rate
-    if step < stop and notice.reached(step):
-      stop_on_preemption(step, saved=save_due)
   sync(step)
   bar.close()
   if step > start and step != saved_step:
