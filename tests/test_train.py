@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from retrieval_jax import checkpoint, metric_writer, preemption, run_config, train
+from retrieval_jax.models import hf
 from retrieval_jax.recipes import base
 from retrieval_jax.recipes import dpr as dpr_recipe
 
@@ -250,6 +251,19 @@ def test_eval_mode_and_eval_cli_on_a_workdir(smoke_run, tmp_path):
   assert "step 6" in result.stdout
   metrics = json.loads((out / "metrics.json").read_text())
   assert metrics["ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"], abs=1e-5)
+
+
+def test_evaluating_a_workdir_never_resolves_the_base_model(smoke_run, monkeypatch):
+  """The spec and tokenizer come from `workdir/model/` (no hub, no packaged model needed)."""
+  workdir, summary = smoke_run
+  assert (workdir / "model" / "retrieval_jax_model.json").exists()
+
+  def unavailable(name, *args, **kwargs):
+    raise AssertionError(f"evaluation resolved {name!r} instead of reading workdir/model")
+
+  monkeypatch.setattr(hf, "resolve_model_dir", unavailable)
+  evaluated = train.run(_smoke(), workdir, "eval")
+  assert evaluated["eval"] == pytest.approx(summary["eval"], abs=1e-6)
 
 
 def test_main_trains_with_flag_overrides_and_rejects_unknown_keys(tmp_path):
