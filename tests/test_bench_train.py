@@ -37,6 +37,7 @@ def _run_main(argv):
   bench_train.main(argv[:1], flag_values)
 
 
+@pytest.mark.slow  # trains with both frameworks end to end: over a minute on 2 cores
 def test_main_on_tiny_bert_writes_sane_json(tmp_path, minilm_dir, capsys):
   pytest.importorskip("torch")
   pytest.importorskip("sentence_transformers")

@@ -34,6 +34,11 @@ def _run_main(argv):
   cp.main(argv[:1], flag_values)
 
 
+# The --quick plan compiles train steps and builds ScaNN indexes (minutes on 2 cores): the
+# tests that read it are end-to-end runs of the script, `slow`.
+_WITH_PLAN = pytest.mark.slow
+
+
 @pytest.fixture(scope="module")
 def quick_plan(tmp_path_factory):
   """The --quick plan (two small train-step compiles dominate its time), its JSON and stdout."""
@@ -55,6 +60,7 @@ def _entries(plan, section, quantity=None, **where):
           and all(e.get(k) == v for k, v in where.items())]
 
 
+@_WITH_PLAN
 def test_every_number_is_labelled_and_finite(quick_plan):
   plan, _ = quick_plan
   assert {e["section"] for e in plan["entries"]} == {"storage", "flops", "encode", "scann",
@@ -67,6 +73,7 @@ def test_every_number_is_labelled_and_finite(quick_plan):
   assert {s["name"] for s in plan["assumptions"]["systems"]} == {s.name for s in cp.SYSTEMS}
 
 
+@_WITH_PLAN
 def test_printed_tables(quick_plan):
   plan, printed = quick_plan
   for heading in ("1. Embedding storage", "2. Encoding", "3. ScaNN", "4. Per-device training",
@@ -76,6 +83,7 @@ def test_printed_tables(quick_plan):
   assert printed == cp.format_plan(plan) + "\n" + printed.splitlines()[-1]  # + "wrote ..."
 
 
+@_WITH_PLAN
 def test_storage_is_n_times_768_times_bytes(quick_plan):
   plan, _ = quick_plan
   for corpus in cp.CORPORA:
@@ -93,6 +101,7 @@ def test_storage_is_n_times_768_times_bytes(quick_plan):
   assert dpr["value"] == 21_015_324 * 768 * 4 == 64_559_075_328
 
 
+@_WITH_PLAN
 def test_measured_flops_match_the_analytic_formula(quick_plan):
   plan, _ = quick_plan
   measured = _entries(plan, "flops", "forward FLOPs per token")
@@ -117,6 +126,7 @@ def test_analytic_formulas():
                                                                              / 768)
 
 
+@_WITH_PLAN
 def test_encode_time_follows_from_the_measured_flops(quick_plan):
   plan, _ = quick_plan
   for corpus in cp.CORPORA:
@@ -132,6 +142,7 @@ def test_encode_time_follows_from_the_measured_flops(quick_plan):
       assert padded["value"] > time_["value"]
 
 
+@_WITH_PLAN
 def test_scann_sizes_and_extrapolation(quick_plan):
   plan, _ = quick_plan
   builds = plan["measurements"]["scann"]
@@ -163,6 +174,7 @@ def test_scann_sizes_and_extrapolation(quick_plan):
       assert one["N^1.5"]["value"] > one["linear"]["value"]
 
 
+@_WITH_PLAN
 def test_grad_cache_needs_less_memory_than_the_full_batch(quick_plan):
   plan, _ = quick_plan
   memory = plan["measurements"]["train_memory"]
@@ -188,6 +200,7 @@ def test_grad_cache_needs_less_memory_than_the_full_batch(quick_plan):
     assert 0 <= m["state_bytes"] - tiny_params * 2 * 12 < 1024
 
 
+@_WITH_PLAN
 def test_params_and_optimizer_state_per_device(quick_plan):
   plan, _ = quick_plan
   for system in cp.SYSTEMS:
