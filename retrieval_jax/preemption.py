@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 
-from jax._src import distributed as jax_distributed
+import jax
 from jax.experimental import multihost_utils
 
 logger = logging.getLogger(__name__)
@@ -41,9 +41,8 @@ class Preempted(Exception):
 
 
 def _coordinated() -> bool:
-  """Whether JAX's preemption service runs (a `jax.distributed` job)."""
-  return (jax_distributed.global_state.client is not None
-          and jax_distributed.global_state.preemption_sync_manager is not None)
+  """Whether JAX's preemption service runs (a `jax.distributed` job with the service on)."""
+  return jax.distributed.is_initialized() and bool(jax.config.jax_enable_preemption_service)
 
 
 class Preemption:
