@@ -57,19 +57,11 @@ def writing_dir(destination: str | os.PathLike) -> Iterator[pathlib.Path]:
     copy_tree(staging, destination)
 
 
-def local_copy(source: str | os.PathLike, cache_root: str | os.PathLike | None = None
-               ) -> pathlib.Path:
-  """A local directory with the files of `source`: itself when local, else a copy.
-
-  Args:
-    source: A directory, local or remote.
-    cache_root: Where remote copies go (default: a new temporary directory, left for the
-      process's lifetime because the caller keeps reading from it).
-  """
+def local_copy(source: str | os.PathLike) -> pathlib.Path:
+  """A local directory with the files of `source`: itself when local, else a copy in a new
+  temporary directory (left for the process's lifetime: the caller keeps reading from it)."""
   if not is_remote(source):
     return pathlib.Path(os.fspath(as_path(source)))
-  root = pathlib.Path(cache_root) if cache_root else pathlib.Path(
-      tempfile.mkdtemp(prefix="retrieval_jax_"))
-  local = root / as_path(source).name
+  local = pathlib.Path(tempfile.mkdtemp(prefix="retrieval_jax_")) / as_path(source).name
   copy_tree(source, local)
   return local

@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-import time
 
 import jax
 from jax.experimental import multihost_utils
@@ -32,10 +31,9 @@ EXIT_CODE = 128 + int(signal.SIGTERM)
 class Preempted(Exception):
   """Training stopped on a preemption notice after saving a checkpoint of `step`."""
 
-  def __init__(self, step: int, save_seconds: float, noticed_at: float | None):
+  def __init__(self, step: int, save_seconds: float):
     self.step = step
     self.save_seconds = save_seconds
-    self.noticed_at = noticed_at
     super().__init__(f"preempted: checkpoint of step {step} saved in {save_seconds:.1f} s; "
                      "rerun the same command to resume")
 
@@ -58,14 +56,11 @@ class Preemption:
 
   def __init__(self):
     self._notice = threading.Event()
-    self.noticed_at: float | None = None  # time.monotonic() of the notice (one process)
     self._previous = None
     self._installed = False
 
   def _handle(self, signum, frame) -> None:  # pylint: disable=unused-argument
-    if not self._notice.is_set():
-      self.noticed_at = time.monotonic()
-      self._notice.set()
+    self._notice.set()
 
   def __enter__(self) -> Preemption:
     # The coordination service has its own SIGTERM handler; replacing it would hide the

@@ -286,7 +286,7 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
     seconds = time.perf_counter() - noticed
     logger.warning("preemption notice: saved step %d in %.1f s", step, seconds)
     writer.write_scalars(step, {"train/preemption_save_s": seconds})
-    raise preemption.Preempted(step, seconds, notice.noticed_at)
+    raise preemption.Preempted(step, seconds)
 
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
     batch = global_batch(local_batch, recipe.batch_sharding, host_keys)
