@@ -137,26 +137,32 @@ def pairwise_softmax_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.A
 
 
 def kl_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
-                         temperature: float = 1.0) -> jax.Array:
+                         temperature: float = 1.0,
+                         student_temperature: float | None = None) -> jax.Array:
   """KL(teacher || student) between softmaxes over the last axis (TCT-ColBERT).
 
-  Both score sets are divided by `temperature` before the softmax. The teacher is a constant
-  (stop_gradient): only the student learns. No temperature**2 factor is applied (TCT-ColBERT
-  uses the plain KL); a caller that wants Hinton's scaling multiplies the result.
+  The teacher's scores are divided by `temperature` before the softmax, the student's by
+  `student_temperature` (None: `temperature` too, as in Hinton et al.; TCT-ColBERT tempers
+  the teacher only: `student_temperature=1`). The teacher is a constant (stop_gradient):
+  only the student learns. No temperature**2 factor is applied (TCT-ColBERT uses the plain
+  KL); a caller that wants Hinton's scaling multiplies the result.
 
   Args:
     student_logits: [..., n] student scores, e.g. [B, P] in-batch dot products.
     teacher_logits: [..., n] teacher scores for the same pairs; -inf marks excluded entries
       (they then have zero teacher probability and contribute nothing).
-    temperature: Softmax temperature (TCT-ColBERT: 0.25).
+    temperature: The teacher's softmax temperature (TCT-ColBERT: 0.25).
+    student_temperature: The student's (None: `temperature`).
 
   Returns:
     Float32 scalar: sum over the last axis of p_t * (log p_t - log p_s), mean over all rows.
   """
   teacher_log_probs = jax.nn.log_softmax(
       jax.lax.stop_gradient(teacher_logits).astype(jnp.float32) / temperature, axis=-1)
-  student_log_probs = jax.nn.log_softmax(student_logits.astype(jnp.float32) / temperature,
-                                         axis=-1)
+  if student_temperature is None:
+    student_temperature = temperature
+  student_log_probs = jax.nn.log_softmax(
+      student_logits.astype(jnp.float32) / student_temperature, axis=-1)
   teacher_probs = jnp.exp(teacher_log_probs)
   # 0 * log 0 = 0: excluded (-inf) teacher entries would otherwise give 0 * -inf = nan.
   present = teacher_probs > 0
@@ -165,3 +171,80 @@ def kl_distillation_loss(student_logits: jax.Array, teacher_logits: jax.Array,
                                      - jnp.where(present, student_log_probs, 0.0)),
                     0.0)
   return jnp.mean(jnp.sum(terms, axis=-1))
+
+
+def maxsim_scores(query_vectors: jax.Array, doc_vectors: jax.Array, doc_mask: jax.Array,
+                  query_mask: jax.Array | None = None) -> jax.Array:
+  """ColBERT's late interaction: for every (query, document), the sum over query tokens of
+  the best dot product with any kept document token.
+
+  Args:
+    query_vectors: [Q, Lq, d] (L2-normalised: dot products are cosines).
+    doc_vectors: [D, Ld, d].
+    doc_mask: [D, Ld], 1 on the document tokens that take part (not padding, not
+      punctuation); a masked token never wins the max (ColBERTv2's `colbert_score_reduce`
+      and PyLate; v1 left zero vectors in the max).
+    query_mask: Optional [Q, Lq]: query positions that count (default all: ColBERT's
+      [MASK] padding counts).
+
+  Returns:
+    float32 [Q, D]; a document with no kept token scores -inf.
+  """
+  sims = jnp.einsum("qid,pjd->qpij", query_vectors.astype(jnp.float32),
+                    doc_vectors.astype(jnp.float32), precision=_PRECISION)
+  sims = jnp.where(doc_mask.astype(bool)[None, :, None, :], sims, -jnp.inf)
+  best = jnp.max(sims, axis=-1)  # [Q, D, Lq]
+  if query_mask is not None:
+    best = jnp.where(query_mask.astype(bool)[:, None, :], best, 0.0)
+  return jnp.sum(best, axis=-1)
+
+
+def own_group_scores(scores: jax.Array, group: int) -> jax.Array:
+  """[B, G] scores of each query's own passages (positive first) out of [B, B * G] in-batch
+  scores in the query-major layout (query i's passages are columns i * G ... i * G + G - 1)."""
+  rows = jnp.arange(scores.shape[0])
+  columns = rows[:, None] * group + jnp.arange(group)[None, :]
+  return scores[rows[:, None], columns]
+
+
+LATE_INTERACTION_LOSSES = ("pairwise", "nway_in_batch", "in_batch")
+
+
+def late_interaction_loss(scores: jax.Array, group: int, mode: str
+                          ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """ColBERT's training losses over MaxSim scores of the global batch.
+
+  Args:
+    scores: [B, B * G] MaxSim scores of every query against every passage of the batch,
+      query-major: query i's positive is column i * G, its hard negatives the next G - 1.
+    group: G, passages per query (1 positive + G - 1 hard negatives).
+    mode: `pairwise` (ColBERT v1: softmax over the query's own positive and negatives, a
+      2-way softmax with one BM25 negative); `nway_in_batch` (ColBERTv2 with
+      `use_ib_negatives`: that loss plus a softmax over every passage of the batch except the
+      query's own negatives); `in_batch` (PyLate's `Contrastive`: one softmax over every
+      passage of the batch, the query's own negatives included).
+
+  Returns:
+    (loss, metrics): float32 scalars; `accuracy` is the share of queries whose positive
+    scores highest among their own passages.
+  """
+  if mode not in LATE_INTERACTION_LOSSES:
+    raise ValueError(f"loss.type={mode!r} is not one of {LATE_INTERACTION_LOSSES}")
+  own = own_group_scores(scores, group)
+  own_log_probs = jax.nn.log_softmax(own, axis=-1)
+  rows = jnp.arange(scores.shape[0])
+  positive = rows * group
+  own_loss = -jnp.mean(own_log_probs[:, 0])
+  in_batch = scores
+  if mode == "nway_in_batch":
+    column = jnp.arange(scores.shape[1])[None, :]
+    own_negative = (column // group == rows[:, None]) & (column % group != 0)
+    in_batch = jnp.where(own_negative, -jnp.inf, scores)
+  in_batch_loss = -jnp.mean(jax.nn.log_softmax(in_batch, axis=-1)[rows, positive])
+  loss = {"pairwise": own_loss, "nway_in_batch": own_loss + in_batch_loss,
+          "in_batch": in_batch_loss}[mode]
+  metrics = {
+      "accuracy": jnp.mean((jnp.argmax(own, axis=-1) == 0).astype(jnp.float32)),
+      "positive_logit_mean": jnp.mean(own[:, 0]),
+  }
+  return loss, metrics

@@ -323,3 +323,82 @@ def test_maxp_rejects_passages_that_do_not_group():
   with pytest.raises(ValueError, match="groups of 3"):
     losses.in_batch_softmax_loss(jnp.ones((2, 4)), jnp.ones((8, 4)),
                                  positive_index=jnp.arange(2), passages_per_doc=3)
+
+
+# --- late interaction (ColBERT) ------------------------------------------------------------------
+
+
+def np_maxsim(q, d, d_mask, q_mask=None):
+  """Loops: sum over query tokens of the best dot product with any kept document token."""
+  q, d = np.asarray(q, np.float64), np.asarray(d, np.float64)
+  out = np.zeros((len(q), len(d)))
+  for a in range(len(q)):
+    for b in range(len(d)):
+      kept = [j for j in range(d.shape[1]) if d_mask[b, j]]
+      for i in range(q.shape[1]):
+        if q_mask is not None and not q_mask[a, i]:
+          continue
+        out[a, b] += max(float(q[a, i] @ d[b, j]) for j in kept) if kept else -np.inf
+  return out
+
+
+def np_late_interaction(scores, group, mode):
+  scores = np.asarray(scores, np.float64)
+  num = scores.shape[0]
+  own = np.stack([scores[i, i * group:(i + 1) * group] for i in range(num)])
+  own_loss = -np.mean(np_log_softmax(own)[:, 0])
+  if mode == "pairwise":
+    return own_loss
+  full = scores.copy()
+  if mode == "nway_in_batch":
+    for i in range(num):
+      full[i, i * group + 1:(i + 1) * group] = -np.inf
+  in_batch = -np.mean([np_log_softmax(full[i])[i * group] for i in range(num)])
+  return own_loss + in_batch if mode == "nway_in_batch" else in_batch
+
+
+def test_maxsim_scores_match_loops_with_masks():
+  rng = np.random.default_rng(11)
+  q = rng.normal(size=(3, 5, 4)).astype(np.float32)
+  d = rng.normal(size=(4, 6, 4)).astype(np.float32)
+  d_mask = rng.random((4, 6)) > 0.3
+  d_mask[:, 0] = True
+  q_mask = rng.random((3, 5)) > 0.2
+  assert rel_err(losses.maxsim_scores(q, d, d_mask), np_maxsim(q, d, d_mask)) <= 1e-6
+  assert rel_err(losses.maxsim_scores(q, d, d_mask, q_mask),
+                 np_maxsim(q, d, d_mask, q_mask)) <= 1e-6
+  # A masked token never wins, however large: scaling it changes nothing.
+  d_big = d.copy()
+  d_big[~d_mask] *= 1e3
+  assert rel_err(losses.maxsim_scores(q, d_big, d_mask), np_maxsim(q, d, d_mask)) <= 1e-6
+  d_mask[2] = False
+  assert np.all(np.asarray(losses.maxsim_scores(q, d, d_mask))[:, 2] == -np.inf)
+
+
+@pytest.mark.parametrize("mode", losses.LATE_INTERACTION_LOSSES)
+def test_late_interaction_losses_match_numpy(mode):
+  rng = np.random.default_rng(12)
+  scores = rng.normal(size=(4, 12)).astype(np.float32) * 3
+  loss, metrics = losses.late_interaction_loss(scores, 3, mode)
+  assert rel_err(loss, np_late_interaction(scores, 3, mode)) <= 1e-6
+  own = np.stack([scores[i, i * 3:(i + 1) * 3] for i in range(4)])
+  assert float(metrics["accuracy"]) == pytest.approx(np.mean(own.argmax(1) == 0))
+  # ColBERT v1's 2-way softmax is the pairwise loss over (d+, d-).
+  if mode == "pairwise":
+    two = np.stack([scores[i, i * 2:(i + 1) * 2] for i in range(4)])
+    loss2, _ = losses.late_interaction_loss(scores[:, :8], 2, mode)
+    assert rel_err(loss2, np_pairwise(two[:, 0], two[:, 1:])) <= 1e-6
+  grads = jax.grad(lambda s: losses.late_interaction_loss(s, 3, mode)[0])(scores)
+  assert np.all(np.isfinite(grads))
+  with pytest.raises(ValueError, match="loss.type"):
+    losses.late_interaction_loss(scores, 3, "listwise")
+
+
+def test_kl_distillation_student_temperature():
+  rng = np.random.default_rng(13)
+  student, teacher = rng.normal(size=(2, 3, 5)).astype(np.float32)
+  p_t = np.exp(np_log_softmax(teacher / 0.25))
+  log_p_s = np_log_softmax(student)
+  expected = np.mean(np.sum(p_t * (np.log(p_t) - log_p_s), axis=-1))
+  assert rel_err(losses.kl_distillation_loss(student, teacher, 0.25, student_temperature=1.0),
+                 expected) <= 1e-6

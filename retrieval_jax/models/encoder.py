@@ -85,6 +85,20 @@ class TextEncoder(nn.Module):
     return TextEncoderOutput(embedding, out.last_hidden_state, out.pooler_output,
                              out.hidden_states, tokens, projection)
 
+  def token_vectors(self, input_ids, attention_mask, keep_mask, token_type_ids=None,
+                    deterministic: bool = True):
+    """ColBERT's token vectors [b, l, dim]: the token head over the last hidden states,
+    zero where `keep_mask` is 0.
+
+    `keep_mask` is separate from `attention_mask`: a ColBERT query's [MASK] padding is not
+    attended to, yet its vectors take part in MaxSim (its keep mask is 1).
+    """
+    if self.token_projection is None:
+      raise ValueError("this TextEncoder has no token head (model.token_dim is None)")
+    hidden = self.backbone(input_ids, attention_mask, token_type_ids,
+                           deterministic).last_hidden_state
+    return self.token_head(hidden, keep_mask)
+
   def token_states(self, input_ids, attention_mask, token_type_ids=None,
                    deterministic: bool = True):
     """The last hidden states [b, l, d], for token-level models (ColBERT, RetroMAE)."""
