@@ -7,7 +7,9 @@ indices int64 corpus rows; a slot with no result holds index -1 and score -inf.
 from retrieval_jax.index.bm25 import BM25Index
 from retrieval_jax.index.exact import default_mesh
 from retrieval_jax.index.exact import exact_search
+from retrieval_jax.index.maxsim import MaxSimIndex, TokenStore
 from retrieval_jax.index.scann_index import ScannConfig
 from retrieval_jax.index.scann_index import ScannIndex
 
-__all__ = ["BM25Index", "ScannConfig", "ScannIndex", "default_mesh", "exact_search"]
+__all__ = ["BM25Index", "MaxSimIndex", "ScannConfig", "ScannIndex", "TokenStore", "default_mesh",
+           "exact_search"]
