@@ -63,6 +63,33 @@ def retrieval_eval(split: str = "dev") -> ml_collections.ConfigDict:
   })
 
 
+def maxsim_eval(split: str = "dev") -> ml_collections.ConfigDict:
+  """A `maxsim` evaluator entry (`retrieval_jax.evaluators.maxsim`): ColBERT retrieval."""
+  entry = retrieval_eval(split)
+  for key in ("max_length", "query_max_length", "max_passages", "save_embeddings",
+              "embeddings_dtype", "check_exact"):
+    del entry[key]
+  entry.update(type="maxsim", index="maxsim", batch_size=32)
+  entry.rerank_depth = 100     # index=bm25_maxsim: BM25 candidates re-ranked with MaxSim
+  entry.token_depth = 100      # index=maxsim: nearest tokens fetched per query vector (k')
+  # None: the model's document length (model.colbert.doc_max_length).
+  entry.doc_max_length = ml_collections.FieldReference(None, field_type=int)
+  entry.save_index = False
+  return entry
+
+
+def colbert_model_config() -> ml_collections.ConfigDict:
+  """ColBERT's input format (`retrieval_jax.data.colbert_format`), under `config.model.colbert`."""
+  return ml_collections.ConfigDict({
+      "query_marker": "[unused0]",   # [Q]: BERT vocabularies' unused token, as released
+      "doc_marker": "[unused1]",     # [D]
+      "query_length": 32,            # queries padded with [MASK] to exactly this
+      "doc_max_length": 180,
+      "attend_to_mask_tokens": False,
+      "mask_punctuation": True,
+  })
+
+
 def base_config() -> ml_collections.ConfigDict:
   """The shared skeleton: seed, model, data, evals (big_vision style: name -> evaluator)."""
   return ml_collections.ConfigDict({
@@ -106,6 +133,7 @@ def optim_config() -> ml_collections.ConfigDict:
       "lr": 2e-5,
       "warmup_steps": ml_collections.FieldReference(None, field_type=int),
       "warmup_ratio": ml_collections.FieldReference(0.1, field_type=float),
+      "decay": "linear",            # after the warm-up: linear (to 0 at the end) | constant
       "weight_decay": 0.0,
       "max_grad_norm": 1.0,
       "b1": 0.9,

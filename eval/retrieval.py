@@ -12,13 +12,18 @@ Examples:
   python eval/retrieval.py --model=/tmp/dpr --data=scifact --split=dev
 
 `--model` is a HF directory, a hub id, `minilm`, or a training workdir (a directory with
-config.json and checkpoints/: its query and passage towers are restored from the checkpoint). `--data` is a BEIR directory or a data set
+config.json and checkpoints/: its query and passage towers are restored from the checkpoint).
+With `--index=maxsim` or `--index=bm25_maxsim` it is a ColBERT model: a ColBERT training
+workdir, or a ColBERT directory (stanford or PyLate layout, e.g. `colbert-ir/colbertv2.0`):
+  python eval/retrieval.py --model=runs/colbert_cpu --index=maxsim --token_depth=100
+  python eval/retrieval.py --model=runs/colbert_cpu/export/colbert --index=bm25_maxsim `--data` is a BEIR directory or a data set
 name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 
 from absl import app, flags
 
@@ -40,7 +45,13 @@ flags.DEFINE_string("data", "scifact", "BEIR directory or data set name.")
 flags.DEFINE_string("split", "dev", "Qrels split: test, train, dev (carved from train when "
                     "there is no dev.tsv) or train_minus_dev.")
 flags.DEFINE_float("dev_fraction", 0.2, "Share of train queries carved out as dev.")
-flags.DEFINE_enum("index", "exact", ["exact", "scann", "bm25"], "Search method.")
+flags.DEFINE_enum("index", "exact", ["exact", "scann", "bm25", "maxsim", "bm25_maxsim"],
+                  "Search method: dense exact / ScaNN, BM25, or for a ColBERT model `maxsim` "
+                  "(end to end: token vectors in ScaNN, candidates re-ranked with MaxSim) and "
+                  "`bm25_maxsim` (BM25's top --rerank_depth re-ranked with MaxSim).")
+flags.DEFINE_integer("rerank_depth", 100, "--index=bm25_maxsim: BM25 candidates re-ranked.")
+flags.DEFINE_integer("token_depth", 100, "--index=maxsim: nearest tokens fetched per query "
+                     "vector (ColBERT's k').")
 flags.DEFINE_integer("depth", 100, "Documents retrieved per query (run depth).")
 flags.DEFINE_list("metrics", ["ndcg@10", "mrr@10", "recall@10", "recall@100", "map"],
                   "Metrics (pytrec_eval): ndcg@k, mrr@k, recall@k, precision@k, map, map@k.")
@@ -62,6 +73,9 @@ flags.DEFINE_string("tfds_dir", None, "Where TFDS keeps prepared data.")
 flags.DEFINE_bool("progress", True, "Show progress bars.")
 
 
+MAXSIM_INDEXES = ("maxsim", "bm25_maxsim")
+
+
 def config_from_flags():
   """A `zeroshot` config whose one evaluator (named after --split) the flags describe."""
   from configs import common  # pylint: disable=g-import-not-at-top
@@ -71,13 +85,21 @@ def config_from_flags():
   config.model.update(name=FLAGS.model, pooling=FLAGS.pooling, normalize=FLAGS.normalize,
                       dtype=FLAGS.dtype)
   config.data.update(name=FLAGS.data, dev_fraction=FLAGS.dev_fraction, tfds_dir=FLAGS.tfds_dir)
-  entry = common.retrieval_eval(FLAGS.split)
-  entry.update(
-      index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
-      max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
-      max_passages=FLAGS.max_passages, batch_size=FLAGS.batch_size,
-      save_embeddings=FLAGS.save_embeddings, embeddings_dtype=FLAGS.embeddings_dtype,
-      check_exact=FLAGS.scann_check_exact, progress=FLAGS.progress)
+  if FLAGS.index in MAXSIM_INDEXES:
+    entry = common.maxsim_eval(FLAGS.split)
+    entry.update(index=FLAGS.index, depth=FLAGS.depth, rerank_depth=FLAGS.rerank_depth,
+                 token_depth=FLAGS.token_depth, metrics=tuple(FLAGS.metrics),
+                 batch_size=FLAGS.batch_size, progress=FLAGS.progress,
+                 # The model's document length unless --max_length is given.
+                 doc_max_length=FLAGS.max_length if FLAGS["max_length"].present else None)
+  else:
+    entry = common.retrieval_eval(FLAGS.split)
+    entry.update(
+        index=FLAGS.index, depth=FLAGS.depth, metrics=tuple(FLAGS.metrics),
+        max_length=FLAGS.max_length, query_max_length=FLAGS.query_max_length,
+        max_passages=FLAGS.max_passages, batch_size=FLAGS.batch_size,
+        save_embeddings=FLAGS.save_embeddings, embeddings_dtype=FLAGS.embeddings_dtype,
+        check_exact=FLAGS.scann_check_exact, progress=FLAGS.progress)
   entry.scann.update(num_leaves=FLAGS.scann_num_leaves,
                      num_leaves_to_search=FLAGS.scann_leaves_to_search,
                      reorder_k=FLAGS.scann_reorder_k,
@@ -135,7 +157,12 @@ def run_from_flags() -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  run_from_flags()
+  try:
+    run_from_flags()
+  except (ValueError, FileNotFoundError) as error:
+    # Bad input (a missing model or data, a model without the role an index needs): one
+    # line and status 1, no traceback.
+    sys.exit(f"error: {error}")
 
 
 if __name__ == "__main__":

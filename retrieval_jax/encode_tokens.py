@@ -24,7 +24,9 @@ from tqdm.auto import tqdm
 from retrieval_jax import distributed, encode
 from retrieval_jax.data import colbert_format as cf
 from retrieval_jax.data import tokenize as tok
+from retrieval_jax.models import colbert_files
 from retrieval_jax.models.encoder import TextEncoder
+from retrieval_jax.models.heads import TokenProjectionConfig
 
 
 @dataclasses.dataclass
@@ -40,6 +42,35 @@ class TokenEncoder:
   @property
   def dim(self) -> int:
     return self.model.token_projection.dim
+
+
+def format_of(tokenizer, settings: colbert_files.ColbertSettings) -> cf.ColbertFormat:
+  """The input format a ColBERT directory's settings describe."""
+  return cf.colbert_format(tokenizer, query_marker=settings.query_marker,
+                           doc_marker=settings.doc_marker, query_length=settings.query_length,
+                           doc_max_length=settings.doc_max_length,
+                           attend_to_mask_tokens=settings.attend_to_mask_tokens,
+                           mask_punctuation=settings.mask_punctuation)
+
+
+def load_token_encoder(name_or_path, *, dtype=None, doc_max_length: int | None = None
+                       ) -> TokenEncoder:
+  """A ColBERT directory (stanford or PyLate layout; a hub id such as
+  `colbert-ir/colbertv2.0`) ready to encode.
+
+  Args:
+    name_or_path: The directory or hub id.
+    dtype: Computation dtype (default float32).
+    doc_max_length: Override the directory's document length (ColBERT indexes with a
+      longer one than it trains with).
+  """
+  overrides = {} if dtype is None else {"dtype": dtype}
+  config, params, settings, model_dir = colbert_files.load(name_or_path, **overrides)
+  if doc_max_length is not None:
+    settings = dataclasses.replace(settings, doc_max_length=int(doc_max_length))
+  model = TextEncoder(config, token_projection=TokenProjectionConfig(dim=settings.dim))
+  tokenizer = tok.load_tokenizer(model_dir)
+  return TokenEncoder(model, params, tokenizer, format_of(tokenizer, settings), model_dir)
 
 
 @functools.lru_cache(maxsize=16)

@@ -234,13 +234,20 @@ def evaluate_retrieval(data: BeirData, settings: EvalSettings,
   values = metrics.evaluate(data.qrels, run, settings.metrics)
   result = EvalResult(values, run, timings, extra)
   if out is not None and jax.process_index() == 0:  # every process holds the merged run
-    metrics.write_trec_run(out / "run.trec", run)
-    (out / "metrics.json").write_text(json.dumps({**values, **extra}, indent=2, sort_keys=True))
-    (out / "eval_info.json").write_text(json.dumps({
-        "dataset": data.name, "num_queries": len(data.query_ids),
-        "num_docs": len(data.corpus_ids), "settings": _jsonable(settings),
-        "timings": timings}, indent=2, default=str))
+    write_results(out, data, run, {**values, **extra}, settings=_jsonable(settings),
+                  timings=timings)
   return result
+
+
+def write_results(out: epath.Path, data: BeirData, run: dict, values: dict, *,
+                  settings: dict, timings: dict) -> None:
+  """run.trec, metrics.json (`values`) and eval_info.json (data, settings, timings)."""
+  metrics.write_trec_run(out / "run.trec", run)
+  (out / "metrics.json").write_text(json.dumps(values, indent=2, sort_keys=True))
+  (out / "eval_info.json").write_text(json.dumps({
+      "dataset": data.name, "num_queries": len(data.query_ids),
+      "num_docs": len(data.corpus_ids), "settings": settings, "timings": timings},
+      indent=2, default=str))
 
 
 def _jsonable(settings: EvalSettings) -> dict:

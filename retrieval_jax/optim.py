@@ -23,9 +23,13 @@ import jax.numpy as jnp
 import optax
 
 
+DECAYS = ("linear", "constant")
+
+
 def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
-                  warmup_ratio: float | None = None) -> optax.Schedule:
-  """Linear warm-up from 0 to `lr` over the warm-up steps, then linear decay to 0 at `total_steps`.
+                  warmup_ratio: float | None = None, decay: str = "linear") -> optax.Schedule:
+  """Linear warm-up from 0 to `lr` over the warm-up steps, then linear decay to 0 at `total_steps`
+  (or, with `decay="constant"`, `lr` from then on: ColBERT's schedule).
 
   Args:
     lr: Peak learning rate, reached at step `warmup_steps`.
@@ -33,6 +37,7 @@ def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
     warmup_steps: Warm-up length in updates.
     warmup_ratio: Alternatively, warm-up as a fraction of `total_steps` (rounded down);
       overrides `warmup_steps` when given.
+    decay: After the warm-up: `linear` to 0 at `total_steps`, or `constant`.
 
   Returns:
     A function of the step (int or traced array) returning the float32 learning rate.
@@ -48,13 +53,17 @@ def make_schedule(lr: float, total_steps: int, warmup_steps: int = 0,
     warmup_steps = int(warmup_ratio * total_steps)
   if not 0 <= warmup_steps <= total_steps:
     raise ValueError(f"warmup_steps={warmup_steps} must be in [0, total_steps={total_steps}]")
+  if decay not in DECAYS:
+    raise ValueError(f"optim.decay={decay!r} must be one of {DECAYS}")
 
   def schedule(step):
     step = jnp.asarray(step, jnp.float32)
     # max(1, .) keeps both branches finite for warmup 0 or warmup == total; where() picks one.
     warm = lr * step / max(1, warmup_steps)
-    decay = lr * jnp.maximum(0.0, total_steps - step) / max(1, total_steps - warmup_steps)
-    return jnp.where(step < warmup_steps, warm, decay)
+    if decay == "constant":
+      return jnp.where(step < warmup_steps, warm, jnp.float32(lr))
+    decayed = lr * jnp.maximum(0.0, total_steps - step) / max(1, total_steps - warmup_steps)
+    return jnp.where(step < warmup_steps, warm, decayed)
 
   return schedule
 
@@ -116,7 +125,7 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_de
                    max_grad_norm: float | None = None, b1: float = 0.9, b2: float = 0.999,
                    eps: float = 1e-8, warmup_ratio: float | None = None,
                    mask: Callable[[Any], Any] | Any = decay_mask,
-                   name: str = "adamw") -> optax.GradientTransformation:
+                   name: str = "adamw", decay: str = "linear") -> optax.GradientTransformation:
   """Global-norm clipping, then AdamW (or LAMB) on `make_schedule`, without decay on biases
   and norms.
 
@@ -135,6 +144,7 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_de
     name: `adamw`, `lamb` (You et al. 2019: Adam steps rescaled per layer by the trust
       ratio ||w|| / ||step||; ANCE's optimizer), or `sgd` (plain gradient descent, for
       comparing runs to rounding; see `sgd`).
+    decay: The schedule after the warm-up: `linear` or `constant` (`make_schedule`).
 
   Returns:
     The optax transformation. Its `update` needs `params` (for the decay term).
@@ -143,7 +153,7 @@ def make_optimizer(lr: float, total_steps: int, warmup_steps: int = 0, weight_de
     raise ValueError(f"max_grad_norm={max_grad_norm} must be positive, 0 or None (no clipping)")
   if name not in OPTIMIZERS:
     raise ValueError(f"optim.name={name!r} must be one of {OPTIMIZERS}")
-  schedule = make_schedule(lr, total_steps, warmup_steps, warmup_ratio)
+  schedule = make_schedule(lr, total_steps, warmup_steps, warmup_ratio, decay)
   adamw = OPTIMIZERS[name](schedule, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay,
                            mask=mask)
   if not max_grad_norm:
@@ -170,7 +180,8 @@ def _schedule_kwargs(optim_config: Any, total_steps: int) -> dict[str, Any]:
                      f"optim.warmup_ratio={warmup_ratio}")
   return dict(lr=float(optim_config["lr"]), total_steps=int(total_steps),
               warmup_steps=int(warmup_steps or 0),
-              warmup_ratio=None if warmup_ratio is None else float(warmup_ratio))
+              warmup_ratio=None if warmup_ratio is None else float(warmup_ratio),
+              decay=str(_get(optim_config, "decay", "linear")))
 
 
 def schedule_from_config(optim_config: Any, total_steps: int) -> optax.Schedule:

@@ -6,11 +6,13 @@ query_maxlen - 1, insert [Q] after [CLS], pad ids -> [MASK]; `DocTokenizer.tenso
 `ColBERT.query` / `ColBERT.doc` / `colbert_score`), written here from that code.
 """
 
+import json
 import string
 
 import jax
 import numpy as np
 import pytest
+import safetensors.numpy
 import torch
 import transformers
 
@@ -18,7 +20,7 @@ from retrieval_jax import encode_tokens, losses
 from retrieval_jax.data import beir
 from retrieval_jax.data import colbert_format as cf
 from retrieval_jax.data import tokenize as tok
-from retrieval_jax.models import hf
+from retrieval_jax.models import colbert_files, hf
 from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.models.heads import TokenProjectionConfig
 from tests.conftest import shared_data_dir
@@ -183,3 +185,38 @@ def test_insert_marker_padded_equals_tokenising_with_the_marker(minilm):
     length = len(expected[index])
     assert ids[row, :length].tolist() == expected[index]
     assert mask[row, :length].all() and not mask[row, length:].any()
+
+
+def test_colbert_directory_round_trip_and_transformers_load(minilm, tmp_path):
+  tokenizer, ours, bert, linear = minilm
+  encoder = ours(attend_to_mask_tokens=True, doc_max_length=120)
+  settings = colbert_files.ColbertSettings(dim=DIM, attend_to_mask_tokens=True,
+                                           doc_max_length=120)
+  out = colbert_files.save(tmp_path / "colbert", encoder.model.encoder, encoder.params,
+                           tokenizer_dir=hf.resolve_model_dir("minilm"), settings=settings)
+  assert colbert_files.is_colbert_dir(out)
+  loaded = encode_tokens.load_token_encoder(out)
+  assert loaded.format == encoder.format
+  for path, value in jax.tree_util.tree_leaves_with_path(encoder.params):
+    if "pooler" in jax.tree_util.keystr(path):
+      continue
+    got = loaded.params
+    for key in path:
+      got = got[key.key]
+    np.testing.assert_array_equal(got, value)
+  texts = ["a query about cells", "another one"]
+  np.testing.assert_array_equal(
+      encode_tokens.encode_queries(loaded, texts, progress=False),
+      encode_tokens.encode_queries(encoder, texts, progress=False))
+  # transformers reads the encoder (HF_ColBERT's `bert.` prefix) and the head is linear.weight.
+  reloaded = transformers.BertModel.from_pretrained(out)
+  for name, tensor in bert.state_dict().items():
+    if "pooler" not in name:
+      torch.testing.assert_close(reloaded.state_dict()[name], tensor, rtol=0, atol=0)
+  head = safetensors.numpy.load_file(str(out / "model.safetensors"))["linear.weight"]
+  np.testing.assert_array_equal(head, linear.weight.detach().numpy())
+  meta = json.loads((out / "artifact.metadata").read_text())
+  assert (meta["query_token_id"], meta["doc_maxlen"], meta["attend_to_mask_tokens"]) == (
+      "[unused0]", 120, True)
+  with pytest.raises(ValueError, match="not a ColBERT directory"):
+    colbert_files.load(hf.resolve_model_dir("minilm"))

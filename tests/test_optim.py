@@ -278,3 +278,17 @@ def test_sgd_matches_numpy(max_grad_norm):
     expected = jax.tree.map(lambda p, g, d: p - rate * (g + (weight_decay * p if d else 0.0)),
                             expected, grads, mask)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), ours, expected)
+
+
+def test_constant_schedule_after_warmup():
+  schedule = optim.make_schedule(3e-6, total_steps=100, warmup_steps=10, decay="constant")
+  assert float(schedule(0)) == 0.0
+  assert float(schedule(5)) == pytest.approx(1.5e-6)
+  assert [float(schedule(s)) for s in (10, 50, 100, 500)] == [pytest.approx(3e-6)] * 4
+  flat = optim.make_schedule(3e-6, total_steps=100, decay="constant")
+  assert float(flat(0)) == pytest.approx(3e-6)
+  with pytest.raises(ValueError, match="optim.decay"):
+    optim.make_schedule(1e-3, total_steps=10, decay="cosine")
+  tx = optim.optimizer_from_config({"lr": 1.0, "decay": "constant", "warmup_steps": 0}, 5)
+  assert float(optim.schedule_from_config({"lr": 1.0, "decay": "constant"}, 5)(4)) == 1.0
+  assert tx is not None

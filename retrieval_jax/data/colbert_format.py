@@ -181,3 +181,53 @@ def insert_marker_padded(input_ids: np.ndarray, attention_mask: np.ndarray, mark
   mask[..., 1] = attention_mask[..., 0]
   ids[..., 2:width + 1], mask[..., 2:width + 1] = input_ids[..., 1:], attention_mask[..., 1:]
   return ids, mask
+
+
+class ColbertPairBatcher:
+  """A `pairs.PairBatcher`'s batches in the ColBERT format (the loop's `Batcher`).
+
+  The inner batcher tokenises queries to `query_length - 1` and passages to
+  `doc_max_length - 1` tokens; each batch then gets the markers, the [MASK] query padding
+  and the keep masks: `query_input_ids`, `query_attention_mask`, `query_keep_mask`
+  [B, query_length]; `passage_input_ids`, `passage_attention_mask`, `passage_keep_mask`
+  [B, G, Lp]. Positions, epochs and resumption are the inner batcher's.
+  """
+
+  def __init__(self, inner, fmt: ColbertFormat, pad_to_multiple_of: int = 1):
+    self.inner = inner
+    self.format = fmt
+    self.pad_to_multiple_of = pad_to_multiple_of
+    self.host_keys = inner.host_keys
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.inner.steps_per_epoch
+
+  def convert(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """One inner batch in the ColBERT format (other keys unchanged)."""
+    fmt = self.format
+    out = dict(batch)
+    ids, mask = insert_marker_padded(batch["query_input_ids"], batch["query_attention_mask"],
+                                     fmt.query_marker_id, fmt.pad_id, fmt.query_length)
+    query = query_arrays(fmt, ids, mask)
+    ids, mask = insert_marker_padded(batch["passage_input_ids"],
+                                     batch["passage_attention_mask"], fmt.doc_marker_id,
+                                     fmt.pad_id, fmt.doc_max_length, self.pad_to_multiple_of)
+    passage = document_arrays(fmt, ids, mask)
+    for prefix, arrays in (("query", query), ("passage", passage)):
+      for key, value in arrays.items():
+        out[f"{prefix}_{key}"] = value
+    return out
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    return self.convert(self.inner.batch(step))
+
+  def iterate(self, start_step: int, end_step: int):
+    for step, batch in self.inner.iterate(start_step, end_step):
+      yield step, self.convert(batch)
+
+  def position(self, step: int) -> dict[str, int]:
+    return self.inner.position(step)
+
+  def check_position(self, position) -> None:
+    self.inner.check_position(position)

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
-AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot"}
+AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert"}
 
 
 def register(name: str, module: str) -> None:

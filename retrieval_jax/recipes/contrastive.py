@@ -138,8 +138,8 @@ class TrainingData:
   total_steps: int
 
 
-def shared_token_lengths(config: Any, dataset: pairs.PairDataset,
-                         tokenizer: Any) -> pairs.TokenLengths | None:
+def shared_token_lengths(config: Any, dataset: pairs.PairDataset, tokenizer: Any,
+                         query_length: int, passage_length: int) -> pairs.TokenLengths | None:
   """Every text's token count for the batcher's padded lengths, on several processes: each
   counts a share of the texts and the shares are gathered (a collective). One process: None
   (it tokenises whole batches)."""
@@ -152,15 +152,49 @@ def shared_token_lengths(config: Any, dataset: pairs.PairDataset,
         pairs.token_lengths(tokenizer, texts[start:stop], max_length, max_passages))
 
   return pairs.TokenLengths(
-      counted(dataset.query_texts, int(config.train.query_max_length)),
-      counted(dataset.doc_texts, int(config.train.passage_max_length),
-              int(config.data.get("max_passages", 1))))
+      counted(dataset.query_texts, query_length),
+      counted(dataset.doc_texts, passage_length, int(config.data.get("max_passages", 1))))
+
+
+@dataclasses.dataclass(frozen=True)
+class Towers:
+  """What differs between the recipes `build_contrastive` makes: how the towers are trained,
+  what the evaluators get, what is exported, and what the batches look like. The defaults
+  are DPR's (single vectors, in-batch softmax, HF export).
+
+  Attributes:
+    train_step: (state, frozen, batch, *, dual, tx, schedule, loss_config) -> (state,
+      metrics).
+    as_models: (dual, host params, tokenizer, spec, config) -> `base.EvalModels`.
+    roles: The `EvalModels` roles `as_models` fills.
+    export: (dual, params, out_dir, spec, config) -> paths written (every process calls it).
+    batcher: (PairBatcher, tokenizer) -> the batcher the loop iterates (e.g. re-formatting
+      each batch); default the PairBatcher itself.
+    lengths: config -> (query, passage) token caps the PairBatcher tokenises to.
+    frozen: (config, mesh) -> `base.FrozenInput`s by name (a teacher).
+  """
+  train_step: Callable[..., Any] = dual_encoder.train_step
+  as_models: Callable[..., base.EvalModels] | None = None
+  roles: tuple[str, ...] = ("query", "passage")
+  export: Callable[..., Any] | None = None
+  batcher: Callable[[pairs.PairBatcher, Any], Any] | None = None
+  lengths: Callable[[Any], tuple[int, int]] | None = None
+  frozen: Callable[[Any, jax.sharding.Mesh], dict[str, base.FrozenInput]] | None = None
+
+
+def _export_towers(dual, params, out_dir, spec, config):
+  return dual_encoder.export(dual, params, out_dir, spec.tokenizer_dir, export_max_length(config))
+
+
+def _train_lengths(config: Any) -> tuple[int, int]:
+  return int(config.train.query_max_length), int(config.train.passage_max_length)
 
 
 def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh, *,
-                      name: str, negatives: Callable[[TrainingData], tuple[dict, list]]
-                      ) -> base.Recipe:
-  """A dual encoder trained with the in-batch softmax, with the hard negatives `negatives` gives.
+                      name: str, negatives: Callable[[TrainingData], tuple[dict, list]],
+                      towers: Towers = Towers()) -> base.Recipe:
+  """A dual encoder trained on (query, positive, hard negatives) batches, with the hard
+  negatives `negatives` gives.
 
   Args:
     config: The recipe config.
@@ -169,10 +203,14 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
     name: The recipe's name.
     negatives: TrainingData -> (PairBatcher keyword arguments: `negatives_fn` or
       `negative_sets`; hooks for the loop, e.g. ANCE's refresher).
+    towers: The step, evaluation models, export and batch format (default DPR's).
   """
   workdir = files.as_path(workdir)
   dual, spec = build_model(config)
   _check_config(config, spec)
+  as_models = towers.as_models or towers_as_models
+  export_fn = towers.export or _export_towers
+  query_length, passage_length = (towers.lengths or _train_lengths)(config)
   if jax.process_index() == 0:
     registry.save_model_files(spec, workdir / MODEL_FILES)
   data = load_split(config.data, config.data.train_split)
@@ -186,16 +224,17 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
                                                  tokenizer, steps))
   batcher = pairs.PairBatcher(
       dataset, tokenizer, global_batch=global_batch, num_negatives=num_negatives,
-      lengths=shared_token_lengths(config, dataset, tokenizer),
-      query_max_length=int(config.train.query_max_length),
-      passage_max_length=int(config.train.passage_max_length), seed=seed,
+      lengths=shared_token_lengths(config, dataset, tokenizer, query_length, passage_length),
+      query_max_length=query_length, passage_max_length=passage_length, seed=seed,
       process_index=jax.process_index(), process_count=jax.process_count(),
       pad_to_multiple_of=int(config.train.pad_to_multiple_of),
       max_passages=int(config.data.get("max_passages", 1)), **batcher_kwargs)
+  if towers.batcher is not None:
+    batcher = towers.batcher(batcher, tokenizer)
   tx = optim.optimizer_from_config(config.optim, steps)
   schedule = optim.schedule_from_config(config.optim, steps)
   layout = dual_encoder.state_layout(dual, tx, mesh)
-  step_fn = functools.partial(dual_encoder.train_step, dual=dual, tx=tx, schedule=schedule,
+  step_fn = functools.partial(towers.train_step, dual=dual, tx=tx, schedule=schedule,
                               loss_config=config.loss)
 
   def init_state():
@@ -205,11 +244,10 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
   def eval_models(state):
     # Whole parameters on every host (a collective when they span processes): each process
     # encodes its shard of the corpus with them.
-    return towers_as_models(dual, distributed.host_local(state["params"]), tokenizer, spec)
+    return as_models(dual, distributed.host_local(state["params"]), tokenizer, spec, config)
 
   def export(state, out_dir):
-    return dual_encoder.export(dual, state["params"], out_dir, spec.tokenizer_dir,
-                               export_max_length(config))
+    return export_fn(dual, state["params"], out_dir, spec, config)
 
   abstract = layout.abstract
   info = dict(train_queries=len(dataset.query_ids), corpus=len(dataset.doc_texts),
@@ -220,7 +258,8 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
                      state_shardings=layout.shardings,
                      batch_sharding=sharding.batch_sharding(mesh), init_state=init_state,
                      train_step=step_fn, eval_models=eval_models, export=export, info=info,
-                     hooks=hooks)
+                     hooks=hooks, eval_roles=towers.roles,
+                     frozen=towers.frozen(config, mesh) if towers.frozen else {})
 
 
 def export_max_length(config: Any) -> int:
@@ -233,15 +272,17 @@ def export_max_length(config: Any) -> int:
 
 
 def towers_as_models(dual: dual_encoder.DualEncoder, params: dict, tokenizer: Any,
-                     spec: dual_encoder.ModelSpec) -> base.EvalModels:
+                     spec: dual_encoder.ModelSpec, config: Any = None) -> base.EvalModels:
   """The `query` and `passage` roles of a dual encoder's (host) params."""
+  del config  # single-vector towers need nothing from it
   query, passage = dual_encoder.tower_encoders(dual, params, tokenizer, spec.model_dir)
   return base.EvalModels(query=query, passage=passage)
 
 
-def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | None = None
+def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | None = None, *,
+                        as_models: Callable[..., base.EvalModels] = towers_as_models
                         ) -> tuple[base.EvalModels, int]:
-  """(the towers of a checkpoint of `workdir` as `EvalModels`, its step)."""
+  """(the towers of a checkpoint of `workdir` as `EvalModels` (`as_models`), its step)."""
   from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
 
   model_files = files.as_path(workdir) / MODEL_FILES
@@ -258,5 +299,5 @@ def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | Non
     state, _ = ckpt.restore(step, abstract_state={k: abstract[k] for k in wanted},
                             shardings={k: shardings[k] for k in wanted}, partial=True)
   tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
-  models = towers_as_models(dual, distributed.host_local(state["params"]), tokenizer, spec)
+  models = as_models(dual, distributed.host_local(state["params"]), tokenizer, spec, config)
   return models, int(state["step"])
