@@ -35,15 +35,9 @@ import ml_collections
 from configs import common
 
 
-def get_config(arg: str = ""):
-  config = common.training_config()
-  config.recipe = "ance"
-  variant = arg or "default"
-
-  # The paper's passage recipe.
-  config.model.update(name="roberta-base", pooling="cls", normalize="false", shared_towers=True)
-  config.data.update(name="msmarco", train_split="train", max_passages=1)
-  config.negatives = dict(
+def ann_negatives() -> ml_collections.ConfigDict:
+  """ANCE's negatives section (`recipes.ance.ann_negatives`): mined by the model's own index."""
+  return ml_collections.ConfigDict(dict(
       source="ann",
       num=1,                  # negatives per positive
       depth=200,              # ANN candidates kept per query (positives removed): "top 200"
@@ -62,7 +56,18 @@ def get_config(arg: str = ""):
                  reorder_k=250),
       bm25_depth=100,         # BM25 warm-up candidates per query
       k1=0.9, b=0.4,          # BM25 (Pyserini's defaults)
-  )
+  ))
+
+
+def get_config(arg: str = ""):
+  config = common.training_config()
+  config.recipe = "ance"
+  variant = arg or "default"
+
+  # The paper's passage recipe.
+  config.model.update(name="roberta-base", pooling="cls", normalize="false", shared_towers=True)
+  config.data.update(name="msmarco", train_split="train", max_passages=1)
+  config.negatives = ann_negatives()
   # The released scripts train until stopped (a checkpoint, and so a refresh, every 10k steps)
   # and name no length; 100k steps here: override train.num_steps to taste.
   config.train.update(batch_size=64, num_epochs=None, num_steps=100000, query_max_length=64,

@@ -39,7 +39,10 @@ def get_config(arg: str = ""):
                       shared_towers=True, token_dim=128)
   config.model.colbert = common.colbert_model_config()
   config.data.update(name="msmarco", train_split="train")
-  config.negatives = dict(source="bm25", num=1, depth=30, top_k=None, k1=0.9, b=0.4)
+  # source: bm25 (the paper's triples) | pool (another run's mined negatives, `pool_from`:
+  # its workdir; TCT-ColBERT's HN+ teacher).
+  config.negatives = dict(source="bm25", num=1, depth=30, top_k=None, k1=0.9, b=0.4,
+                          pool_from="")
   # The batcher's caps are the format's (the marker is inserted after tokenising).
   config.train.query_max_length = config.model.colbert.get_ref("query_length")
   config.train.passage_max_length = config.model.colbert.get_ref("doc_max_length")

@@ -75,6 +75,9 @@ def maxsim_eval(split: str = "dev") -> ml_collections.ConfigDict:
   # None: the model's document length (model.colbert.doc_max_length).
   entry.doc_max_length = ml_collections.FieldReference(None, field_type=int)
   entry.save_index = False
+  # Token search only proposes candidates, re-scored exactly: no reordering, so ScaNN keeps
+  # no float32 copy of the token vectors (WORKSPACE, "ColBERT").
+  entry.scann.reorder_k = 0
   return entry
 
 

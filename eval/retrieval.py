@@ -63,7 +63,8 @@ flags.DEFINE_bool("save_embeddings", False, "Also write corpus/query embeddings 
 flags.DEFINE_enum("embeddings_dtype", "float32", ["float32", "float16"], "Saved embedding dtype.")
 flags.DEFINE_integer("scann_num_leaves", None, "ScaNN tree leaves (default ~sqrt(n)).")
 flags.DEFINE_integer("scann_leaves_to_search", None, "ScaNN leaves searched per query.")
-flags.DEFINE_integer("scann_reorder_k", 100, "ScaNN candidates rescored exactly.")
+flags.DEFINE_integer("scann_reorder_k", None, "ScaNN candidates rescored exactly (default 100; "
+                     "0 for --index=maxsim, whose token candidates are re-scored by MaxSim).")
 flags.DEFINE_float("scann_aq_threshold", 0.2, "ScaNN anisotropic quantization threshold.")
 flags.DEFINE_bool("scann_check_exact", False,
                   "With --index=scann, also search exactly and report scann_overlap@10.")
@@ -102,8 +103,9 @@ def config_from_flags():
         check_exact=FLAGS.scann_check_exact, progress=FLAGS.progress)
   entry.scann.update(num_leaves=FLAGS.scann_num_leaves,
                      num_leaves_to_search=FLAGS.scann_leaves_to_search,
-                     reorder_k=FLAGS.scann_reorder_k,
                      anisotropic_quantization_threshold=FLAGS.scann_aq_threshold)
+  if FLAGS.scann_reorder_k is not None:
+    entry.scann.reorder_k = FLAGS.scann_reorder_k
   entry.bm25.update(k1=FLAGS.bm25_k1, b=FLAGS.bm25_b)
   entry.data.update(name=FLAGS.data, dev_fraction=FLAGS.dev_fraction, tfds_dir=FLAGS.tfds_dir)
   config.evals = {FLAGS.split: entry}

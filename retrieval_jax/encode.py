@@ -13,7 +13,7 @@ import dataclasses
 import functools
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -35,11 +35,23 @@ DATA_AXIS = sharding.DATA_AXIS
 
 @dataclasses.dataclass
 class LoadedEncoder:
-  """A model ready to embed: module, params, tokenizer and where they came from."""
+  """A model ready to embed: module, params, tokenizer and where they came from.
+
+  `prepare`, when set, replaces plain tokenisation with the model's own input format
+  (TCT-ColBERT's prefixes and [MASK] padding): (texts, max_length) -> ids, each at most
+  `max_length` long.
+  """
   model: TextEncoder
   params: Any
   tokenizer: Any
   model_dir: pathlib.Path
+  prepare: Callable[[Sequence[str], int], list[list[int]]] | None = None
+
+  def token_ids(self, texts: Sequence[str], max_length: int) -> list[list[int]]:
+    """The model's input ids of `texts`, each at most `max_length` long."""
+    if self.prepare is not None:
+      return self.prepare(texts, max_length)
+    return tok.tokenize(self.tokenizer, texts, max_length)
 
   @property
   def config(self) -> EncoderConfig:
@@ -118,7 +130,7 @@ def encode_texts(encoder: LoadedEncoder, texts: Sequence[str], *, max_length: in
     raise ValueError(f"out_dtype must be float32 or float16, got {out_dtype}")
   if not len(texts):
     raise ValueError("no texts to encode")
-  token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
+  token_ids = encoder.token_ids(texts, max_length)
   return encode_token_ids(encoder, token_ids, max_length=max_length, batch_size=batch_size,
                           mesh=mesh, out_dtype=out_dtype, pad_to_multiple_of=pad_to_multiple_of,
                           progress=progress, desc=desc)
@@ -235,7 +247,10 @@ def encode_document_shard(encoder: LoadedEncoder, doc_texts: Sequence[str], *, m
     return DocumentShard(np.zeros((0, dim), kwargs.get("out_dtype", np.float32)), doc_of,
                          start, stop)
   if max_passages == 1:
-    token_ids = tok.tokenize(encoder.tokenizer, texts, max_length)
+    token_ids = encoder.token_ids(texts, max_length)
+  elif encoder.prepare is not None:
+    raise ValueError("max_passages > 1 (MaxP) is not available for a model with its own input "
+                     "format (prepare)")
   else:
     token_ids, doc_of = passages.split_documents(encoder.tokenizer, texts, max_length,
                                                  max_passages)

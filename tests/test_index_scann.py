@@ -147,3 +147,25 @@ def test_squared_l2_scores_are_negated_distances(caplog):
   distances = ((queries[:, None, :] - docs[None, :, :]) ** 2).sum(-1)
   np.testing.assert_array_equal(indices, np.argsort(distances, axis=1, kind="stable")[:, :5])
   np.testing.assert_allclose(scores, -np.sort(distances, axis=1)[:, :5], rtol=1e-5)
+
+
+def test_no_reordering_keeps_no_float32_copy(tmp_path, clustered_10k, default_index):
+  docs, queries = clustered_10k
+  hashed = ScannIndex.build(docs, ScannConfig(reorder_k=0))
+  scores, indices = hashed.search(queries, 10)
+  exact = _exact_top_k(queries, docs, 10)[1]
+  # Candidate generation, re-scored by the caller: the exact top 10 within the hashed top 100.
+  recall = _recall(hashed.search(queries, 100)[1], exact)
+  print(f"ScaNN without reordering: recall@10 {_recall(indices, exact):.4f}, the exact top "
+        f"10 in the top 100 {recall:.4f}")
+  assert recall >= 0.9
+  # The scores are the hashed approximations, not the true inner products.
+  true_scores = np.einsum("qd,qkd->qk", queries, docs[indices])
+  assert np.max(np.abs(scores - true_scores)) > 1e-3
+  sizes = {}
+  for name, index in (("reordered", default_index), ("hashed", hashed)):
+    index.save(tmp_path / name)
+    sizes[name] = sum(p.stat().st_size for p in (tmp_path / name).iterdir())
+  assert sizes["hashed"] * 4 < sizes["reordered"]  # no float32 copy of 10k x 384
+  loaded = ScannIndex.load(tmp_path / "hashed")
+  np.testing.assert_array_equal(loaded.search(queries, 10)[1], indices)

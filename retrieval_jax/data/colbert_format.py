@@ -25,6 +25,7 @@ from typing import Sequence
 
 import numpy as np
 
+from retrieval_jax.data import pairs
 from retrieval_jax.data import tokenize as tok
 
 
@@ -183,25 +184,20 @@ def insert_marker_padded(input_ids: np.ndarray, attention_mask: np.ndarray, mark
   return ids, mask
 
 
-class ColbertPairBatcher:
+class ColbertPairBatcher(pairs.ConvertedBatcher):
   """A `pairs.PairBatcher`'s batches in the ColBERT format (the loop's `Batcher`).
 
   The inner batcher tokenises queries to `query_length - 1` and passages to
   `doc_max_length - 1` tokens; each batch then gets the markers, the [MASK] query padding
   and the keep masks: `query_input_ids`, `query_attention_mask`, `query_keep_mask`
   [B, query_length]; `passage_input_ids`, `passage_attention_mask`, `passage_keep_mask`
-  [B, G, Lp]. Positions, epochs and resumption are the inner batcher's.
+  [B, G, Lp].
   """
 
   def __init__(self, inner, fmt: ColbertFormat, pad_to_multiple_of: int = 1):
-    self.inner = inner
+    super().__init__(inner)
     self.format = fmt
     self.pad_to_multiple_of = pad_to_multiple_of
-    self.host_keys = inner.host_keys
-
-  @property
-  def steps_per_epoch(self) -> int:
-    return self.inner.steps_per_epoch
 
   def convert(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """One inner batch in the ColBERT format (other keys unchanged)."""
@@ -218,16 +214,3 @@ class ColbertPairBatcher:
       for key, value in arrays.items():
         out[f"{prefix}_{key}"] = value
     return out
-
-  def batch(self, step: int) -> dict[str, np.ndarray]:
-    return self.convert(self.inner.batch(step))
-
-  def iterate(self, start_step: int, end_step: int):
-    for step, batch in self.inner.iterate(start_step, end_step):
-      yield step, self.convert(batch)
-
-  def position(self, step: int) -> dict[str, int]:
-    return self.inner.position(step)
-
-  def check_position(self, position) -> None:
-    self.inner.check_position(position)

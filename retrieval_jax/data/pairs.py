@@ -436,3 +436,34 @@ class PairBatcher:
       if pending is not None:
         pending.cancel()
       executor.shutdown(wait=True)
+
+
+class ConvertedBatcher:
+  """A `PairBatcher` whose every batch goes through `convert` (an input format: ColBERT's
+  markers, TCT's prefixes). Positions, epochs, resumption and host keys are the inner
+  batcher's, so a resumed run sees the same converted batches."""
+
+  def __init__(self, inner: PairBatcher):
+    self.inner = inner
+    self.host_keys = inner.host_keys
+
+  @property
+  def steps_per_epoch(self) -> int:
+    return self.inner.steps_per_epoch
+
+  def convert(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    raise NotImplementedError
+
+  def batch(self, step: int) -> dict[str, np.ndarray]:
+    return self.convert(self.inner.batch(step))
+
+  def iterate(self, start_step: int,
+              end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    for step, batch in self.inner.iterate(start_step, end_step):
+      yield step, self.convert(batch)
+
+  def position(self, step: int) -> dict[str, int]:
+    return self.inner.position(step)
+
+  def check_position(self, position: Mapping[str, int]) -> None:
+    self.inner.check_position(position)

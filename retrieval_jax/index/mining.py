@@ -51,6 +51,17 @@ def _pad(rows: list[np.ndarray], width: int) -> np.ndarray:
   return out
 
 
+def empty_pool(data: BeirData) -> NegativePool:
+  """A pool of no candidates with `data`'s queries, positives and corpus size (what a pool
+  mined elsewhere is checked against, `recipes.ance_refresh.pool_from_host`)."""
+  positives = data.positive_rows()
+  most = max((len(p) for p in positives), default=0)
+  return NegativePool(query_ids=list(data.query_ids),
+                      candidates=np.zeros((len(positives), 0), np.int64),
+                      counts=np.zeros(len(positives), np.int64),
+                      positives=_pad(positives, max(most, 1)), num_docs=len(data.corpus_ids))
+
+
 def bm25_negative_pool(data: BeirData, depth: int = 100, *, k1: float = 0.9, b: float = 0.4,
                        index: BM25Index | None = None) -> NegativePool:
   """Mines BM25 candidate negatives for every query of a (training) split.

@@ -43,7 +43,10 @@ class ScannConfig:
     dimensions_per_block: dimensions per anisotropic-hashing code (2 is ScaNN's recommendation).
     anisotropic_quantization_threshold: the inner-product threshold T of the anisotropic
       (score-aware) quantization loss; 0.2 is ScaNN's recommendation for unit-norm embeddings.
-    reorder_k: candidates rescored exactly before the final top-k (raised to k when k is larger).
+    reorder_k: candidates rescored exactly before the final top-k (raised to k when k is larger);
+      0: no rescoring, the hashed scores are final and ScaNN keeps no float32 copy of the
+      embeddings (an eighth of the memory at 128 dimensions): for candidate generation that
+      is re-scored anyway (ColBERT's token search, `index.maxsim`).
     distance: 'dot_product' (scores are inner products) or 'squared_l2' (scores are negated squared
       distances, so that higher is better in both cases).
     spherical: train the tree on the sphere (cosine k-means); None: when the embeddings are
@@ -136,7 +139,10 @@ class ScannIndex:
         config.dimensions_per_block,
         anisotropic_quantization_threshold=config.anisotropic_quantization_threshold,
         training_sample_size=sample_size,
-    ).reorder(config.reorder_k).build()
+    )
+    if config.reorder_k:
+      searcher = searcher.reorder(config.reorder_k)
+    searcher = searcher.build()
     _log.info("ScaNN: %d embeddings, %d leaves (%d searched), spherical=%s", num_docs, num_leaves,
               leaves_to_search, spherical)
     return cls(searcher, config, num_docs=num_docs, dim=dim, num_leaves_to_search=leaves_to_search)
@@ -164,8 +170,10 @@ class ScannIndex:
       raise ValueError(f"k must be between 1 and the corpus size {self.num_docs}, got {k}")
     if queries.shape[0] == 0:
       return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    if self.brute_force:
-      neighbors, distances = self._searcher.search_batched_parallel(queries, final_num_neighbors=k)
+    if self.brute_force or not self.config.reorder_k:
+      kwargs = {} if self.brute_force else {"leaves_to_search": self.num_leaves_to_search}
+      neighbors, distances = self._searcher.search_batched_parallel(
+          queries, final_num_neighbors=k, **kwargs)
     else:
       neighbors, distances = self._searcher.search_batched_parallel(
           queries, final_num_neighbors=k, pre_reorder_num_neighbors=max(self.config.reorder_k, k),

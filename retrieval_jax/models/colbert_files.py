@@ -143,6 +143,50 @@ def _pylate_settings(model_dir: pathlib.Path, dim: int) -> ColbertSettings:
       mask_punctuation=bool(blob.get("skiplist_words", True)))
 
 
+def _settings(model_dir: pathlib.Path, dim: int) -> ColbertSettings:
+  """The format `artifact.metadata` (stanford) or PyLate's config declares."""
+  if not (model_dir / ARTIFACT_FILE).exists():
+    return _pylate_settings(model_dir, dim)
+  meta = json.loads((model_dir / ARTIFACT_FILE).read_text())
+  defaults = ColbertSettings(dim=dim)
+  return ColbertSettings(
+      dim=dim, query_marker=meta.get("query_token_id") or defaults.query_marker,
+      doc_marker=meta.get("doc_token_id") or defaults.doc_marker,
+      query_length=int(meta.get("query_maxlen") or defaults.query_length),
+      doc_max_length=int(meta.get("doc_maxlen") or defaults.doc_max_length),
+      attend_to_mask_tokens=bool(meta.get("attend_to_mask_tokens", False)),
+      mask_punctuation=bool(meta.get("mask_punctuation", True)))
+
+
+def _head_shape(model_dir: pathlib.Path) -> tuple[int, int] | None:
+  """[dim, hidden] of the token head from safetensors headers (no tensor is read)."""
+  dense_dir = _pylate_dense_dir(model_dir)
+  for path in sorted(model_dir.glob("*.safetensors")) + (
+      sorted(dense_dir.glob("*.safetensors")) if dense_dir is not None else []):
+    with safetensors.safe_open(str(path), "numpy") as f:
+      if LINEAR in f.keys():
+        return tuple(f.get_slice(LINEAR).get_shape())
+  return None
+
+
+def describe(name_or_path: str | os.PathLike, **config_overrides
+             ) -> tuple[EncoderConfig, ColbertSettings, pathlib.Path]:
+  """(encoder config, settings, local directory) of a ColBERT directory, without its weights.
+
+  Raises:
+    ValueError: The directory has no ColBERT head.
+  """
+  model_dir = hf.resolve_model_dir(name_or_path)
+  hf_config = json.loads((model_dir / "config.json").read_text())
+  shape = _head_shape(model_dir)
+  if shape is None:
+    raise ValueError(f"{model_dir} is not a ColBERT directory: no {LINEAR} in its "
+                     "safetensors and no PyLate Dense module")
+  config_overrides.setdefault("with_pooler", hf.checkpoint_has_pooler(model_dir, hf_config))
+  return (EncoderConfig.from_hf(hf_config, **config_overrides),
+          _settings(model_dir, int(shape[0])), model_dir)
+
+
 def load(name_or_path: str | os.PathLike, **config_overrides
          ) -> tuple[EncoderConfig, dict[str, Any], ColbertSettings, pathlib.Path]:
   """Reads a ColBERT directory (local, or a hub id through `hf.resolve_model_dir`).
@@ -171,17 +215,4 @@ def load(name_or_path: str | os.PathLike, **config_overrides
   params = {"backbone": hf.hf_to_params(tensors, config),
             "token_head": {"linear": {"kernel": np.ascontiguousarray(weight.T).astype(
                 config.param_dtype)}}}
-  dim = int(weight.shape[0])
-  if (model_dir / ARTIFACT_FILE).exists():
-    meta = json.loads((model_dir / ARTIFACT_FILE).read_text())
-    defaults = ColbertSettings(dim=dim)
-    settings = ColbertSettings(
-        dim=dim, query_marker=meta.get("query_token_id") or defaults.query_marker,
-        doc_marker=meta.get("doc_token_id") or defaults.doc_marker,
-        query_length=int(meta.get("query_maxlen") or defaults.query_length),
-        doc_max_length=int(meta.get("doc_maxlen") or defaults.doc_max_length),
-        attend_to_mask_tokens=bool(meta.get("attend_to_mask_tokens", False)),
-        mask_punctuation=bool(meta.get("mask_punctuation", True)))
-  else:
-    settings = _pylate_settings(model_dir, dim)
-  return config, params, settings, model_dir
+  return config, params, _settings(model_dir, int(weight.shape[0])), model_dir

@@ -21,15 +21,21 @@ class PoolingConfig:
     projection_dim: Add a linear projection to this width (None: no projection).
     projection_bias: Whether the projection has a bias.
     normalize: L2-normalise the final vector (cosine similarity as dot product).
+    skip_first: `mean` over positions from this one on (TCT-ColBERT skips its 4-token
+      `[CLS] [ Q ]` prefix); 0: every real token.
   """
   mode: str = "cls"
   projection_dim: int | None = None
   projection_bias: bool = True
   normalize: bool = False
+  skip_first: int = 0
 
   def __post_init__(self):
     if self.mode not in POOLING_MODES:
       raise ValueError(f"pooling mode {self.mode!r} is not one of {POOLING_MODES}")
+    if self.skip_first and self.mode != "mean":
+      raise ValueError(f"pooling skip_first={self.skip_first} needs mode 'mean', not "
+                       f"{self.mode!r}")
 
 
 def mean_pool(hidden: jax.Array, mask: jax.Array) -> jax.Array:
@@ -58,7 +64,8 @@ class PoolingHead(nn.Module):
     if mode == "cls":
       x = hidden[:, 0].astype(jnp.float32)
     elif mode == "mean":
-      x = mean_pool(hidden, attention_mask)
+      skip = self.config.skip_first
+      x = mean_pool(hidden[:, skip:], attention_mask[:, skip:])
     else:
       if pooler_output is None:
         raise ValueError("pooling mode 'pooler' needs an encoder with with_pooler=True")

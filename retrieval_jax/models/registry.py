@@ -9,7 +9,7 @@ register here when their recipes land.
 `config.model` keys of the `transformer` type: `name` (HF directory, hub id, `minilm` or
 `random`), `pooling`, `normalize`, `dtype`, and optionally `dropout`, `remat`, `tokenizer`,
 `random` (the shape of a random encoder), `mlm_head`, `token_dim` (ColBERT's head width),
-`mlp_widths` (a projection MLP).
+`mlp_widths` (a projection MLP), `pooling_skip_first` (mean pooling from that position on).
 
 A training run keeps what its spec was read from (config files and the tokenizer, no weights)
 in `workdir/model/` (`save_model_files`); `build(config.model, files_dir=workdir/model)`
@@ -125,6 +125,17 @@ def _heads(model_config: Any) -> dict:
       mlp_projection=None if not widths else MLPProjectionConfig(tuple(int(w) for w in widths)))
 
 
+def _skipping(pooling: PoolingConfig, model_config: Any) -> PoolingConfig:
+  """`model.pooling_skip_first` (TCT-ColBERT's prefix) applied to the pooling."""
+  skip = int(model_config.get("pooling_skip_first") or 0)
+  if not skip:
+    return pooling
+  if pooling.mode != "mean":
+    raise ValueError(f"model.pooling_skip_first={skip} needs model.pooling='mean' (the "
+                     f"pooling is {pooling.mode!r})")
+  return dataclasses.replace(pooling, skip_first=skip)
+
+
 SNAPSHOT_FILE = "retrieval_jax_model.json"
 TOKENIZER_SUBDIR = "tokenizer"
 # Config files of a HF / sentence-transformers directory that shape the spec (no weights).
@@ -194,7 +205,8 @@ def transformer_spec(model_config: Any, files_dir: str | None = None) -> Transfo
     encoder = EncoderConfig(vocab_size=int(snapshot["vocab_size"]), max_position_embeddings=512,
                             **dict(model_config.random), **overrides)
     pooling = PoolingConfig(mode=pooling_mode or "cls", normalize=bool(normalize))
-    return TransformerSpec(encoder, pooling, None, snapshot["tokenizer_dir"], **heads)
+    return TransformerSpec(encoder, _skipping(pooling, model_config), None,
+                           snapshot["tokenizer_dir"], **heads)
   if snapshot is None and model_config.name == "random":
     if not model_config.get("tokenizer"):
       raise ValueError("model.name='random' needs model.tokenizer (a directory, hub id or minilm)")
@@ -203,7 +215,8 @@ def transformer_spec(model_config: Any, files_dir: str | None = None) -> Transfo
     encoder = EncoderConfig(vocab_size=hf.tokenizer_vocab_size(tokenizer_dir),
                             max_position_embeddings=512, **shape, **overrides)
     pooling = PoolingConfig(mode=pooling_mode or "cls", normalize=bool(normalize))
-    return TransformerSpec(encoder, pooling, None, tokenizer_dir, **heads)
+    return TransformerSpec(encoder, _skipping(pooling, model_config), None, tokenizer_dir,
+                           **heads)
   model_dir = (snapshot["model_dir"] if snapshot is not None
                else hf.resolve_model_dir(model_config.name))
   config_file = model_dir / "config.json"
@@ -224,4 +237,5 @@ def transformer_spec(model_config: Any, files_dir: str | None = None) -> Transfo
     tokenizer_dir = hf.resolve_model_dir(model_config.tokenizer)
   else:
     tokenizer_dir = model_dir
-  return TransformerSpec(encoder, pooling, model_dir, tokenizer_dir, **heads)
+  return TransformerSpec(encoder, _skipping(pooling, model_config), model_dir, tokenizer_dir,
+                         **heads)

@@ -13,7 +13,8 @@ import os
 from typing import Any
 
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
-AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert"}
+AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert",
+             "tct_colbert": "tct_colbert"}
 
 
 def register(name: str, module: str) -> None:

@@ -30,7 +30,7 @@ from retrieval_jax.recipes.contrastive import restore_eval_models  # noqa: F401 
 INDEXES = ("scann", "exact")
 
 
-def _check(config: Any) -> None:
+def check_negatives(config: Any) -> None:
   """ANCE's own keys, each error naming it (the rest is checked by `contrastive`)."""
   negatives = config.negatives
   if negatives.source != "ann":
@@ -64,7 +64,7 @@ def mine_shard(params: Any, step: int, *, ctx: contrastive.TrainingData, tokeniz
   del step  # the refresher records it
   config, negatives = ctx.config, ctx.config.negatives
   query_encoder, passage_encoder = dual_encoder.tower_encoders(ctx.dual, params, tokenizer,
-                                                               ctx.spec.model_dir)
+                                                               ctx.spec.model_dir, ctx.prepare)
   batch, length = int(negatives.encode_batch_size), int(config.train.passage_max_length)
   query_emb = encode.encode_texts(query_encoder, ctx.data.query_texts,
                                   max_length=int(config.train.query_max_length),
@@ -114,7 +114,7 @@ def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
 
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train ANCE as `config` says."""
-  _check(config)
+  check_negatives(config)
   recipe = contrastive.build_contrastive(config, workdir, mesh, name="ance",
                                          negatives=ann_negatives)
   recipe.info["refresh_steps"] = recipe.hooks[0].schedule

@@ -49,23 +49,30 @@ def token_vectors(model: TextEncoder, params: Any, ids, attention, keep,
                      method=TextEncoder.token_vectors)
 
 
+def batch_vectors(model: TextEncoder, params: Any, batch: dict, prefix: str,
+                  rng: jax.Array | None) -> tuple[jax.Array, jax.Array]:
+  """(token vectors [n, l, dim], keep mask [n, l]) of the batch entries `<prefix>_input_ids`,
+  `_attention_mask`, `_keep_mask` (passages [B, G, l] are flattened query-major)."""
+  arrays = [batch[f"{prefix}_{key}"] for key in ("input_ids", "attention_mask", "keep_mask")]
+  arrays = [a.reshape(-1, a.shape[-1]) for a in arrays]
+  return token_vectors(model, params, *arrays, rng), arrays[2]
+
+
 def batch_scores(model: TextEncoder, params: Any, batch: dict, rng: jax.Array | None,
-                 own_group_only: bool) -> jax.Array:
+                 own_group_only: bool, prefix: str = "") -> jax.Array:
   """MaxSim scores of a ColBERT batch: [B, G] (each query against its own passages) when
-  `own_group_only`, else [B, B * G] against every passage of the global batch."""
+  `own_group_only`, else [B, B * G] against every passage of the global batch. `prefix`:
+  of the batch keys (`teacher_` for TCT-ColBERT's teacher inputs)."""
   rngs = (None, None) if rng is None else tuple(jax.random.split(rng))
-  queries = token_vectors(model, params, batch["query_input_ids"],
-                          batch["query_attention_mask"], batch["query_keep_mask"], rngs[0])
-  num, group, length = batch["passage_input_ids"].shape
-  flat = lambda key: batch[key].reshape(num * group, length)
-  docs = token_vectors(model, params, flat("passage_input_ids"),
-                       flat("passage_attention_mask"), flat("passage_keep_mask"), rngs[1])
+  queries, _ = batch_vectors(model, params, batch, f"{prefix}query", rngs[0])
+  docs, keep = batch_vectors(model, params, batch, f"{prefix}passage", rngs[1])
   if not own_group_only:
-    return losses.maxsim_scores(queries, docs, flat("passage_keep_mask"))
+    return losses.maxsim_scores(queries, docs, keep)
+  num, group, length = batch[f"{prefix}passage_input_ids"].shape
   docs = docs.reshape(num, group, length, -1)
   sims = jnp.einsum("bid,bgjd->bgij", queries.astype(jnp.float32), docs.astype(jnp.float32),
                     precision=jax.lax.Precision.HIGHEST)
-  keep = batch["passage_keep_mask"].astype(bool)[:, :, None, :]
+  keep = keep.astype(bool).reshape(num, group, 1, length)
   return jnp.sum(jnp.max(jnp.where(keep, sims, -jnp.inf), axis=-1), axis=-1)
 
 
@@ -147,11 +154,14 @@ def towers(config: Any) -> contrastive.Towers:
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:
   """Everything the loop needs to train ColBERT as `config` says."""
   _check(config)
-  if config.negatives.source != "bm25":
+  sources = {"bm25": dpr.bm25_negatives, "pool": dpr.pooled_negatives}
+  if config.negatives.source not in sources:
     raise ValueError(f"negatives.source={config.negatives.source!r}: ColBERT trains on "
-                     "'bm25' triples")
+                     f"{sorted(sources)} triples ('pool': negatives.pool_from, another run's "
+                     "mined negatives)")
   return contrastive.build_contrastive(config, workdir, mesh, name="colbert",
-                                       negatives=dpr.bm25_negatives, towers=towers(config))
+                                       negatives=sources[config.negatives.source],
+                                       towers=towers(config))
 
 
 def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | None = None

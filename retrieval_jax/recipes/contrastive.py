@@ -136,6 +136,8 @@ class TrainingData:
   spec: dual_encoder.ModelSpec
   tokenizer: Any
   total_steps: int
+  # Each tower's input format (`encode.LoadedEncoder.prepare`): what a miner encodes with.
+  prepare: tuple[Any, Any] = (None, None)
 
 
 def shared_token_lengths(config: Any, dataset: pairs.PairDataset, tokenizer: Any,
@@ -172,6 +174,8 @@ class Towers:
       each batch); default the PairBatcher itself.
     lengths: config -> (query, passage) token caps the PairBatcher tokenises to.
     frozen: (config, mesh) -> `base.FrozenInput`s by name (a teacher).
+    prepare: (config, tokenizer) -> each tower's input format (`encode.LoadedEncoder.prepare`)
+      for evaluation and mining; default plain tokenisation.
   """
   train_step: Callable[..., Any] = dual_encoder.train_step
   as_models: Callable[..., base.EvalModels] | None = None
@@ -180,6 +184,7 @@ class Towers:
   batcher: Callable[[pairs.PairBatcher, Any], Any] | None = None
   lengths: Callable[[Any], tuple[int, int]] | None = None
   frozen: Callable[[Any, jax.sharding.Mesh], dict[str, base.FrozenInput]] | None = None
+  prepare: Callable[[Any, Any], tuple[Any, Any]] | None = None
 
 
 def _export_towers(dual, params, out_dir, spec, config):
@@ -220,8 +225,9 @@ def build_contrastive(config: Any, workdir: str | os.PathLike, mesh: jax.shardin
   tokenizer = tok.load_tokenizer(spec.tokenizer_dir)
   global_batch = int(config.train.batch_size)
   steps = total_steps(config, pairs.steps_per_epoch(len(dataset.query_ids), global_batch))
+  prepare = towers.prepare(config, tokenizer) if towers.prepare else (None, None)
   batcher_kwargs, hooks = negatives(TrainingData(config, workdir, data, dataset, dual, spec,
-                                                 tokenizer, steps))
+                                                 tokenizer, steps, prepare))
   batcher = pairs.PairBatcher(
       dataset, tokenizer, global_batch=global_batch, num_negatives=num_negatives,
       lengths=shared_token_lengths(config, dataset, tokenizer, query_length, passage_length),

@@ -23,12 +23,40 @@ def bm25_negatives(ctx: TrainingData) -> tuple[dict, list]:
   if not num_negatives:
     return {"negatives_fn": None}, []
   pool = contrastive.negative_pool(config, ctx.data, ctx.workdir)
-  seed, top_k, rows = int(config.seed), config.negatives.get("top_k"), ctx.dataset.query_rows
+  return {"negatives_fn": _epoch_sampler(pool, ctx)}, []
+
+
+def _epoch_sampler(pool: mining.NegativePool, ctx: TrainingData):
+  """epoch -> the training examples' negatives drawn from `pool` (seeded by the epoch)."""
+  config, rows = ctx.config, ctx.dataset.query_rows
+  num_negatives, seed, top_k = (int(config.negatives.num), int(config.seed),
+                                config.negatives.get("top_k"))
 
   def negatives_for_epoch(epoch: int) -> np.ndarray:
     return mining.sample_negatives(pool, num_negatives, seed=seed, epoch=epoch, top_k=top_k)[rows]
 
-  return {"negatives_fn": negatives_for_epoch}, []
+  return negatives_for_epoch
+
+
+def pooled_negatives(ctx: TrainingData) -> tuple[dict, list]:
+  """Negatives another run mined (`negatives.pool_from`: a workdir whose latest checkpoint
+  holds a mined pool, e.g. TCT-ColBERT's `tct_hn` run), resampled every epoch: how HN+
+  fine-tunes its teacher on the student's negatives. -> (batcher kwargs, hooks)."""
+  from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import ance_refresh  # pylint: disable=g-import-not-at-top
+
+  config = ctx.config
+  source = config.negatives.get("pool_from")
+  step = checkpoint.latest_step(source) if source else None
+  host = None
+  if step is not None:
+    with checkpoint.Checkpointer(source, async_save=False) as ckpt:
+      host = ckpt.restore_host(step)
+  if not host or "candidates" not in host:
+    raise ValueError(f"negatives.pool_from={source!r}: not a workdir whose checkpoints hold "
+                     "mined negatives (an ANCE or TCT-ColBERT hard-negative run)")
+  pool = ance_refresh.pool_from_host(host, mining.empty_pool(ctx.data))
+  return {"negatives_fn": _epoch_sampler(pool, ctx)}, []
 
 
 def build(config: Any, workdir: str | os.PathLike, mesh: jax.sharding.Mesh) -> base.Recipe:

@@ -167,13 +167,17 @@ def train_step(state: dict, frozen: dict, batch: dict, *, dual: DualEncoder,
   return new_state, dict(metrics, **update_metrics)
 
 
-def tower_encoders(dual: DualEncoder, params: dict, tokenizer, model_dir: pathlib.Path | None
+def tower_encoders(dual: DualEncoder, params: dict, tokenizer, model_dir: pathlib.Path | None,
+                   prepare: tuple[Any, Any] = (None, None)
                    ) -> tuple[encode.LoadedEncoder, encode.LoadedEncoder]:
-  """(query encoder, passage encoder) for `encode.encode_texts`, evaluation in inference mode."""
+  """(query encoder, passage encoder) for `encode.encode_texts`, evaluation in inference mode.
+
+  `prepare`: each tower's input format (`encode.LoadedEncoder.prepare`), None: plain.
+  """
   model = dual.model
   return tuple(encode.LoadedEncoder(model, dual.tower_params(params, tower), tokenizer,
-                                    model_dir or pathlib.Path("."))
-               for tower in TOWERS)
+                                    model_dir or pathlib.Path("."), prepare=tower_prepare)
+               for tower, tower_prepare in zip(TOWERS, prepare))
 
 
 def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokenizer_dir,
