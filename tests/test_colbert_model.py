@@ -220,3 +220,20 @@ def test_colbert_directory_round_trip_and_transformers_load(minilm, tmp_path):
       "[unused0]", 120, True)
   with pytest.raises(ValueError, match="not a ColBERT directory"):
     colbert_files.load(hf.resolve_model_dir("minilm"))
+
+
+def test_encoding_on_eight_devices_equals_one(minilm, texts):
+  _, ours, _, _ = minilm
+  queries, docs = texts
+  encoder = ours()
+  assert len(jax.devices()) == 8
+  one = encode_tokens.encode.data_mesh(jax.devices()[:1])
+  q8 = encode_tokens.encode_queries(encoder, queries, batch_size=8, progress=False)
+  q1 = encode_tokens.encode_queries(encoder, queries, batch_size=8, mesh=one, progress=False)
+  np.testing.assert_allclose(q8, q1, atol=1e-5)
+  d8 = encode_tokens.encode_documents(encoder, docs, batch_size=8, out_dtype=np.float32,
+                                      progress=False)
+  d1 = encode_tokens.encode_documents(encoder, docs, batch_size=8, mesh=one,
+                                      out_dtype=np.float32, progress=False)
+  np.testing.assert_array_equal(d8.lengths, d1.lengths)
+  np.testing.assert_allclose(d8.vectors, d1.vectors, atol=1e-5)

@@ -149,3 +149,13 @@ def test_eval_cli_on_the_workdir_and_on_the_export(smoke_run, tmp_path):
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
+
+
+def test_mode_eval_runs_the_config_evaluators(smoke_run, tmp_path):
+  from retrieval_jax import recipes  # pylint: disable=g-import-not-at-top
+  workdir, summary = smoke_run
+  result = recipes.evaluate(_smoke(), workdir, out_root=tmp_path)
+  assert result["step"] == 6
+  assert result["metrics"]["dev/ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"],
+                                                           abs=1e-6)
+  assert (tmp_path / "dev" / "run.trec").exists()

@@ -13,7 +13,6 @@ import pathlib
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -113,15 +112,8 @@ def _np_log_softmax(x):
   return x - np.log(np.exp(x).sum(-1, keepdims=True))
 
 
-def test_kd_loss_of_a_step_equals_numpy(tmp_path):
-  config = _smoke()
-  mesh = sharding.mesh_from_config(config)
-  recipe, batch, frozen = _recipe(config, tmp_path, mesh)
-  state = recipe.init_state()
-  step = jax.jit(lambda s, f, b: recipe.train_step.func(
-      s, f, b, dropout=False, **recipe.train_step.keywords))
-  _, metrics = step(state, frozen, batch)
-  # The reference: the two models' outputs, then the loss by hand in float64.
+def _numpy_kd(recipe, batch, state, frozen) -> float:
+  """The KD loss by hand in float64 from the two models' outputs."""
   student = recipe.train_step.keywords["dual"].model
   teacher = recipe.train_step.keywords["teacher"]
   params = _host(state["params"])["shared"]
@@ -137,7 +129,7 @@ def test_kd_loss_of_a_step_equals_numpy(tmp_path):
     ids, att, keep = (batch[f"{prefix}_{k}"] for k in ("input_ids", "attention_mask",
                                                         "keep_mask"))
     width = ids.shape[-1]
-    ids, att, keep = (a.reshape(rows, width) for a in (ids, att, keep))
+    ids, att, keep = (np.asarray(a).reshape(rows, width) for a in (ids, att, keep))
     vec = np.asarray(teacher.apply({"params": t_params}, ids, att, keep,
                                    method=TextEncoder.token_vectors), np.float64)
     return vec, keep.astype(bool)
@@ -147,33 +139,36 @@ def test_kd_loss_of_a_step_equals_numpy(tmp_path):
   teacher_scores = np.zeros((num, num * group))
   for a in range(num):
     for b in range(num * group):
-      sims = tq[a] @ td[b][keep[b]].T
-      teacher_scores[a, b] = sims.max(-1).sum()
+      teacher_scores[a, b] = (tq[a] @ td[b][keep[b]].T).max(-1).sum()
   log_p_t = _np_log_softmax(teacher_scores / 0.25)
   log_p_s = _np_log_softmax(q @ p.T)  # scale 1, the student's logits untempered
-  expected = np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), -1))
-  assert float(metrics["kd"]) == pytest.approx(expected, rel=1e-5)
-  assert float(metrics["loss"]) == pytest.approx(expected, rel=1e-5)  # ce_weight 0
+  return float(np.mean(np.sum(np.exp(log_p_t) * (log_p_t - log_p_s), -1)))
 
 
-def test_kd_step_on_mesh_4x2_equals_one_device(tmp_path):
+def test_kd_step_equals_numpy_and_spans_the_global_batch_on_a_mesh(tmp_path):
+  """The KD loss of a step against NumPy over all 8 x 16 (query, passage) pairs of the
+  global batch, and a (4, 2) mesh equal to one device."""
   config = _smoke()
   results = {}
-  for name, mesh in {"4x2": sharding.make_mesh(4, 2),
-                     "1": sharding.make_mesh(1, 1, jax.devices()[:1])}.items():
+  for name, mesh in {"1": sharding.make_mesh(1, 1, jax.devices()[:1]),
+                     "4x2": sharding.make_mesh(4, 2)}.items():
     recipe, batch, _ = _recipe(config, tmp_path / name, mesh)
     frozen = {n: jax.device_put(f.load(), train.sharding.param_shardings(f.abstract, mesh))
               for n, f in recipe.frozen.items()}
     step = jax.jit(lambda s, f, b, r=recipe: r.train_step.func(
         s, f, b, dropout=False, **r.train_step.keywords),
         in_shardings=(recipe.state_shardings, None, recipe.batch_sharding))
-    new_state, metrics = step(recipe.init_state(), frozen, batch)
+    state = recipe.init_state()
+    if name == "1":
+      expected = _numpy_kd(recipe, batch, state, frozen)
+    new_state, metrics = step(state, frozen, batch)
     results[name] = _host((metrics, new_state["params"]))
-  (m_a, p_a), (m_b, p_b) = results["4x2"], results["1"]
+  (m_b, _), (m_a, _) = results["1"], results["4x2"]
+  assert batch["passage_input_ids"].shape[:2] == (8, 2)
+  assert m_b["kd"] == pytest.approx(expected, rel=1e-5)
+  assert m_b["loss"] == pytest.approx(expected, rel=1e-5)  # ce_weight 0
   assert abs(m_a["kd"] - m_b["kd"]) <= 1e-5 * max(1.0, abs(m_b["kd"]))
   assert abs(m_a["grad_norm"] - m_b["grad_norm"]) <= 1e-4 * m_b["grad_norm"]
-  # 8 queries x 16 passages: every query against every passage of the global batch.
-  assert recipe.batcher.inner.global_batch == 8
 
 
 @pytest.fixture(scope="module")
