@@ -110,3 +110,17 @@ def assert_rejected_before_compiling(config, workdir, key: str, monkeypatch) -> 
     train.run(config, workdir, "train")
   assert not compiled
   assert not (pathlib.Path(workdir) / "checkpoints").exists()
+
+
+def assert_shapes_follow_the_global_batch(batcher) -> None:
+  """Each process converts only its rows: the shapes must not depend on which rows (else the
+  processes' arrays would not form one global batch)."""
+  inner = batcher.inner.batch(0)
+  whole = batcher.convert(inner)
+  for half in (slice(0, 3), slice(3, None)):
+    rows = {k: v[half] if getattr(v, "ndim", 0) and k not in batcher.host_keys else v
+            for k, v in inner.items()}
+    part = batcher.convert(rows)
+    for key, value in whole.items():
+      if key not in batcher.host_keys:
+        assert part[key].shape[1:] == value.shape[1:], key

@@ -237,3 +237,33 @@ def test_encoding_on_eight_devices_equals_one(minilm, texts):
                                       out_dtype=np.float32, progress=False)
   np.testing.assert_array_equal(d8.lengths, d1.lengths)
   np.testing.assert_allclose(d8.vectors, d1.vectors, atol=1e-5)
+
+
+def test_pylate_layout_reads_like_the_stanford_one(minilm, tmp_path):
+  """PyLate's own layout: the encoder at the root, the head in 1_Dense, the format in
+  config_sentence_transformers.json (as `pylate.models.ColBERT.save` writes it)."""
+  _, ours, _, _ = minilm
+  encoder = ours()
+  stanford = colbert_files.save(tmp_path / "stanford", encoder.model.encoder, encoder.params,
+                                tokenizer_dir=hf.resolve_model_dir("minilm"),
+                                settings=colbert_files.ColbertSettings(query_length=24))
+  pylate = tmp_path / "pylate"
+  hf.save_pretrained(pylate, encoder.model.encoder, {"backbone": encoder.params["backbone"]},
+                     tokenizer_dir=hf.resolve_model_dir("minilm"))
+  (pylate / "modules.json").write_text(json.dumps([
+      {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+      {"idx": 1, "name": "1", "path": "1_Dense", "type": "pylate.models.Dense.Dense"}]))
+  (pylate / "1_Dense").mkdir()
+  kernel = np.asarray(encoder.params["token_head"]["linear"]["kernel"])
+  safetensors.numpy.save_file({"linear.weight": np.ascontiguousarray(kernel.T)},
+                              str(pylate / "1_Dense" / "model.safetensors"))
+  (pylate / "config_sentence_transformers.json").write_text(json.dumps({
+      "query_prefix": "[unused0]", "document_prefix": "[unused1]", "query_length": 24,
+      "document_length": 180, "attend_to_expansion_tokens": False,
+      "skiplist_words": list(string.punctuation)}))
+  assert colbert_files.is_colbert_dir(pylate)
+  a, b = (encode_tokens.load_token_encoder(d) for d in (stanford, pylate))
+  assert a.format == b.format and a.format.query_length == 24
+  texts = ["a query about cells"]
+  np.testing.assert_array_equal(encode_tokens.encode_queries(a, texts, progress=False),
+                                encode_tokens.encode_queries(b, texts, progress=False))

@@ -26,7 +26,8 @@ if str(_REPO) not in sys.path:
 
 from configs import colbert as colbert_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
-    assert_rejected_before_compiling, run_python, with_overrides)
+    assert_rejected_before_compiling, assert_shapes_follow_the_global_batch, run_python,
+    with_overrides)
 
 
 def _smoke(**overrides):
@@ -75,6 +76,7 @@ def test_batches_are_in_the_colbert_format(tmp_path):
   keep, attention = batch["passage_keep_mask"], batch["passage_attention_mask"]
   assert (keep <= attention).all()
   assert recipe.eval_roles == ("colbert",)
+  assert_shapes_follow_the_global_batch(recipe.batcher)
 
 
 def test_own_group_scores_equal_in_batch_scores(tmp_path):

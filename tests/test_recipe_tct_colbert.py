@@ -32,7 +32,7 @@ from configs import colbert as colbert_config  # pylint: disable=g-import-not-at
 from configs import tct_colbert as tct_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from tests.conftest import shared_data_dir  # pylint: disable=wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
-    assert_rejected_before_compiling, with_overrides)
+    assert_rejected_before_compiling, assert_shapes_follow_the_global_batch, with_overrides)
 
 
 def _smoke(**overrides):
@@ -163,6 +163,7 @@ def test_kd_step_equals_numpy_and_spans_the_global_batch_on_a_mesh(tmp_path):
       expected = _numpy_kd(recipe, batch, state, frozen)
     new_state, metrics = step(state, frozen, batch)
     results[name] = _host((metrics, new_state["params"]))
+  assert_shapes_follow_the_global_batch(recipe.batcher)
   (m_b, _), (m_a, _) = results["1"], results["4x2"]
   assert batch["passage_input_ids"].shape[:2] == (8, 2)
   assert m_b["kd"] == pytest.approx(expected, rel=1e-5)
@@ -193,7 +194,7 @@ def test_teacher_is_frozen_and_outside_the_state(smoke_run):
   assert not (exported / "modules.json").exists()  # no ST pooling that would not skip
 
 
-def test_teacher_from_a_colbert_directory_and_a_workdir(tmp_path):
+def test_teacher_from_a_colbert_directory(tmp_path):
   tokenizer = tok.load_tokenizer(hf.resolve_model_dir("minilm"))
   random_teacher = tct_colbert.Teacher(_smoke().teacher, tokenizer)
   params = random_teacher.frozen_input().load()
@@ -205,22 +206,14 @@ def test_teacher_from_a_colbert_directory_and_a_workdir(tmp_path):
   loaded = from_dir.frozen_input().load()
   np.testing.assert_equal(loaded["token_head"], params["token_head"])
   assert from_dir.format == random_teacher.format
-  # A ColBERT training workdir: its latest checkpoint.
-  colbert_workdir = tmp_path / "colbert"
-  train.run(with_overrides(colbert_config.get_config("smoke"),
-                           {"train.num_steps": 2, "evals": {}, "train.export": False}),
-            colbert_workdir, "train")
-  from_workdir = tct_colbert.Teacher(_smoke(**{"teacher.name": str(colbert_workdir)}).teacher,
-                                     tokenizer)
-  kernel = from_workdir.frozen_input().load()["token_head"]["linear"]["kernel"]
-  assert kernel.shape == (32, 16)
-  assert from_workdir.format.query_length == 16  # the ColBERT run's own format
   with pytest.raises(ValueError, match="not a ColBERT"):
     tct_colbert.Teacher(_smoke(**{"teacher.name": str(hf.resolve_model_dir("minilm"))}).teacher,
                         tokenizer)
 
 
-def test_hard_negative_variant_mines_in_the_student_format(tmp_path):
+def test_hard_negatives_then_a_teacher_trained_on_them(tmp_path):
+  """`hn` mines with the student's format; HN+ trains ColBERT on that pool; a ColBERT
+  training workdir is a teacher."""
   config = with_overrides(tct_config.get_config("smoke"), {})
   config.negatives = tct_config.get_config("hn").negatives
   config.negatives.update(depth=8, bm25_depth=8, encode_batch_size=16)
@@ -233,6 +226,12 @@ def test_hard_negative_variant_mines_in_the_student_format(tmp_path):
       "train.num_steps": 2, "evals": {}, "train.export": False, "negatives.source": "pool",
       "negatives.pool_from": str(tmp_path / "hn")})
   assert train.run(colbert_run, tmp_path / "colbert_hn", "train")["step"] == 2
+  # That ColBERT training workdir as a teacher: its latest checkpoint, its own format.
+  tokenizer = tok.load_tokenizer(hf.resolve_model_dir("minilm"))
+  teacher = tct_colbert.Teacher(
+      _smoke(**{"teacher.name": str(tmp_path / "colbert_hn")}).teacher, tokenizer)
+  kernel = teacher.frozen_input().load()["token_head"]["linear"]["kernel"]
+  assert kernel.shape == (32, 16) and teacher.format.query_length == 16
   colbert_run.negatives.pool_from = str(tmp_path / "colbert_hn")  # holds no mined pool
   with pytest.raises(ValueError, match="negatives.pool_from"):
     train.run(colbert_run, tmp_path / "colbert_bad", "train")

@@ -149,7 +149,9 @@ class TctPairBatcher(pairs.ConvertedBatcher):
       width = self.format.query_length
     else:
       rows = doc_ids(self.format, rows)
-      width = tok.padded_length(max(map(len, rows)), self.pad_to_multiple_of,
+      # From the inner width (the global batch's, the same on every process), not from this
+      # process's rows: [CLS] ... [SEP] becomes the prefix and the text.
+      width = tok.padded_length(width - 2 + self.format.skip, self.pad_to_multiple_of,
                                 self.format.doc_max_length)
     out_ids, out_mask = _padded(rows, width, self.pad_id)
     return out_ids.reshape(*lead, width), out_mask.reshape(*lead, width)

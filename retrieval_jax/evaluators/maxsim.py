@@ -25,8 +25,7 @@ import numpy as np
 from etils import epath
 
 from retrieval_jax import distributed, encode_tokens, evaluation, files, metrics
-from retrieval_jax.data.splits import load_split
-from retrieval_jax.evaluators.retrieval import data_fields
+from retrieval_jax.evaluators.retrieval import SplitEvaluator
 from retrieval_jax.index import BM25Index, ScannConfig, maxsim, sharded
 
 logger = logging.getLogger(__name__)
@@ -94,27 +93,12 @@ def _summed_memory(index: maxsim.MaxSimIndex) -> dict[str, float]:
   return total
 
 
-class MaxSimEvaluator:
+class MaxSimEvaluator(SplitEvaluator):
   """ColBERT retrieval over one split, scored with pytrec_eval."""
   requires = (ROLE,)
 
   def __init__(self, name: str, entry: Any, defaults: Any = None):
-    try:
-      self.settings = settings(entry)
-    except ValueError as error:
-      raise ValueError(f"evals.{name}: {error}") from None
-    self.name = name
-    self.data_config = data_fields(name, entry, defaults)
-    self._data = None
-
-  @property
-  def data(self):
-    if self._data is None:
-      config = self.data_config
-      self._data = load_split(config["name"], config["split"],
-                              dev_fraction=config["dev_fraction"], tfds_dir=config["tfds_dir"],
-                              key=f"evals.{self.name}.data.name")
-    return self._data
+    super().__init__(name, entry, defaults, settings)
 
   def _end_to_end(self, encoder, query_vectors, out_dir, timings, extra):
     s, data = self.settings, self.data

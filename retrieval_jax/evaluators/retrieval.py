@@ -52,17 +52,17 @@ def data_fields(name: str, entry: Any, defaults: Any) -> dict:
   return data
 
 
-class RetrievalEvaluator:
-  """Retrieves for every query of one split and scores the run with pytrec_eval."""
+class SplitEvaluator:
+  """An evaluator of one BEIR split: its settings (`parse(entry)`), data fields and the
+  split, read once and kept for the periodic evaluations."""
 
-  def __init__(self, name: str, entry: Any, defaults: Any = None):
+  def __init__(self, name: str, entry: Any, defaults: Any, parse):
     try:
-      self.settings = settings(entry)
+      self.settings = parse(entry)
     except ValueError as error:
       raise ValueError(f"evals.{name}: {error}") from None
     self.name = name
     self.data_config = data_fields(name, entry, defaults)
-    self.requires = () if self.settings.index == "bm25" else ("query", "passage")
     self._data = None
 
   @property
@@ -76,6 +76,14 @@ class RetrievalEvaluator:
       logger.info("evals.%s: %s/%s, %d queries, %d documents", self.name, self._data.name,
                   config["split"], len(self._data.query_ids), len(self._data.corpus_ids))
     return self._data
+
+
+class RetrievalEvaluator(SplitEvaluator):
+  """Retrieves for every query of one split and scores the run with pytrec_eval."""
+
+  def __init__(self, name: str, entry: Any, defaults: Any = None):
+    super().__init__(name, entry, defaults, settings)
+    self.requires = () if self.settings.index == "bm25" else ("query", "passage")
 
   def run(self, models: Any, out_dir: epath.Path | None) -> dict[str, float]:
     result = evaluation.evaluate_retrieval(self.data, self.settings, models.get("passage"),

@@ -129,33 +129,36 @@ def is_colbert_dir(path: str | os.PathLike) -> bool:
   return STANFORD_ARCHITECTURE in architectures or _pylate_dense_dir(model_dir) is not None
 
 
-def _pylate_settings(model_dir: pathlib.Path, dim: int) -> ColbertSettings:
-  """A PyLate directory's format, from config_sentence_transformers.json (PyLate's keys)."""
-  st_config = model_dir / hf.ST_CONFIG_FILE
-  blob = json.loads(st_config.read_text()) if st_config.exists() else {}
-  defaults = ColbertSettings(dim=dim)
-  return ColbertSettings(
-      dim=dim, query_marker=blob.get("query_prefix") or defaults.query_marker,
-      doc_marker=blob.get("document_prefix") or defaults.doc_marker,
-      query_length=int(blob.get("query_length") or defaults.query_length),
-      doc_max_length=int(blob.get("document_length") or defaults.doc_max_length),
-      attend_to_mask_tokens=bool(blob.get("attend_to_expansion_tokens", False)),
-      mask_punctuation=bool(blob.get("skiplist_words", True)))
+# ColbertSettings field -> its key in stanford's artifact.metadata and in PyLate's
+# config_sentence_transformers.json.
+_STANFORD_KEYS = {"query_marker": "query_token_id", "doc_marker": "doc_token_id",
+                  "query_length": "query_maxlen", "doc_max_length": "doc_maxlen",
+                  "attend_to_mask_tokens": "attend_to_mask_tokens",
+                  "mask_punctuation": "mask_punctuation"}
+_PYLATE_KEYS = {"query_marker": "query_prefix", "doc_marker": "document_prefix",
+                "query_length": "query_length", "doc_max_length": "document_length",
+                "attend_to_mask_tokens": "attend_to_expansion_tokens",
+                "mask_punctuation": "skiplist_words"}
 
 
 def _settings(model_dir: pathlib.Path, dim: int) -> ColbertSettings:
-  """The format `artifact.metadata` (stanford) or PyLate's config declares."""
-  if not (model_dir / ARTIFACT_FILE).exists():
-    return _pylate_settings(model_dir, dim)
-  meta = json.loads((model_dir / ARTIFACT_FILE).read_text())
-  defaults = ColbertSettings(dim=dim)
-  return ColbertSettings(
-      dim=dim, query_marker=meta.get("query_token_id") or defaults.query_marker,
-      doc_marker=meta.get("doc_token_id") or defaults.doc_marker,
-      query_length=int(meta.get("query_maxlen") or defaults.query_length),
-      doc_max_length=int(meta.get("doc_maxlen") or defaults.doc_max_length),
-      attend_to_mask_tokens=bool(meta.get("attend_to_mask_tokens", False)),
-      mask_punctuation=bool(meta.get("mask_punctuation", True)))
+  """The format `artifact.metadata` (stanford) or PyLate's config declares; what they leave
+  out keeps ColBERT's defaults."""
+  if (model_dir / ARTIFACT_FILE).exists():
+    blob, keys = json.loads((model_dir / ARTIFACT_FILE).read_text()), _STANFORD_KEYS
+  else:
+    st_config = model_dir / hf.ST_CONFIG_FILE
+    blob = json.loads(st_config.read_text()) if st_config.exists() else {}
+    keys = _PYLATE_KEYS
+  values = {"dim": dim}
+  for name, key in keys.items():
+    value = blob.get(key)
+    if value is None or value == "":
+      continue
+    kind = type(getattr(ColbertSettings, name))
+    # bool(...) also reads PyLate's skiplist (a list of words: non-empty skips punctuation).
+    values[name] = kind(value) if kind is not bool else bool(value)
+  return ColbertSettings(**values)
 
 
 def _head_shape(model_dir: pathlib.Path) -> tuple[int, int] | None:
