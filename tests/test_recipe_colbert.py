@@ -51,7 +51,7 @@ def test_configs_follow_the_paper():
   assert paper.train.passage_max_length == 220
   cpu = colbert_config.get_config("cpu")
   assert cpu.model.name == "minilm" and set(cpu.evals) == {"dev", "dev_rerank"}
-  assert cpu.evals.dev_rerank.index == "bm25_maxsim"
+  assert cpu.evals.dev_rerank.index == "bm25_maxsim" and cpu.loss.type == "in_batch"
   with pytest.raises(ValueError, match="unknown variant"):
     colbert_config.get_config("tpu")
 
@@ -134,8 +134,8 @@ def test_eval_cli_on_the_workdir_and_on_the_export(smoke_run, tmp_path):
   assert 0.0 < rerank["ndcg@10"] <= 1.0 and rerank["reranked_documents"] > 10
   info = json.loads((out / "eval_info.json").read_text())
   assert info["settings"]["index"] == "bm25_maxsim"
-  # A single-vector workdir has no ColBERT role: one line, status 1.
-  bad = run_python(["eval/retrieval.py", f"--model={tmp_path}", "--index=maxsim", *common],
+  # Bad input is one line and status 1 (here: a directory that is no ColBERT model).
+  bad = run_python(["eval/retrieval.py", f"--model={out}", "--index=maxsim", *common],
                    check=False)
   assert bad.returncode == 1 and bad.stderr.strip().splitlines()[-1].startswith("error:")
 
