@@ -5,7 +5,8 @@ voyager) installed, never in retrieval_jax's own environment, and it imports not
 retrieval_jax. retrieval_jax calls it as a subprocess to get reference numbers to compare with:
 
   /path/to/pylate-venv/bin/python eval/pylate_worker.py --model=DIR --input=IN.json \
-      --output=OUT.npz [--index=plaid|voyager] [--index_dir=D] [--k=10] [--batch_size=32]
+      --output=OUT.npz [--index=plaid|voyager] [--index_dir=D] [--k=10] [--batch_size=32] \
+      [--threads=N] [--warmup=N]
 
 DIR is a PyLate ColBERT directory (sentence-transformers modules: the encoder at the top level,
 `1_Dense/` with the projection, `config_sentence_transformers.json` with query_prefix,
@@ -38,16 +39,28 @@ OUT.npz (np.load(OUT, allow_pickle=False) reads every entry):
     query_keep           bool, aligned with query_input_ids: which positions have a vector
     document_input_ids, document_input_lengths, document_attention_mask, document_keep: the
                          same for documents (padding stripped; keep = not in the skiplist)
+    colbert_scores       float32 [n_queries, n_documents]: PyLate's own score of every pair,
+                         `pylate.scores.colbert_scores` on the queries and the documents
+                         zero-padded to the longest one, without masks, exactly as
+                         `pylate.rank.rerank` scores a candidate list (a padded position scores
+                         0, so a query vector whose best real similarity is negative gets 0
+                         instead: PyLate's reranking differs from true MaxSim there)
+    colbert_scores_padded_length  int: the document length they were padded to
   "retrieve" / "both":
     retrieved_ids        str [n_queries, k] (rows shorter than k are padded with "")
     retrieved_scores     float32 [n_queries, k] (padding: NaN)
     retrieved_counts     int64 [n_queries]
     timings: encode_queries_s, encode_documents_s, index_build_s, search_s, queries_per_s
-    (search only), queries_per_s_with_encode, index_bytes (sum of the sizes of the files under
-    the index directory after the build) and index_file_bytes (per file: fast-plaid also keeps
-    the raw float32 vectors, embeddings.npy, for collections of at most 1,000 documents)
+    (search only), queries_per_s_with_encode, search_parts (voyager: seconds in the HNSW
+    token search, in fetching the candidates' vectors and in reranking; empty for PLAID, whose
+    search is one call into fast-plaid), index_bytes (sum of the sizes of the files under the
+    index directory after the build) and index_file_bytes (per file: fast-plaid also keeps the
+    raw float32 vectors, embeddings.npy, for collections of at most 1,000 documents)
 
 With --index_dir unset the index is built in a temporary directory, measured, then deleted.
+`--threads` sets torch's threads and fast-plaid's search workers (0: their defaults, every
+core). `--warmup=N` encodes the first N documents and queries once, untimed, before the timed
+encodes (PyTorch's lazy initialisation and allocator warm-up are then not billed to them).
 One summary line is printed at the end.
 """
 
@@ -84,7 +97,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument("--k", type=int, default=10, help="documents retrieved per query")
   parser.add_argument("--batch_size", type=int, default=32, help="encoding batch size")
   parser.add_argument("--device", default="cpu")
-  parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+  parser.add_argument("--threads", type=int, default=0,
+                      help="torch threads and fast-plaid search workers (0: their defaults)")
+  parser.add_argument("--warmup", type=int, default=0,
+                      help="encode the first N documents and queries untimed before timing")
   # Index quality/speed knobs; defaults are PyLate's.
   parser.add_argument("--k_token", type=int, default=100,
                       help="voyager: nearest token vectors per query token (candidate generation)")
@@ -210,7 +226,7 @@ def build_index(args, index_dir: str, dim: int, ids: list[str], doc_vectors: lis
                           nbits=args.nbits, kmeans_niters=args.kmeans_niters, seed=args.seed,
                           use_triton=False, n_ivf_probe=args.n_ivf_probe,
                           n_full_scores=args.n_full_scores, show_progress=False,
-                          device=args.device)
+                          device=args.device, num_threads=args.threads or None)
   else:
     index = indexes.Voyager(index_folder=index_dir, index_name="voyager", override=True,
                             embedding_size=dim, M=args.M, ef_construction=args.ef_construction,
@@ -223,6 +239,55 @@ def build_index(args, index_dir: str, dim: int, ids: list[str], doc_vectors: lis
     raise SystemExit(f"{args.index} index over {len(ids)} documents "
                      f"({sum(len(v) for v in doc_vectors)} vectors) failed: {error}") from error
   return index
+
+
+class TimedIndex:
+  """A token index (Voyager) that times what `retrieve.ColBERT` asks of it: the token search
+  (`__call__`) and the candidates' vectors (`get_documents_embeddings`); the rest of a
+  retrieval is PyLate's reranking."""
+
+  def __init__(self, index):
+    self._index = index
+    self.seconds = {"token_search_s": 0.0, "fetch_embeddings_s": 0.0}
+
+  @property
+  def is_end_to_end_index(self) -> bool:
+    return self._index.is_end_to_end_index
+
+  def _timed(self, key, fn, *args, **kwargs):
+    start = time.perf_counter()
+    try:
+      return fn(*args, **kwargs)
+    finally:
+      self.seconds[key] += time.perf_counter() - start
+
+  def __call__(self, *args, **kwargs):
+    return self._timed("token_search_s", self._index, *args, **kwargs)
+
+  def get_documents_embeddings(self, *args, **kwargs):
+    return self._timed("fetch_embeddings_s", self._index.get_documents_embeddings, *args,
+                       **kwargs)
+
+  def __getattr__(self, name):
+    return getattr(self._index, name)
+
+
+def pairwise_scores(query_vectors: list[np.ndarray], doc_vectors: list[np.ndarray]
+                    ) -> tuple[np.ndarray, int]:
+  """PyLate's score of every (query, document) pair, as `rank.rerank` computes a candidate
+  list's: documents zero-padded to the longest (`pad_sequence(padding_value=0)`), then
+  `colbert_scores` without masks."""
+  import torch
+  from pylate.scores import colbert_scores
+
+  if not query_vectors or not doc_vectors:
+    return np.zeros((len(query_vectors), len(doc_vectors)), np.float32), 0
+  pad = torch.nn.utils.rnn.pad_sequence
+  queries = pad([torch.from_numpy(v) for v in query_vectors], batch_first=True, padding_value=0)
+  documents = pad([torch.from_numpy(v) for v in doc_vectors], batch_first=True, padding_value=0)
+  with torch.no_grad():
+    scores = colbert_scores(queries_embeddings=queries, documents_embeddings=documents)
+  return scores.numpy().astype(np.float32), int(documents.shape[1])
 
 
 def versions() -> dict:
@@ -255,6 +320,13 @@ def main(argv=None) -> int:
   config = model_config(model)
   dim = config["dim"]
 
+  warmup_s = 0.0
+  if args.warmup > 0:
+    t0 = time.perf_counter()
+    encode(model, documents[:args.warmup], is_query=False, batch_size=args.batch_size)
+    encode(model, queries[:args.warmup], is_query=True, batch_size=args.batch_size)
+    warmup_s = time.perf_counter() - t0
+
   t0 = time.perf_counter()
   doc_vectors = encode(model, documents, is_query=False, batch_size=args.batch_size)
   encode_documents_s = time.perf_counter() - t0
@@ -264,7 +336,8 @@ def main(argv=None) -> int:
 
   out: dict[str, np.ndarray] = {}
   timings = {
-      "mode": mode, "model_load_s": load_s, "encode_queries_s": encode_queries_s,
+      "mode": mode, "model_load_s": load_s, "warmup_s": warmup_s, "warmup": args.warmup,
+      "encode_queries_s": encode_queries_s,
       "encode_documents_s": encode_documents_s, "n_queries": len(queries),
       "n_documents": len(documents), "n_query_vectors": int(sum(len(v) for v in query_vectors)),
       "n_document_vectors": int(sum(len(v) for v in doc_vectors)), "batch_size": args.batch_size,
@@ -284,6 +357,8 @@ def main(argv=None) -> int:
       if not np.array_equal(kept, lengths):  # the tokenisation mirror disagrees with encode
         raise SystemExit(f"{side}: kept positions {kept.tolist()} != vector counts "
                          f"{lengths.tolist()}")
+    out["colbert_scores"], padded = pairwise_scores(query_vectors, doc_vectors)
+    out["colbert_scores_padded_length"] = np.array(padded, dtype=np.int64)
 
   search_s = None
   if mode in ("retrieve", "both"):
@@ -294,7 +369,8 @@ def main(argv=None) -> int:
       index = build_index(args, index_dir, dim, ids, doc_vectors)
       index_build_s = time.perf_counter() - t0
       index_files = dir_files(index_dir)
-      retriever = retrieve.ColBERT(index=index)
+      timed_index = TimedIndex(index)
+      retriever = retrieve.ColBERT(index=timed_index)
       results = []
       t0 = time.perf_counter()
       if queries:
@@ -323,6 +399,8 @@ def main(argv=None) -> int:
         "queries_per_s": (n / search_s) if search_s > 0 and n else None,
         "queries_per_s_with_encode": ((n / (search_s + encode_queries_s))
                                       if n and search_s + encode_queries_s > 0 else None),
+        "search_parts": ({} if index.is_end_to_end_index else dict(
+            timed_index.seconds, rerank_s=search_s - sum(timed_index.seconds.values()))),
         "index_bytes": sum(index_files.values()), "index_file_bytes": index_files, "k": args.k,
         "index_params": ({"nbits": args.nbits, "kmeans_niters": args.kmeans_niters,
                           "n_ivf_probe": args.n_ivf_probe, "n_full_scores": args.n_full_scores,
