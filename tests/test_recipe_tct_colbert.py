@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from retrieval_jax import sharding, train
-from retrieval_jax.data import beir, tct_format
+from retrieval_jax.data import tct_format
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import colbert_files, hf
 from retrieval_jax.models.encoder import TextEncoder
@@ -30,7 +30,6 @@ if str(_REPO) not in sys.path:
 
 from configs import colbert as colbert_config  # pylint: disable=g-import-not-at-top,wrong-import-position
 from configs import tct_colbert as tct_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.conftest import shared_data_dir  # pylint: disable=wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
     assert_rejected_before_compiling, assert_shapes_follow_the_global_batch, with_overrides)
 
@@ -62,12 +61,8 @@ def test_configs_follow_the_paper():
 
 
 @pytest.fixture(scope="module")
-def scifact_texts():
-  root = shared_data_dir()
-  if root is None or not (root / "scifact").is_dir():
-    pytest.skip("SciFact not found: set $RETRIEVAL_JAX_DATA or place ../shared/data/scifact")
-  data = beir.load_beir(root / "scifact", "train", use_tfds=False)
-  return list(data.query_texts[:20]), list(data.doc_strings()[:10])
+def scifact_texts(scifact_train):
+  return list(scifact_train.query_texts[:20]), list(scifact_train.doc_strings()[:10])
 
 
 def test_student_format_equals_pyserini_tokenisation(scifact_texts):
