@@ -79,6 +79,12 @@ def get_config(arg: str = ""):
     config.optim.update(lr=1e-3, warmup_steps=1, decay="linear")
     config.evals.dev.update(depth=10, token_depth=20, metrics=("ndcg@10", "recall@10"),
                             batch_size=16, progress=False)
+    # Exact token search (every leaf, every token re-scored): two ScaNN builds of the same
+    # vectors need not agree, and the tests compare evaluations of one checkpoint.
+    config.evals.dev.scann.update(num_leaves=8, num_leaves_to_search=8, reorder_k=4096)
+    rerank = config.evals.dev.copy_and_resolve_references()
+    rerank.update(index="bm25_maxsim", rerank_depth=50)
+    config.evals.dev_rerank = rerank
   elif variant != "default":
     raise ValueError(f"unknown variant {arg!r}; use one of '', 'cpu', 'smoke'")
   return config

@@ -32,12 +32,18 @@ from retrieval_jax.models.heads import TokenProjectionConfig
 @dataclasses.dataclass
 class TokenEncoder:
   """A ColBERT model ready to encode: a `TextEncoder` with a token head, its params, the
-  tokenizer and the input format."""
+  tokenizer and the input format.
+
+  `corpora` holds document tokens already encoded with these params, by a caller's key: the
+  evaluators of one evaluation round share a corpus through it (`evaluators.maxsim`). A
+  `dataclasses.replace` copy shares the dict, so keys name the format too.
+  """
   model: TextEncoder
   params: Any
   tokenizer: Any
   format: cf.ColbertFormat
   model_dir: pathlib.Path | None = None
+  corpora: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
   @property
   def dim(self) -> int:

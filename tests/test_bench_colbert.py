@@ -66,8 +66,10 @@ def _main(argv):
 
 def test_ours_only_on_synthetic_data_writes_the_schema(tiny_colbert, tmp_path, capsys):
   out = tmp_path / "nested" / "bench.json"
+  # k' above every token: each round re-ranks every document, so the rounds agree even though
+  # two ScaNN builds of the same vectors need not.
   _main(["bench_colbert", f"--model={tiny_colbert}", "--data=synthetic", "--skip_pylate",
-         "--rounds=2", "--token_depth=20", "--k=10", f"--out={out}"])
+         "--rounds=2", "--token_depth=4096", "--k=10", f"--out={out}"])
   result = json.loads(out.read_text())
 
   assert _TOP_KEYS <= set(result)
@@ -90,7 +92,7 @@ def test_ours_only_on_synthetic_data_writes_the_schema(tiny_colbert, tmp_path, c
   assert ours["search_s"]["n"] == 2
   assert ours["search_s"]["min"] <= ours["search_s"]["median"] <= ours["search_s"]["max"]
   assert result["exact"]["exact_top10_overlap"] == 1.0
-  assert 0.0 <= rounds[0]["exact_top10_overlap"] <= 1.0
+  assert rounds[0]["exact_top10_overlap"] == 1.0  # every document re-ranked: exact
   printed = capsys.readouterr().out
   assert "ours (JAX+ScaNN)" in printed and "where the time goes" in printed
   assert "exact MaxSim" in printed and "nDCG@10" in printed

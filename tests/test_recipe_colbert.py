@@ -9,6 +9,7 @@ re-ranking); invalid keys rejected before compiling.
 
 import json
 import pathlib
+import shutil
 import sys
 
 import jax
@@ -25,6 +26,7 @@ if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
 from configs import colbert as colbert_config  # pylint: disable=g-import-not-at-top,wrong-import-position
+from tests import multiprocess  # pylint: disable=wrong-import-position
 from tests.helpers import (  # pylint: disable=wrong-import-position
     assert_rejected_before_compiling, assert_shapes_follow_the_global_batch, run_python,
     with_overrides)
@@ -123,7 +125,8 @@ def test_eval_cli_on_the_workdir_and_on_the_export(smoke_run, tmp_path):
             "--batch_size=16", "--noprogress"]
   out = tmp_path / "e2e"
   result = run_python(["eval/retrieval.py", f"--model={workdir}", "--index=maxsim",
-                       "--token_depth=20", f"--out={out}", *common])
+                       "--token_depth=20", "--scann_num_leaves=8", "--scann_leaves_to_search=8",
+                       "--scann_reorder_k=4096", f"--out={out}", *common])
   assert "step 6" in result.stdout
   e2e = json.loads((out / "metrics.json").read_text())
   assert e2e["ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"], abs=1e-6)
@@ -153,11 +156,50 @@ def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides,
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
 
 
+def test_two_processes_evaluate_like_one(smoke_run, tmp_path):
+  """`main.py --mode=eval` on 2 processes x 4 devices: each encodes and indexes half of the
+  corpus, `dev_rerank` re-ranks from the shares `dev` encoded; the metrics are the run's."""
+  workdir, summary = smoke_run
+  evaluation = tmp_path / "workdir"
+  shutil.copytree(workdir, evaluation)
+  shutil.rmtree(evaluation / "eval")
+  multiprocess.run(multiprocess.main_py("--config=configs/colbert.py:smoke",
+                                        f"--workdir={evaluation}", "--mode=eval"), 2, 4,
+                   tmp_path / "logs", timeout=120).check()
+  for name in ("dev", "dev_rerank"):
+    again = json.loads((evaluation / "eval" / "step_6" / name / "metrics.json").read_text())
+    own = {k: v for k, v in summary["eval"].items() if k.startswith(f"{name}/")}
+    for key in ("ndcg@10", "recall@10"):
+      assert again[key] == pytest.approx(own[f"{name}/{key}"], abs=1e-6), (name, key)
+  assert again["reranked_documents"] == summary["eval"]["dev_rerank/reranked_documents"]
+
+
+def _rankings(run_file: pathlib.Path) -> dict[str, list[str]]:
+  ranked: dict[str, list[str]] = {}
+  for line in run_file.read_text().splitlines():
+    query, _, doc, *_ = line.split()
+    ranked.setdefault(query, []).append(doc)
+  return ranked
+
+
 def test_mode_eval_runs_the_config_evaluators(smoke_run, tmp_path):
   from retrieval_jax import recipes  # pylint: disable=g-import-not-at-top
   workdir, summary = smoke_run
-  result = recipes.evaluate(_smoke(), workdir, out_root=tmp_path)
+  config = _smoke()
+  result = recipes.evaluate(config, workdir, out_root=tmp_path / "both")
   assert result["step"] == 6
   assert result["metrics"]["dev/ndcg@10"] == pytest.approx(summary["eval"]["dev/ndcg@10"],
                                                            abs=1e-6)
-  assert (tmp_path / "dev" / "run.trec").exists()
+  assert (tmp_path / "both" / "dev" / "run.trec").exists()
+  # The re-ranking evaluator reuses the corpus `dev` encoded in the same round, and ranks
+  # as it does alone (encoding only its candidates).
+  info = json.loads((tmp_path / "both" / "dev_rerank" / "eval_info.json").read_text())
+  assert info["timings"]["encode_corpus_s"] == 0.0
+  del config.evals["dev"]
+  alone = recipes.evaluate(config, workdir, out_root=tmp_path / "alone")
+  assert alone["metrics"]["dev_rerank/ndcg@10"] == pytest.approx(
+      result["metrics"]["dev_rerank/ndcg@10"], abs=1e-6)
+  assert alone["metrics"]["dev_rerank/reranked_documents"] == result["metrics"][
+      "dev_rerank/reranked_documents"]
+  assert _rankings(tmp_path / "alone" / "dev_rerank" / "run.trec") == _rankings(
+      tmp_path / "both" / "dev_rerank" / "run.trec")

@@ -100,15 +100,25 @@ class MaxSimEvaluator(SplitEvaluator):
   def __init__(self, name: str, entry: Any, defaults: Any = None):
     super().__init__(name, entry, defaults, settings)
 
+  def _corpus_key(self, encoder) -> tuple:
+    """Names this process's share of the corpus in this format (`TokenEncoder.corpora`)."""
+    ids = self.data.corpus_ids
+    return ("corpus", self.data_config["name"], self.data_config["tfds_dir"], len(ids),
+            hash(tuple(ids)), encoder.format, distributed.shard_range(len(ids), align=1))
+
   def _end_to_end(self, encoder, query_vectors, out_dir, timings, extra):
     s, data = self.settings, self.data
     start, stop = distributed.shard_range(len(data.corpus_ids), align=1)
     clock = time.perf_counter()
-    tokens = (encode_tokens.encode_documents(encoder, data.doc_strings()[start:stop],
-                                             batch_size=s.batch_size, progress=s.progress)
-              if stop > start else None)
-    store = (maxsim.TokenStore(tokens.vectors, tokens.offsets) if tokens is not None else
-             maxsim.TokenStore(np.zeros((0, encoder.dim), np.float16), np.zeros(1, np.int64)))
+    key = self._corpus_key(encoder)
+    store = encoder.corpora.get(key)
+    if store is None:
+      tokens = (encode_tokens.encode_documents(encoder, data.doc_strings()[start:stop],
+                                               batch_size=s.batch_size, progress=s.progress)
+                if stop > start else None)
+      store = (maxsim.TokenStore(tokens.vectors, tokens.offsets) if tokens is not None else
+               maxsim.TokenStore(np.zeros((0, encoder.dim), np.float16), np.zeros(1, np.int64)))
+      encoder.corpora[key] = store
     timings["encode_corpus_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
     index = maxsim.MaxSimIndex.build(store, s.scann, doc_start=start)
@@ -130,8 +140,23 @@ class MaxSimEvaluator(SplitEvaluator):
     bm25 = BM25Index.build(data.doc_strings(), k1=s.bm25_k1, b=s.bm25_b)
     _, candidates = bm25.search(data.query_texts, min(s.rerank_depth, len(data.corpus_ids)))
     timings["bm25_s"] = time.perf_counter() - clock
-    # Only the candidates are encoded; each process a contiguous share of them.
+    depth = min(s.depth, s.rerank_depth, len(data.corpus_ids))
     wanted = np.unique(candidates[candidates >= 0])
+    extra["reranked_documents"] = int(len(wanted))
+    encoded = encoder.corpora.get(self._corpus_key(encoder))
+    if encoded is not None:
+      # An end-to-end evaluator of this round encoded this process's corpus share already.
+      timings["encode_corpus_s"] = 0.0
+      clock = time.perf_counter()
+      start, stop = distributed.shard_range(len(data.corpus_ids), align=1)
+      present = (candidates >= start) & (candidates < stop)
+      scores, rows = maxsim.rerank(query_vectors, encoded,
+                                   np.where(present, candidates - start, -1), depth)
+      rows = np.where(rows >= 0, rows + start, -1)
+      scores, rows = sharded.merge_across_processes(scores, rows, depth)
+      timings["search_s"] = time.perf_counter() - clock
+      return scores, rows
+    # Only the candidates are encoded; each process a contiguous share of them.
     start, stop = distributed.shard_range(len(wanted), align=1)
     mine = wanted[start:stop]
     clock = time.perf_counter()
@@ -143,7 +168,6 @@ class MaxSimEvaluator(SplitEvaluator):
       store = maxsim.TokenStore(tokens.vectors, tokens.offsets)
     timings["encode_corpus_s"] = time.perf_counter() - clock
     clock = time.perf_counter()
-    depth = min(s.depth, s.rerank_depth, len(data.corpus_ids))
     if len(mine):
       # Candidates as rows of this process's store (-1: another process's, or none).
       local = np.searchsorted(mine, candidates)
@@ -156,7 +180,6 @@ class MaxSimEvaluator(SplitEvaluator):
       rows = np.full((len(query_vectors), depth), -1, np.int64)
     scores, rows = sharded.merge_across_processes(scores, rows, depth)
     timings["search_s"] = time.perf_counter() - clock
-    extra["reranked_documents"] = int(len(wanted))
     return scores, rows
 
   def run(self, models: Any, out_dir: epath.Path | None) -> dict[str, float]:
