@@ -16,8 +16,12 @@ config.json and checkpoints/: its query and passage towers are restored from the
 With `--index=maxsim` or `--index=bm25_maxsim` it is a ColBERT model: a ColBERT training
 workdir, or a ColBERT directory (stanford or PyLate layout, e.g. `colbert-ir/colbertv2.0`):
   python eval/retrieval.py --model=runs/colbert_cpu --index=maxsim --token_depth=100
-  python eval/retrieval.py --model=runs/colbert_cpu/export/colbert --index=bm25_maxsim `--data` is a BEIR directory or a data set
-name found under $RETRIEVAL_JAX_DATA, then ../shared/data, then downloaded.
+  python eval/retrieval.py --model=runs/colbert_cpu/export/colbert --index=bm25_maxsim
+An exported TCT-ColBERT student (`tct_format.json` beside its weights) is read in its own
+query and document formats (`encode.load_towers`):
+  python eval/retrieval.py --model=runs/tct_cpu/export/encoder --data=scifact --split=dev
+`--data` is a BEIR directory or a data set name found under $RETRIEVAL_JAX_DATA, then
+../shared/data, then downloaded.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from retrieval_jax import distributed, sharding
 from retrieval_jax.data import passages
+from retrieval_jax.data import tct_format
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import hf
 from retrieval_jax.models.config import EncoderConfig
@@ -87,6 +88,32 @@ def load_encoder(name_or_path: str | os.PathLike, pooling: str | PoolingConfig |
     raise ValueError(f"pooling asks for a projection but {model_dir} has no Dense module")
   model = TextEncoder(config, pooling_config)
   return LoadedEncoder(model, params, tok.load_tokenizer(model_dir), model_dir)
+
+
+def load_towers(name_or_path: str | os.PathLike, pooling: str | PoolingConfig | None = None,
+                normalize: bool | None = None, dtype: Any = jnp.float32
+                ) -> tuple[LoadedEncoder, LoadedEncoder]:
+  """(query, passage) encoders of a model: `load_encoder` twice over one set of weights, or,
+  for an exported TCT-ColBERT student (`tct_format.json` beside its weights), each with
+  its own input format and the mean after the prefix.
+
+  Raises:
+    ValueError: A pooling given for a TCT-ColBERT student (its file fixes it).
+  """
+  encoder = load_encoder(name_or_path, pooling, normalize, dtype)
+  found = tct_format.read_format_file(encoder.model_dir, encoder.tokenizer)
+  if found is None:
+    return encoder, encoder
+  if pooling is not None:
+    raise ValueError(f"{encoder.model_dir} is a TCT-ColBERT student: its pooling is the "
+                     f"mean after the prefix ({tct_format.FORMAT_FILE}); give no pooling")
+  fmt, written_normalize = found
+  model = TextEncoder(encoder.config, PoolingConfig(
+      mode="mean", skip_first=fmt.skip,
+      normalize=written_normalize if normalize is None else normalize))
+  query, passage = tct_format.preparers(encoder.tokenizer, fmt)
+  return (dataclasses.replace(encoder, model=model, prepare=query),
+          dataclasses.replace(encoder, model=model, prepare=passage))
 
 
 def data_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -184,9 +184,41 @@ def test_teacher_is_frozen_and_outside_the_state(smoke_run):
   assert head.shape == (32, 16) and head.shape not in state_shapes
   assert set(result.state["params"]) == {"shared"}
   exported = workdir / "export" / "encoder"
-  fmt = json.loads((exported / tct_colbert.TCT_FORMAT_FILE).read_text())
+  fmt = json.loads((exported / tct_format.FORMAT_FILE).read_text())
   assert fmt["query_length"] == 20 and fmt["pooling"].endswith(">= 4")
   assert not (exported / "modules.json").exists()  # no ST pooling that would not skip
+
+
+@pytest.mark.parametrize("contents, message", [
+    ("{", "not JSON"), ('{"query_length": 36}', "no \\['document_max_length'"),
+    ('{"query_length": 36, "document_max_length": 154, "skip_first": 3, "normalize": true}',
+     "skip_first=3, but the tokenizer's prefix is 4"),
+])
+def test_a_bad_format_file_is_named(tmp_path, contents, message):
+  (tmp_path / tct_format.FORMAT_FILE).write_text(contents)
+  tokenizer = tok.load_tokenizer(hf.resolve_model_dir("minilm"))
+  with pytest.raises(ValueError, match=f"tct_format.json: {message}"):
+    tct_format.read_format_file(tmp_path, tokenizer)
+  assert tct_format.read_format_file(tmp_path / "absent", tokenizer) is None
+
+
+def test_the_export_loads_with_the_students_format(smoke_run):
+  """`encode.load_towers` on the export (what `eval/retrieval.py --model=` does) encodes as
+  the restored checkpoint does: TCT's prefixes, [MASK] padding, the mean after the prefix."""
+  from retrieval_jax import encode, recipes  # pylint: disable=g-import-not-at-top
+  workdir, _ = smoke_run
+  query, passage = encode.load_towers(workdir / "export" / "encoder")
+  assert query.pooling.skip_first == passage.pooling.skip_first == 4
+  restored, _ = recipes.eval_models(_smoke(), workdir)
+  texts = ["a short query", "Another [SEP] text, with a literal [MASK] in it and more words"]
+  for loaded, reference, length in ((query, restored.query, 20), (passage, restored.passage, 40)):
+    assert loaded.token_ids(texts, length) == reference.token_ids(texts, length)
+    np.testing.assert_allclose(
+        encode.encode_texts(loaded, texts, max_length=length, progress=False),
+        encode.encode_texts(reference, texts, max_length=length, progress=False), atol=1e-6)
+  assert query.token_ids(texts, 20)[0][:4] != passage.token_ids(texts, 40)[0][:4]  # [Q] / [D]
+  with pytest.raises(ValueError, match="TCT-ColBERT student.*give no pooling"):
+    encode.load_towers(workdir / "export" / "encoder", pooling="cls")
 
 
 def test_teacher_from_a_colbert_directory(tmp_path):

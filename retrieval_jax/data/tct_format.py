@@ -14,7 +14,10 @@ from tokenising "[CLS] [Q] " with the student's tokenizer. No JAX here.
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+import functools
+import json
+import os
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -61,6 +64,50 @@ def tct_format(tokenizer, query_length: int = 36, doc_max_length: int = 154) -> 
     raise ValueError("the student's tokenizer has no mask token: TCT queries are padded with it")
   return TctFormat(prefix("[CLS] [Q] "), prefix("[CLS] [D] "), int(tokenizer.mask_token_id),
                    int(query_length), int(doc_max_length))
+
+
+# Written beside an exported student's HF files: how to feed and pool it (`encode.load_towers`).
+FORMAT_FILE = "tct_format.json"
+
+
+def format_file(fmt: TctFormat, *, normalize: bool) -> dict:
+  """The contents of FORMAT_FILE: the lengths and pooling a loader needs, and a description."""
+  return {"query": "[CLS] [Q] {text}[MASK]*; no [SEP]; every position attended",
+          "document": "[CLS] [D] {text}; no [SEP]",
+          "query_length": fmt.query_length, "document_max_length": fmt.doc_max_length,
+          "pooling": f"mean over positions >= {fmt.skip}", "skip_first": fmt.skip,
+          "normalize": bool(normalize), "similarity": "dot", "add_special_tokens": False}
+
+
+def read_format_file(directory: str | os.PathLike, tokenizer) -> tuple[TctFormat, bool] | None:
+  """(format, normalize) of an exported student's FORMAT_FILE; None when there is none.
+
+  Raises:
+    ValueError: Naming the file, when it is not JSON, lacks a key, or its prefix length is
+      not the one `tokenizer` gives "[CLS] [Q] ".
+  """
+  path = os.path.join(os.fspath(directory), FORMAT_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    try:
+      written = json.load(f)
+    except json.JSONDecodeError as error:
+      raise ValueError(f"{path}: not JSON ({error})") from None
+  missing = {"query_length", "document_max_length", "skip_first", "normalize"} - set(written)
+  if missing:
+    raise ValueError(f"{path}: no {sorted(missing)}")
+  fmt = tct_format(tokenizer, written["query_length"], written["document_max_length"])
+  if fmt.skip != written["skip_first"]:
+    raise ValueError(f"{path}: skip_first={written['skip_first']}, but the tokenizer's "
+                     f"prefix is {fmt.skip} tokens long")
+  return fmt, bool(written["normalize"])
+
+
+def preparers(tokenizer, fmt: TctFormat) -> tuple[Callable, Callable]:
+  """(queries, documents) tokenisers `(texts, max_length) -> ids` for `encode.LoadedEncoder`."""
+  return (functools.partial(tokenize_queries, tokenizer, fmt),
+          functools.partial(tokenize_documents, tokenizer, fmt))
 
 
 def content(token_ids: Sequence[int], special_tokens: int = 2) -> list[int]:

@@ -39,7 +39,6 @@ from retrieval_jax.recipes import ance, base, colbert, contrastive, dpr, dual_en
 from retrieval_jax.recipes import state as state_lib
 
 LOSSES = ("kd", "ce")
-TCT_FORMAT_FILE = "tct_format.json"
 
 
 def student_format(config: Any, tokenizer: Any) -> tct_format.TctFormat:
@@ -152,17 +151,7 @@ def train_step(state: dict, frozen: dict, batch: dict, *, dual: dual_encoder.Dua
 
 
 def _prepare(config: Any, tokenizer: Any):
-  fmt = student_format(config, tokenizer)
-  return (functools.partial(_prepare_queries, tokenizer, fmt),
-          functools.partial(_prepare_documents, tokenizer, fmt))
-
-
-def _prepare_queries(tokenizer, fmt, texts, max_length):
-  return tct_format.tokenize_queries(tokenizer, fmt, texts, max_length)
-
-
-def _prepare_documents(tokenizer, fmt, texts, max_length):
-  return tct_format.tokenize_documents(tokenizer, fmt, texts, max_length)
+  return tct_format.preparers(tokenizer, student_format(config, tokenizer))
 
 
 def as_models(dual, params, tokenizer, spec, config) -> base.EvalModels:
@@ -180,14 +169,10 @@ def export(dual, params, out_dir, spec, config) -> list[Any]:
   directory = files.as_path(out_dir) / "encoder"
   written = hf.save_pretrained(directory, dual.model.encoder, host,
                                tokenizer_dir=spec.tokenizer_dir)
-  fmt = {"query": "[CLS] [Q] {text}[MASK]*; no [SEP]; every position attended",
-         "document": "[CLS] [D] {text}; no [SEP]",
-         "query_length": int(config.train.query_max_length),
-         "document_max_length": int(config.train.passage_max_length),
-         "pooling": f"mean over positions >= {dual.model.pooling.skip_first}",
-         "normalize": bool(dual.model.pooling.normalize), "similarity": "dot",
-         "add_special_tokens": False}
-  (files.as_path(directory) / TCT_FORMAT_FILE).write_text(json.dumps(fmt, indent=2))
+  fmt = tct_format.format_file(
+      student_format(config, tok.load_tokenizer(spec.tokenizer_dir)), normalize=bool(
+      dual.model.pooling.normalize))
+  (files.as_path(directory) / tct_format.FORMAT_FILE).write_text(json.dumps(fmt, indent=2))
   return [written]
 
 

@@ -1,7 +1,8 @@
 """Zero-shot: a pretrained encoder (or none, for BM25) evaluated without training.
 
 An evaluation-only recipe: `config.model` names the encoder (a HF directory, hub id or
-`minilm`), used as both the `query` and the `passage` model of every evaluator; for `maxsim`
+`minilm`), used as both the `query` and the `passage` model of every evaluator (an
+exported TCT-ColBERT student with its own query and document formats, `encode.load_towers`); for `maxsim`
 evaluators it names a ColBERT directory (stanford or PyLate layout, e.g.
 `colbert-ir/colbertv2.0`), the `colbert` role.
 """
@@ -32,10 +33,10 @@ def eval_models(config: Any) -> base.EvalModels:
     logger.info("ColBERT model %s, %s", model.name, models.extra["colbert"].format)
   if not needed & {"query", "passage"}:
     return models
-  encoder = encode.load_encoder(
+  models.query, models.passage = encode.load_towers(
       model.name, None if model.pooling == "auto" else model.pooling,
       normalize=options.auto_bool(model.normalize, "model.normalize"),
       dtype=getattr(jnp, model.dtype))
-  logger.info("model %s from %s, %s", model.name, encoder.model_dir, encoder.pooling)
-  models.query = models.passage = encoder
+  logger.info("model %s from %s, %s%s", model.name, models.query.model_dir, models.query.pooling,
+              ", TCT-ColBERT's input format" if models.query.prepare else "")
   return models
