@@ -1,9 +1,9 @@
 """Zero-shot: a pretrained encoder (or none, for BM25) evaluated without training.
 
 An evaluation-only recipe: `config.model` names the encoder (a HF directory, hub id or
-`minilm`), used as both the `query` and the `passage` model of every evaluator (an
-exported TCT-ColBERT student with its own query and document formats, `encode.load_towers`); for `maxsim`
-evaluators it names a ColBERT directory (stanford or PyLate layout, e.g.
+`minilm`), used as both the `query` and the `passage` model of every evaluator (an exported
+TCT-ColBERT student with its own query and document formats: `encode.load_towers`); for
+`maxsim` evaluators it names a ColBERT directory (stanford or PyLate layout, e.g.
 `colbert-ir/colbertv2.0`), the `colbert` role.
 """
 
