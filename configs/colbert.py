@@ -9,7 +9,7 @@ its vectors of the best cosine with any document vector (MaxSim). The paper trai
 BM25 triples with a 2-way softmax over (q, d+, d-): batch 32, Adam lr 3e-6 constant, 200k steps.
 
   python main.py --config=configs/colbert.py --workdir=/tmp/colbert
-  python main.py --config=configs/colbert.py:cpu --workdir=runs/colbert_cpu      # ~15 min
+  python main.py --config=configs/colbert.py:cpu --workdir=runs/colbert_cpu      # ~17 min
   python main.py --config=configs/colbert.py:smoke --workdir=/tmp/colbert_smoke  # seconds
   python main.py --config=configs/colbert.py --config.loss.type=nway_in_batch ...   # ColBERTv2
   python eval/retrieval.py --model=runs/colbert_cpu --index=maxsim --data=scifact --split=dev
