@@ -100,7 +100,7 @@ def test_ours_only_on_synthetic_data_writes_the_schema(tiny_colbert, tmp_path, c
 
 def test_timed_halves_are_maxsim_index_search(tiny_colbert, tmp_path, monkeypatch):
   # The same index is searched both ways: two ScaNN builds of one store need not agree
-  # (its k-means trains on several threads).
+  # (WORKSPACE, "ScaNN builds are not reproducible").
   built = []
   build = maxsim.MaxSimIndex.build
   monkeypatch.setattr(maxsim.MaxSimIndex, "build",

@@ -4,7 +4,8 @@ Covers: the configs; ColBERT-format batches (markers, [MASK] padding, keep masks
 scores of the pairwise loss equal the in-batch scores' own-group columns; in-batch MaxSim
 on a (4, 2) mesh equals one device; a smoke run's final evaluation, its export (a ColBERT
 directory) and `eval/retrieval.py` on the workdir and on the export (end to end and
-re-ranking); invalid keys rejected before compiling.
+re-ranking); the re-ranking evaluator reusing the corpus the end-to-end one encoded; a
+2-process evaluation equal to one; invalid keys rejected before compiling.
 """
 
 import json

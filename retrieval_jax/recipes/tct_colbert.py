@@ -169,9 +169,8 @@ def export(dual, params, out_dir, spec, config) -> list[Any]:
   directory = files.as_path(out_dir) / "encoder"
   written = hf.save_pretrained(directory, dual.model.encoder, host,
                                tokenizer_dir=spec.tokenizer_dir)
-  fmt = tct_format.format_file(
-      student_format(config, tok.load_tokenizer(spec.tokenizer_dir)), normalize=bool(
-      dual.model.pooling.normalize))
+  student = student_format(config, tok.load_tokenizer(spec.tokenizer_dir))
+  fmt = tct_format.format_file(student, normalize=bool(dual.model.pooling.normalize))
   (files.as_path(directory) / tct_format.FORMAT_FILE).write_text(json.dumps(fmt, indent=2))
   return [written]
 
