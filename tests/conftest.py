@@ -31,6 +31,16 @@ def shared_data_dir() -> pathlib.Path | None:
 
 
 @pytest.fixture
+def wikispeedia_dir() -> pathlib.Path:
+  """The Wikispeedia directory, or a skip that says why."""
+  root = shared_data_dir()
+  if root is None or not (root / "wikispeedia" / "plaintext_articles.jsonl.gz").exists():
+    pytest.skip("Wikispeedia not found: set $RETRIEVAL_JAX_DATA or place "
+                "../shared/data/wikispeedia")
+  return root / "wikispeedia"
+
+
+@pytest.fixture
 def scifact_dir() -> pathlib.Path:
   """The BEIR SciFact directory, or a skip that says why."""
   root = shared_data_dir()

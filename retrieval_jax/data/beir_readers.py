@@ -146,7 +146,7 @@ def iter_jsonl(path: os.PathLike | str, what: str = "records") -> Iterator[tuple
     raise _no_rows(path, last, what)
 
 
-def _field(path: paths.AnyPath, line: int, record: dict, key: str, *, required: bool) -> str:
+def field(path: paths.AnyPath, line: int, record: dict, key: str, *, required: bool) -> str:
   """A string field of a JSON record; missing optional fields and nulls are ""."""
   if key not in record or (record[key] is None and not required):
     if required:
@@ -172,10 +172,10 @@ def iter_corpus(path: os.PathLike | str) -> Iterator[tuple[int, str, str, str]]:
   path = paths.user_path(path)
   seen: dict[str, int] = {}
   for line, record in iter_jsonl(path, "documents"):
-    doc_id = _field(path, line, record, "_id", required=True)
+    doc_id = field(path, line, record, "_id", required=True)
     _check_id(path, line, doc_id, seen)
-    title = _field(path, line, record, "title", required=False)
-    yield line, doc_id, title, _field(path, line, record, "text", required=True)
+    title = field(path, line, record, "title", required=False)
+    yield line, doc_id, title, field(path, line, record, "text", required=True)
 
 
 def iter_queries(path: os.PathLike | str) -> Iterator[tuple[int, str, str]]:
@@ -183,9 +183,9 @@ def iter_queries(path: os.PathLike | str) -> Iterator[tuple[int, str, str]]:
   path = paths.user_path(path)
   seen: dict[str, int] = {}
   for line, record in iter_jsonl(path, "queries"):
-    query_id = _field(path, line, record, "_id", required=True)
+    query_id = field(path, line, record, "_id", required=True)
     _check_id(path, line, query_id, seen)
-    yield line, query_id, _field(path, line, record, "text", required=True)
+    yield line, query_id, field(path, line, record, "text", required=True)
 
 
 @dataclasses.dataclass(frozen=True)
