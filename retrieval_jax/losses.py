@@ -121,6 +121,38 @@ def in_batch_softmax_loss(query_emb: jax.Array, passage_emb: jax.Array, *,
   return loss, metrics
 
 
+def moco_loss(query_emb: jax.Array, key_emb: jax.Array, queue: jax.Array, *,
+              temperature: float) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """InfoNCE of each query against its own key and a queue of earlier keys (MoCo).
+
+  As Contriever's `moco.py`: logits [B, 1 + K] = [q·k, q·queue] / temperature, the target
+  column 0; the keys are not differentiated here (the caller stops their gradient).
+
+  Args:
+    query_emb: [B, d] queries.
+    key_emb: [B, d] their positive keys.
+    queue: [K, d] negative keys.
+    temperature: Divides every logit.
+
+  Returns:
+    (loss, metrics): float32 scalars; `accuracy` (the own key wins) and `positive_logit_mean`.
+  """
+  q = query_emb.astype(jnp.float32)
+  positive = jnp.sum(q * key_emb.astype(jnp.float32), axis=-1, keepdims=True)
+  negative = jnp.matmul(q, queue.astype(jnp.float32).T, precision=_PRECISION)
+  logits = jnp.concatenate([positive, negative], axis=1) / temperature
+  loss = -jnp.mean(jax.nn.log_softmax(logits, axis=-1)[:, 0])
+  metrics = {"accuracy": jnp.mean((jnp.argmax(logits, axis=-1) == 0).astype(jnp.float32)),
+             "positive_logit_mean": jnp.mean(logits[:, 0])}
+  return loss, metrics
+
+
+def embedding_std(embeddings: jax.Array) -> jax.Array:
+  """The mean over dimensions of each dimension's standard deviation over the batch (ddof 1,
+  as `torch.std`): Contriever's `stdq` / `stdk`, near 0 when the embeddings collapse."""
+  return jnp.mean(jnp.std(embeddings.astype(jnp.float32), axis=0, ddof=1))
+
+
 def pairwise_softmax_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
   """ColBERT's pairwise softmax cross-entropy over (q, d+, d-...) scores.
 

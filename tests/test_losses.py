@@ -402,3 +402,40 @@ def test_kl_distillation_student_temperature():
   expected = np.mean(np.sum(p_t * (np.log(p_t) - log_p_s), axis=-1))
   assert rel_err(losses.kl_distillation_loss(student, teacher, 0.25, student_temperature=1.0),
                  expected) <= 1e-6
+
+
+def _moco_numpy(q, k, queue, temperature):
+  q, k, queue = (np.asarray(x, np.float64) for x in (q, k, queue))
+  logits = np.concatenate([np.sum(q * k, -1, keepdims=True), q @ queue.T], axis=1) / temperature
+  shifted = logits - logits.max(axis=1, keepdims=True)
+  log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+  return -log_probs[:, 0].mean(), np.mean(logits.argmax(axis=1) == 0)
+
+
+def test_moco_loss_matches_numpy():
+  rng = np.random.default_rng(0)
+  q, k = rng.standard_normal((6, 8)), rng.standard_normal((6, 8))
+  k[:3] = q[:3] * 3  # some queries find their key
+  queue = rng.standard_normal((20, 8))
+  loss, metrics = losses.moco_loss(jnp.asarray(q, jnp.float32), jnp.asarray(k, jnp.float32),
+                                   jnp.asarray(queue, jnp.float32), temperature=0.5)
+  expected_loss, expected_accuracy = _moco_numpy(q, k, queue, 0.5)
+  np.testing.assert_allclose(float(loss), expected_loss, rtol=1e-5)
+  assert float(metrics["accuracy"]) == pytest.approx(expected_accuracy)
+  assert float(metrics["positive_logit_mean"]) == pytest.approx(np.sum(q * k, -1).mean() / 0.5,
+                                                                 rel=1e-5)
+
+
+def test_moco_loss_hand_checked():
+  # One query, its key scores 1, two queue keys score 0 and -1; T = 1.
+  loss, _ = losses.moco_loss(jnp.array([[1.0, 0.0]]), jnp.array([[1.0, 0.0]]),
+                             jnp.array([[0.0, 1.0], [-1.0, 0.0]]), temperature=1.0)
+  expected = -np.log(np.e / (np.e + 1.0 + np.exp(-1.0)))
+  assert float(loss) == pytest.approx(expected, rel=1e-6)
+
+
+def test_embedding_std_is_torch_std_mean():
+  x = np.random.default_rng(1).standard_normal((5, 3))
+  assert float(losses.embedding_std(jnp.asarray(x, jnp.float32))) == pytest.approx(
+      x.std(axis=0, ddof=1).mean(), rel=1e-5)
+  assert float(losses.embedding_std(jnp.ones((4, 3)))) == 0.0  # collapsed
