@@ -54,6 +54,8 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("position", None),
     ("token_type", None),
     ("projection", None),
+    # Contriever's MoCo queue of keys: its rows over `data`, so no device holds all of it.
+    ("queue", DATA_AXIS),
 )
 
 

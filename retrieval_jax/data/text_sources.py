@@ -8,6 +8,7 @@ A source is named by a string (`config.data.sources`):
                              without the file's `#copyright` line and the "2007 Schools
                              Wikipedia Selection" banner; paragraphs joined by newlines
   jsonl:<file>               one JSON object per line with a `text` (and optional `title`)
+  synthetic                  the synthetic corpus's documents (smoke runs, tests)
 
 Bare names are looked up like data sets (`$RETRIEVAL_JAX_DATA`, then `../shared/data`). No JAX.
 """
@@ -22,7 +23,7 @@ import re
 from retrieval_jax.data import beir_readers
 from retrieval_jax.data import paths
 
-SCHEMES = ("beir", "wikispeedia", "jsonl")
+SCHEMES = ("beir", "wikispeedia", "jsonl", "synthetic")
 _WIKISPEEDIA_FILE = "plaintext_articles.jsonl.gz"
 _BANNER = re.compile(r"^\s*2007 Schools Wikipedia Selection\.")
 
@@ -40,6 +41,9 @@ def read_texts(source: str, *, key: str = "data.sources") -> list[str]:
     raise ValueError(f"{key}: {source!r} is not <scheme>:<where> with a scheme of {SCHEMES}")
   if scheme == "beir":
     texts = _beir(where, key)
+  elif scheme == "synthetic":
+    from retrieval_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    texts = synthetic.synthetic_beir("train").doc_strings()
   elif scheme == "wikispeedia":
     texts = wikispeedia_articles(where or "wikispeedia")
   else:
