@@ -1,0 +1,147 @@
+r"""Steps/s of Contriever's MoCo step against its in-batch step: what the queue costs.
+
+Both steps train the same encoder on the same crop batches (`configs/contriever.py` with
+`--variant`'s model and data); MoCo adds the EMA update, a second (key) forward without
+gradient, the [B, K] logits against the queue and the enqueue. Rounds alternate (MoCo, then
+in-batch, ...) so load changes hit both; each round times `--steps` steps after the
+warm-up (compilation excluded). Prints a table and writes JSON with the CPU model.
+
+  python eval/bench_contriever.py --variant=cpu --steps=5 --rounds=3 --out=/tmp/moco.json
+  python eval/bench_contriever.py --variant=smoke --out=/tmp/moco_smoke.json   # seconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import statistics
+import tempfile
+import time
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+
+FLAGS = flags.FLAGS
+LOSSES = ("moco", "in_batch")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  flags.DEFINE_enum("variant", "cpu", ["cpu", "smoke"], "configs/contriever.py variant.",
+                    flag_values=flag_values)
+  flags.DEFINE_integer("steps", 5, "Timed steps per round.", flag_values=flag_values)
+  flags.DEFINE_integer("rounds", 3, "Rounds per loss, alternating.", flag_values=flag_values)
+  flags.DEFINE_integer("warmup_steps", 1, "Untimed steps first (compilation).",
+                       flag_values=flag_values)
+  flags.DEFINE_integer("queue_size", None, "Override loss.queue_size.", flag_values=flag_values)
+  flags.DEFINE_string("out", None, "JSON output file.", flag_values=flag_values)
+
+
+def cpu_model() -> str:
+  try:
+    with open("/proc/cpuinfo", encoding="utf-8") as info:
+      for line in info:
+        if line.startswith("model name"):
+          return line.split(":", 1)[1].strip()
+  except OSError:
+    pass
+  return platform.processor() or "unknown"
+
+
+def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from configs import contriever as contriever_config  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import contriever  # pylint: disable=g-import-not-at-top
+
+  config = contriever_config.get_config(variant)
+  config.loss.type = loss_type
+  if queue_size is not None:
+    config.loss.queue_size = queue_size
+  mesh = sharding.mesh_from_config(config)
+  recipe = contriever.build(config, workdir, mesh)
+  step = jax.jit(recipe.train_step, in_shardings=(recipe.state_shardings, None, None),
+                 out_shardings=(recipe.state_shardings, None), donate_argnums=0)
+
+  def batch(index):
+    local = recipe.batcher.batch(index)
+    return {k: jax.device_put(v, recipe.batch_sharding) for k, v in local.items()
+            if k not in recipe.batcher.host_keys}
+
+  return config, recipe.init_state(), step, batch
+
+
+def run(*, variant: str = "cpu", steps: int = 5, rounds: int = 3, warmup_steps: int = 1,
+        queue_size: int | None = None) -> dict[str, Any]:
+  """The measurements (see the module docstring)."""
+  if min(steps, rounds) < 1 or warmup_steps < 0:
+    raise app.UsageError("--steps and --rounds must be >= 1, --warmup_steps >= 0")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  load_start = os.getloadavg()
+  runners, settings = {}, {}
+  with tempfile.TemporaryDirectory() as workdir:
+    for loss_type in LOSSES:
+      config, state, step, batch = _stepper(loss_type, variant, queue_size,
+                                            os.path.join(workdir, loss_type))
+      batches = [batch(i) for i in range(warmup_steps + steps)]
+      runners[loss_type] = [state, step, batches]
+      settings = dict(batch_size=int(config.train.batch_size),
+                      queue_size=int(config.loss.queue_size), model=str(config.model.name),
+                      chunk_length=int(config.data.crop.chunk_length))
+    for loss_type, (state, step, batches) in runners.items():
+      for i in range(warmup_steps):
+        state, _ = step(state, {}, batches[i])
+      runners[loss_type][0] = jax.block_until_ready(state)
+    per_round: dict[str, list[float]] = {k: [] for k in LOSSES}
+    for _ in range(rounds):
+      for loss_type in LOSSES:
+        state, step, batches = runners[loss_type]
+        start = time.perf_counter()
+        for i in range(warmup_steps, warmup_steps + steps):
+          state, metrics = step(state, {}, batches[i])
+        jax.block_until_ready(metrics["loss"])
+        per_round[loss_type].append(steps / (time.perf_counter() - start))
+        runners[loss_type][0] = state
+  medians = {k: statistics.median(v) for k, v in per_round.items()}
+  paired = statistics.median(m / b for m, b in zip(per_round["moco"], per_round["in_batch"]))
+  return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "devices": jax.device_count(),
+          "jax": jax.__version__, "variant": variant, "settings": settings,
+          "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
+          "load": {"start": list(load_start), "end": list(os.getloadavg())},
+          "steps_per_s": per_round, "median_steps_per_s": medians,
+          "moco_over_in_batch_paired_median": paired}
+
+
+def format_table(result: dict[str, Any]) -> str:
+  s = result["settings"]
+  lines = [f"Contriever steps/s, {s['model']}, batch {s['batch_size']}, queue "
+           f"{s['queue_size']}, {result['cpu']} ({result['devices']} devices)",
+           "| step | median steps/s | rounds |", "|---|---|---|"]
+  for loss_type in LOSSES:
+    rounds = ", ".join(f"{v:.3f}" for v in result["steps_per_s"][loss_type])
+    lines.append(f"| {loss_type} | {result['median_steps_per_s'][loss_type]:.3f} | {rounds} |")
+  lines.append(f"MoCo / in-batch (paired median): "
+               f"{result['moco_over_in_batch_paired_median']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
+               warmup_steps=flag_values.warmup_steps, queue_size=flag_values.queue_size)
+  print(format_table(result))
+  if flag_values.out:
+    out = pathlib.Path(flag_values.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
