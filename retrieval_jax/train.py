@@ -43,6 +43,11 @@ from typing import Any
 import flax.linen as nn
 import jax
 import numpy as np
+# Importing TFDS swaps `builtins.__import__` process-wide for a while (etils' lazy_imports), and
+# an import in another thread meanwhile gets a LazyModule: Orbax's async save (humanize's
+# `from math import log`) failed that way when the first evaluation imported TFDS during the
+# final save (WORKSPACE, "Contriever"). Imported here, before the loop starts any thread.
+import tensorflow_datasets  # pylint: disable=unused-import  # noqa: F401
 
 from retrieval_jax import checkpoint, evaluators, files, metric_writer, preemption, recipes
 from retrieval_jax import run_config, sharding

@@ -290,3 +290,15 @@ def test_smoke_config_trains(smoke_run):
   workdir, _ = smoke_run
   losses = [value for _, value in metric_writer.read_scalars(workdir / "tensorboard")["train/loss"]]
   assert losses[-1] < losses[0]
+
+
+def test_tfds_is_imported_before_the_loop_starts_threads():
+  """TFDS's import patches `builtins.__import__` process-wide; `train` imports it first so no
+  checkpoint or prefetch thread can be importing meanwhile (WORKSPACE, "Contriever")."""
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  probe = ("import sys; import retrieval_jax.train; "
+           "print('tensorflow_datasets' in sys.modules)")
+  result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          check=True, timeout=300)
+  assert result.stdout.strip().splitlines()[-1] == "True"
