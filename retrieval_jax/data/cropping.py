@@ -27,6 +27,7 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
+from retrieval_jax.data import pairs
 from retrieval_jax.data import tokenize as tok
 
 SAMPLES = ("replacement", "permutation")
@@ -279,16 +280,10 @@ class CropPairBatcher:
 
   def check_position(self, position: Mapping[str, int]) -> None:
     """Raises ValueError when a restored position is not where this batcher would be."""
-    missing = [key for key in POSITION_FIELDS if key not in position]
-    if missing:
-      raise ValueError(f"data position {dict(position)} lacks {', '.join(missing)}")
-    expected = self.position(int(position["step"]))
-    for key in POSITION_FIELDS:
-      if int(position[key]) != expected[key]:
-        raise ValueError(f"data position mismatch in {key!r}: the checkpoint says "
-                         f"{position[key]}, this run computes {expected[key]} (train.batch_size "
-                         f"{self.global_batch}, {expected['num_chunks']} chunks); did the batch "
-                         f"size, the data or data.crop change?")
+    pairs.check_position_fields(
+        position, self.position, POSITION_FIELDS,
+        lambda expected: (f"(train.batch_size {self.global_batch}, {expected['num_chunks']} "
+                          f"chunks); did the batch size, the data or data.crop change?"))
 
   def iterate(self, start_step: int, end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(step, batch) for step in [start_step, end_step), the next batch built in a thread."""

@@ -173,6 +173,20 @@ def _pad(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndar
   return input_ids, mask
 
 
+def check_position_fields(position: Mapping[str, int], position_at: Callable[[int], dict],
+                          fields: Sequence[str], context: Callable[[dict], str]) -> None:
+  """Raises ValueError when a restored data position lacks one of `fields` or differs from
+  `position_at(its step)`; `context(expected)` ends the message (what could have changed)."""
+  missing = [key for key in fields if key not in position]
+  if missing:
+    raise ValueError(f"data position {dict(position)} lacks {', '.join(missing)}")
+  expected = position_at(int(position["step"]))
+  for key in fields:
+    if int(position[key]) != expected[key]:
+      raise ValueError(f"data position mismatch in {key!r}: the checkpoint says "
+                       f"{position[key]}, this run computes {expected[key]} {context(expected)}")
+
+
 class PairBatcher:
   """Process-local tokenised batches of (query, positive, hard negatives), by global step.
 
@@ -396,17 +410,11 @@ class PairBatcher:
     A mismatch means the batch size or the training data changed between saving and resuming:
     the resumed run would silently see a different sequence of examples.
     """
-    missing = [key for key in POSITION_FIELDS if key not in position]
-    if missing:
-      raise ValueError(f"data position {dict(position)} lacks {', '.join(missing)}")
-    expected = self.position(int(position["step"]))
-    for key in POSITION_FIELDS:
-      if int(position[key]) != expected[key]:
-        raise ValueError(
-            f"data position mismatch in {key!r}: the checkpoint says {position[key]}, this run "
-            f"computes {expected[key]} for step {expected['step']} (train.batch_size "
-            f"{self.global_batch}, {len(self.dataset.query_ids)} examples, "
-            f"{self._steps_per_epoch} steps per epoch); did the batch size or the data change?")
+    check_position_fields(
+        position, self.position, POSITION_FIELDS,
+        lambda expected: (f"for step {expected['step']} (train.batch_size {self.global_batch}, "
+                          f"{len(self.dataset.query_ids)} examples, {self._steps_per_epoch} "
+                          f"steps per epoch); did the batch size or the data change?"))
 
   def iterate(self, start_step: int,
               end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
