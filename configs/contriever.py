@@ -24,12 +24,15 @@ each once per epoch). Variants:
   `inbatch`     the default with `src/inbatch.py`'s loss: no queue, no key encoder.
   `cpu`         unsupervised adaptation of the packaged all-MiniLM-L6-v2 to the SciFact corpus
                 (its documents only: no queries, no labels), evaluated on the SciFact dev split.
+  `cpu_scratch` a small randomly initialised encoder (4 layers, width 256, MiniLM's
+                uncased vocabulary) pre-trained from nothing on the SciFact corpus and the
+                Wikispeedia articles, sampled 50:50; evaluated on SciFact dev against BM25.
   `smoke`       a tiny random encoder on the synthetic corpus: seconds; used by the tests.
 """
 
 from configs import common
 
-VARIANTS = ("default", "inbatch", "cpu", "smoke")
+VARIANTS = ("default", "inbatch", "cpu", "cpu_scratch", "smoke")
 
 
 def get_config(arg: str = ""):
@@ -64,6 +67,16 @@ def get_config(arg: str = ""):
     # momentum 0.9995 (its keys would stay the initial model's).
     config.loss.update(queue_size=1024, momentum=0.99)
     config.evals.dev.update(batch_size=32)
+  elif variant == "cpu_scratch":
+    config.model.update(name="random", tokenizer="minilm", normalize="true")
+    config.model.random.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+    config.data.update(name="scifact", sources=("beir:scifact", "wikispeedia"))
+    config.train.update(batch_size=64, num_steps=2000, pad_to_multiple_of=16, log_every_steps=50,
+                        checkpoint_every_steps=500)
+    # From scratch: a larger step than fine-tuning, warm-up over the first 10%.
+    config.optim.update(lr=5e-4, warmup_steps=200)
+    config.loss.update(queue_size=4096, momentum=0.99)
+    config.evals.dev.update(batch_size=64)
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", normalize="true")
     config.data.update(name="synthetic", sources=("synthetic",))

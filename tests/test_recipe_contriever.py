@@ -8,6 +8,7 @@ the uninterrupted run; the in-batch variant; invalid keys rejected before compil
 smoke run's evaluation and export.
 """
 
+import json
 import pathlib
 import sys
 
@@ -24,7 +25,7 @@ if str(_REPO) not in sys.path:
   sys.path.insert(0, str(_REPO))
 
 from configs import contriever as contriever_config  # pylint: disable=g-import-not-at-top,wrong-import-position
-from tests.helpers import assert_rejected_before_compiling, with_overrides  # pylint: disable=wrong-import-position
+from tests.helpers import assert_rejected_before_compiling, run_python, with_overrides  # pylint: disable=wrong-import-position
 
 STEPS = 6
 
@@ -51,6 +52,9 @@ def test_config_follows_the_released_script():
   assert paper.model.pooling == "mean" and paper.model.normalize == "false"
   assert contriever_config.get_config("inbatch").loss.type == "in_batch"
   assert contriever_config.get_config("cpu").data.sources == ("beir:scifact",)
+  scratch = contriever_config.get_config("cpu_scratch")
+  assert scratch.model.name == "random" and scratch.data.sources == ("beir:scifact", "wikispeedia")
+  assert scratch.loss.queue_size % scratch.train.batch_size == 0
   with pytest.raises(ValueError, match="unknown variant"):
     contriever_config.get_config("tpu")
 
@@ -149,10 +153,21 @@ def test_smoke_run_evaluates_and_exports(straight):
                                "queue_ptr"}
   assert int(result.state["queue_ptr"]) == (STEPS * 8) % 24
   assert (workdir / "export" / "encoder" / "model.safetensors").exists()
-  from retrieval_jax import recipes  # pylint: disable=g-import-not-at-top
-  evaluated = recipes.evaluate(_smoke(), workdir, out_root=workdir / "again")
-  assert evaluated["metrics"]["dev/ndcg@10"] == pytest.approx(
-      result.eval_metrics["dev/ndcg@10"], abs=1e-6)
+
+
+def test_eval_mode_and_eval_cli_on_the_workdir(straight, tmp_path):
+  """`main.py --mode=eval` and `eval/retrieval.py --model=<workdir>` score the trained encoder."""
+  workdir, result = straight
+  expected = result.eval_metrics["dev/ndcg@10"]
+  evaluated = train.run(_smoke(), workdir, "eval")
+  assert evaluated["step"] == STEPS
+  assert evaluated["eval"]["dev/ndcg@10"] == pytest.approx(expected, abs=1e-6)
+  out = tmp_path / "cli"
+  run_python(["eval/retrieval.py", f"--model={workdir}", "--data=synthetic", "--split=dev",
+              "--max_length=32", "--metrics=ndcg@10,recall@10", "--depth=10", f"--out={out}",
+              "--noprogress"])
+  metrics = json.loads((out / "metrics.json").read_text())
+  assert metrics["ndcg@10"] == pytest.approx(expected, abs=1e-5)
 
 
 def test_resume_equals_the_uninterrupted_run(straight, tmp_path):

@@ -53,3 +53,58 @@ def test_jsonl_texts_and_line_numbered_errors(tmp_path):
 def test_bad_sources_are_named(source, error, message):
   with pytest.raises(error, match=message):
     text_sources.read_texts(source)
+
+
+def _prepare_local_wikipedia(data_dir, articles):
+  """TFDS `wikipedia/20230601.en` prepared as array_record from `articles`, without its dumps.
+
+  The real builder downloads the dumps and parses them with Apache Beam; this one has the same
+  name, config, version and features, so `tfds.builder("wikipedia/20230601.en")` then opens
+  these files exactly as it opens a real preparation.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from tensorflow_datasets.text import wikipedia  # pylint: disable=g-import-not-at-top
+
+  config = next(c for c in wikipedia.Wikipedia.BUILDER_CONFIGS if c.name == "20230601.en")
+
+  class LocalWikipedia(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    name = "wikipedia"
+    VERSION = wikipedia.Wikipedia.VERSION
+    BUILDER_CONFIGS = [config]
+
+    def _info(self):
+      return wikipedia.Wikipedia._info(self)  # pylint: disable=protected-access
+
+    def _split_generators(self, dl_manager):
+      del dl_manager
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i, (title, text) in enumerate(articles):
+        yield i, {"title": title, "text": text}
+
+  options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  LocalWikipedia(config="20230601.en", data_dir=str(data_dir),
+                 file_format="array_record").download_and_prepare(download_config=options)
+
+
+def test_tfds_wikipedia_is_read_through_its_builder(tmp_path):
+  articles = [(f"Title {i}", f"Body of article {i}.") for i in range(10)]
+  _prepare_local_wikipedia(tmp_path, articles)
+  texts = text_sources.read_texts("tfds:wikipedia/20230601.en", tfds_dir=tmp_path)
+  # TFDS shuffles examples by key when it writes them: compare as sets.
+  assert sorted(texts) == sorted(f"{t} {b}" for t, b in articles)
+  half = text_sources.read_texts("tfds:wikipedia/20230601.en@train[:50%]", tfds_dir=tmp_path)
+  assert len(half) == 5 and set(half) <= set(texts)
+  with pytest.raises(ValueError, match=r"data.sources\[1\].*split 'validation'"):
+    text_sources.read_texts("tfds:wikipedia/20230601.en@validation", tfds_dir=tmp_path,
+                            key="data.sources[1]")
+
+
+def test_tfds_source_errors_name_the_key(tmp_path):
+  with pytest.raises(ValueError, match="data.sources: no TFDS data set 'no_such_corpus'"):
+    text_sources.read_texts("tfds:no_such_corpus", tfds_dir=tmp_path)
+  with pytest.raises(ValueError, match="needs a TFDS name"):
+    text_sources.read_texts("tfds:", tfds_dir=tmp_path)
+  with pytest.raises(ValueError, match="must be on a local disk"):
+    text_sources.read_texts("tfds:wikipedia/20230601.en", tfds_dir="gs://bucket/tfds")

@@ -94,13 +94,6 @@ class BeirBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "corpus, queries and qrels parts, strictly validated, in file order."}
 
-  # TFDS looks a builder's source file up through `importlib_resources`, which it does not install,
-  # so the lookup fails for any builder inside a package; the file is known anyway.
-  @tfds.core.utils.classproperty
-  @classmethod
-  def code_path(cls) -> epath.Path:
-    return epath.Path(__file__)
-
   # Downloads are checked against the sizes and SHA-256 sums TFDS records for the BEIR zips.
   @tfds.core.utils.classproperty
   @classmethod
@@ -215,11 +208,19 @@ def prepare_download(dataset: str,
                   check_data_dir(data_dir))
 
 
+def _decode_value(value: Any) -> Any:
+  if isinstance(value, bytes):
+    return value.decode("utf-8")
+  if isinstance(value, (np.integer, int)):
+    return int(value)
+  return value
+
+
 def _decode(record: dict) -> dict:
-  return {k: v.decode("utf-8") if isinstance(v, bytes) else int(v) for k, v in record.items()}
+  return {k: _decode_value(v) for k, v in record.items()}
 
 
-def _read_split(builder: BeirBuilder, split: str) -> list[dict]:
+def read_split(builder: tfds.core.DatasetBuilder, split: str) -> list[dict]:
   """All records of one split in file order, fetched by index in chunks, strings decoded."""
   source = builder.as_data_source(split=split)
   records = []
@@ -245,14 +246,14 @@ def read_prepared(builders: dict[str, BeirBuilder],
   """
   files = files or readers.BeirFiles.from_json(builders["corpus"].info.metadata["files"])
   raw = readers.RawBeir(files, [], [], [], [], [], {})
-  for record in _read_split(builders["corpus"], "corpus"):
+  for record in read_split(builders["corpus"], "corpus"):
     raw.corpus_ids.append(record["id"])
     raw.corpus_titles.append(record["title"])
     raw.corpus_texts.append(record["text"])
-  for record in _read_split(builders["queries"], "queries"):
+  for record in read_split(builders["queries"], "queries"):
     raw.query_ids.append(record["id"])
     raw.query_texts.append(record["text"])
   for name in files.qrels:
     raw.qrels[name] = [readers.QrelRow(r["line"], r["query_id"], r["corpus_id"], r["score"])
-                       for r in _read_split(builders["qrels"], name)]
+                       for r in read_split(builders["qrels"], name)]
   return raw

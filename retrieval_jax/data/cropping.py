@@ -26,6 +26,7 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
+import tqdm
 
 from retrieval_jax.data import pairs
 from retrieval_jax.data import tokenize as tok
@@ -78,13 +79,18 @@ class CropSettings:
     return int(self.chunk_length * self.ratio_max)
 
 
-def token_stream(tokenizer, texts: Sequence[str], batch_size: int = 1000) -> np.ndarray:
+def token_stream(tokenizer, texts: Sequence[str], batch_size: int = 1000, *,
+                 progress: bool = True, desc: str = "tokenizing") -> np.ndarray:
   """The ids of `texts`, without special tokens, concatenated (int32), as `preprocess.py`."""
   pieces = []
-  for start in range(0, len(texts), batch_size):
-    encoded = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False,
-                        truncation=False)["input_ids"]
-    pieces.extend(np.asarray(ids, np.int32) for ids in encoded)
+  with tqdm.tqdm(total=len(texts), desc=desc, unit=" texts", delay=2.0,
+                 disable=not progress) as bar:
+    for start in range(0, len(texts), batch_size):
+      # Whole documents on purpose: `verbose=False` silences the longer-than-512 warning.
+      encoded = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False,
+                          truncation=False, verbose=False)["input_ids"]
+      pieces.extend(np.asarray(ids, np.int32) for ids in encoded)
+      bar.update(len(encoded))
   return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
 
 

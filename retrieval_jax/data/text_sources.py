@@ -8,14 +8,25 @@ A source is named by a string (`config.data.sources`):
                              without the file's `#copyright` line and the "2007 Schools
                              Wikipedia Selection" banner; paragraphs joined by newlines
   jsonl:<file>               one JSON object per line with a `text` (and optional `title`)
+  tfds:<name>[@<split>]      a TFDS data set with a `text` (and optional `title`) feature, read
+                             with `as_data_source` (array_record, no TensorFlow) from
+                             `data.tfds_dir`; e.g. `tfds:wikipedia/20230601.en@train[:10%]`.
+                             Prepared there (downloaded) on first use when it is not yet;
+                             `wikipedia` needs apache-beam for that, so prepare it once with
+                             `tfds build wikipedia/20230601.en --file_format=array_record`.
+                             Split defaults to `train`
   synthetic                  the synthetic corpus's documents (smoke runs, tests)
 
-Bare names are looked up like data sets (`$RETRIEVAL_JAX_DATA`, then `../shared/data`). No JAX.
+Bare names are looked up like data sets (`$RETRIEVAL_JAX_DATA`, then `../shared/data`). Every
+source is read whole into memory (the reference tokenises its corpora up front too): take a TFDS
+split slice to bound it. No JAX.
 """
 
 from __future__ import annotations
 
 import gzip
+import importlib
+import importlib.util
 import json
 import os
 import re
@@ -23,13 +34,15 @@ import re
 from retrieval_jax.data import beir_readers
 from retrieval_jax.data import paths
 
-SCHEMES = ("beir", "wikispeedia", "jsonl", "synthetic")
+SCHEMES = ("beir", "wikispeedia", "jsonl", "tfds", "synthetic")
 _WIKISPEEDIA_FILE = "plaintext_articles.jsonl.gz"
 _BANNER = re.compile(r"^\s*2007 Schools Wikipedia Selection\.")
 
 
-def read_texts(source: str, *, key: str = "data.sources") -> list[str]:
-  """The texts of one source (module docstring).
+def read_texts(source: str, *, key: str = "data.sources",
+               tfds_dir: str | os.PathLike | None = None) -> list[str]:
+  """The texts of one source (module docstring); `tfds_dir` is where TFDS data is prepared
+  (default `paths.default_tfds_dir()`).
 
   Raises:
     ValueError: An unknown scheme or an empty source, naming `key`; a bad line
@@ -46,6 +59,8 @@ def read_texts(source: str, *, key: str = "data.sources") -> list[str]:
     texts = synthetic.synthetic_beir("train").doc_strings()
   elif scheme == "wikispeedia":
     texts = wikispeedia_articles(where or "wikispeedia")
+  elif scheme == "tfds":
+    texts = _tfds(where, key, tfds_dir)
   else:
     texts = _jsonl(where, key)
   if not texts:
@@ -92,3 +107,55 @@ def _jsonl(where: str, key: str) -> list[str]:
     title = beir_readers.field(path, line, record, "title", required=False)
     texts.append(f"{title} {text}".strip())
   return texts
+
+
+def _tfds(where: str, key: str, tfds_dir) -> list[str]:
+  name, _, split = where.partition("@")
+  if not name:
+    raise ValueError(f"{key}: 'tfds:' needs a TFDS name, e.g. tfds:wikipedia/20230601.en")
+  # TFDS, and the array_record checks, only when a TFDS source is named.
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.data import beir_tfds  # pylint: disable=g-import-not-at-top
+
+  data_dir = beir_tfds.check_data_dir(tfds_dir)
+  builder = _tfds_builder(tfds, name, data_dir, key)
+  if not builder.is_prepared():
+    options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+    try:
+      builder.download_and_prepare(file_format="array_record", download_config=options)
+    except ImportError as error:
+      raise ValueError(
+          f"{key}: preparing TFDS {name} in {data_dir} needs a missing package ({error}); "
+          f"prepare it once with `tfds build {name} --file_format=array_record "
+          f"--data_dir={data_dir}` where that package is installed") from None
+  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+  if file_format != "array_record":
+    raise ValueError(
+        f"{key}: TFDS {name} in {data_dir} is prepared as {file_format}, which needs "
+        "TensorFlow to read; convert it with `tfds convert_format --out_file_format=array_record"
+        f" --dataset_dir={builder.data_dir}`")
+  features = builder.info.features
+  if "text" not in features:
+    raise ValueError(f"{key}: TFDS {name} has no `text` feature (it has {sorted(features)})")
+  try:
+    records = beir_tfds.read_split(builder, split or "train")
+  except (KeyError, ValueError) as error:
+    raise ValueError(f"{key}: TFDS {name}: split {split or 'train'!r}: {error}") from None
+  return [f"{record.get('title', '')} {record['text']}".strip() for record in records]
+
+
+def _tfds_builder(tfds, name: str, data_dir: str, key: str):
+  """`tfds.builder(name)`, importing `tensorflow_datasets.text.<name>` first when TFDS has not
+  registered it (without TensorFlow, TFDS registers only part of its catalogue)."""
+  try:
+    return tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError:
+    module = "tensorflow_datasets.text." + name.split("/", 1)[0].split(":", 1)[0]
+    try:
+      found = importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+      found = False
+    if not found:
+      raise ValueError(f"{key}: no TFDS data set {name!r} (registered or in {data_dir})") from None
+  importlib.import_module(module)
+  return tfds.builder(name, data_dir=data_dir)

@@ -120,8 +120,14 @@ def streams_from_config(config: Any, tokenizer: Any) -> list[np.ndarray]:
   sources = list(config.data.sources or ())
   if not sources:
     raise ValueError("data.sources is empty: name at least one text source")
-  return [cropping.token_stream(tokenizer, text_sources.read_texts(s, key=f"data.sources[{i}]"))
-          for i, s in enumerate(sources)]
+  progress = bool(config.train.get("progress", True)) and jax.process_index() == 0
+  streams = []
+  for i, source in enumerate(sources):
+    texts = text_sources.read_texts(source, key=f"data.sources[{i}]",
+                                    tfds_dir=config.data.get("tfds_dir"))
+    streams.append(cropping.token_stream(tokenizer, texts, progress=progress,
+                                         desc=f"tokenizing {source}"))
+  return streams
 
 
 def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
