@@ -85,7 +85,7 @@ def main(argv):
   try:
     summary = train.run(config, workdir, _MODE.value, _STEP.value,
                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
-  except run_config.ConfigChangedError as error:
+  except run_config.InputError as error:  # a bad key or input (a changed config included)
     sys.exit(f"error: {error}")  # one line, status 1: not a usage mistake, no usage text
   except preemption.Preempted as stopped:
     logging.warning("%s", stopped)

@@ -12,6 +12,7 @@ Paths are `etils.epath` paths: `workdir` may be local or `gs://bucket/run`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any, Iterator, Mapping
@@ -44,7 +45,30 @@ SAFE_TO_CHANGE = (
 )
 
 
-class ConfigChangedError(ValueError):
+class InputError(ValueError):
+  """Bad input found while a run is set up: a config key, a file, a data set, a model.
+
+  Its message names what is wrong; `main.py` prints it as one line and exits with status 1
+  (a traceback is for bugs). The original error is its `__cause__`.
+  """
+
+
+@contextlib.contextmanager
+def input_errors() -> Iterator[None]:
+  """Raises the `ValueError`s and `FileNotFoundError`s of setup code as `InputError`s.
+
+  Wraps the code that reads the config and its inputs before any step or evaluation runs,
+  where such an error is the user's input and not a bug.
+  """
+  try:
+    yield
+  except InputError:
+    raise
+  except (ValueError, FileNotFoundError) as error:
+    raise InputError(str(error)) from error
+
+
+class ConfigChangedError(InputError):
   """A resumed run's config differs from the saved one in keys that change the training."""
 
 

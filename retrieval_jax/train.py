@@ -138,28 +138,8 @@ class _MetricBuffer:
     return means, len(host)
 
 
-def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True,
-          allow_config_change: bool = False) -> TrainResult:
-  """Trains `config.recipe` in `workdir`, resuming from its latest checkpoint if there is one.
-
-  Args:
-    config: The recipe config (see `configs/`).
-    workdir: Run directory (local or gs://): config.json, checkpoints/, tensorboard/, eval/,
-      export/, model/.
-    final_eval: Run `config.evals` after the last step.
-    allow_config_change: Resume even when `config` differs from the saved config.json in
-      keys that change the training (`run_config.check_resume`).
-
-  Returns:
-    A `TrainResult`.
-
-  Raises:
-    ValueError: An invalid config, naming the key (before compiling).
-    run_config.ConfigChangedError: Resuming with a changed config, listing the keys.
-    NonFiniteLossError: The loss became non-finite; the newest checkpoint is the last good one.
-    preemption.Preempted: A SIGTERM stopped the run after a checkpoint of the current step.
-  """
-  workdir = files.as_path(workdir)
+def _set_up(config, workdir, allow_config_change: bool):
+  """(recipe, evaluators, mesh), every key and input checked before anything compiles."""
   recipe_module = recipes.get(config.recipe)
   mesh = sharding.mesh_from_config(config)
   if not recipes.trains(recipe_module):
@@ -179,6 +159,34 @@ def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True,
     if missing:
       raise ValueError(f"evals.{evaluator.name} needs the model roles {missing}; recipe "
                        f"{recipe.name!r} provides {list(recipe.eval_roles)}")
+  return recipe, evals, mesh
+
+
+def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True,
+          allow_config_change: bool = False) -> TrainResult:
+  """Trains `config.recipe` in `workdir`, resuming from its latest checkpoint if there is one.
+
+  Args:
+    config: The recipe config (see `configs/`).
+    workdir: Run directory (local or gs://): config.json, checkpoints/, tensorboard/, eval/,
+      export/, model/.
+    final_eval: Run `config.evals` after the last step.
+    allow_config_change: Resume even when `config` differs from the saved config.json in
+      keys that change the training (`run_config.check_resume`).
+
+  Returns:
+    A `TrainResult`.
+
+  Raises:
+    run_config.InputError: An invalid config, naming the key, or a missing or mismatched
+      input (before compiling).
+    run_config.ConfigChangedError: Resuming with a changed config, listing the keys.
+    NonFiniteLossError: The loss became non-finite; the newest checkpoint is the last good one.
+    preemption.Preempted: A SIGTERM stopped the run after a checkpoint of the current step.
+  """
+  workdir = files.as_path(workdir)
+  with run_config.input_errors():
+    recipe, evals, mesh = _set_up(config, workdir, allow_config_change)
   train_config = config.train
   ckpt = checkpoint.Checkpointer(workdir, max_to_keep=train_config.keep_checkpoints,
                                  save_interval_steps=train_config.checkpoint_every_steps,
@@ -203,20 +211,22 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
   train_config = config.train
   start = ckpt.latest_step()
   host = None
-  frozen, frozen_shardings, frozen_prints = load_frozen(recipe, mesh)
+  with run_config.input_errors():
+    frozen, frozen_shardings, frozen_prints = load_frozen(recipe, mesh)
   if start is None:
     state, start = recipe.init_state(), 0
     writer.write_hparams(config.to_dict())
   else:
     state, extra = ckpt.restore(start, abstract_state=recipe.abstract_state,
                                 shardings=recipe.state_shardings)
-    recipe.batcher.check_position(extra["data_position"])
-    for name, saved in extra.get("frozen_sha256", {}).items():
-      if frozen_prints.get(name) != saved:
-        source = recipe.frozen[name].source if name in recipe.frozen else "nowhere"
-        raise ValueError(f"frozen input {name!r} from {source} is not the one step {start} "
-                         f"was trained with (sha256 {saved[:12]}, now "
-                         f"{frozen_prints.get(name, 'absent')[:12]})")
+    with run_config.input_errors():  # resuming with other data or another frozen input
+      recipe.batcher.check_position(extra["data_position"])
+      for name, saved in extra.get("frozen_sha256", {}).items():
+        if frozen_prints.get(name) != saved:
+          source = recipe.frozen[name].source if name in recipe.frozen else "nowhere"
+          raise ValueError(f"frozen input {name!r} from {source} is not the one step {start} "
+                           f"was trained with (sha256 {saved[:12]}, now "
+                           f"{frozen_prints.get(name, 'absent')[:12]})")
     host = ckpt.restore_host(start)
     logger.info("resumed from step %d (%s)", start, extra["data_position"])
   run_config.save_config(workdir, config)  # once the run it describes is known to be valid
@@ -361,14 +371,16 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
     ran, `reports` (the hooks' console tables).
 
   Raises:
-    ValueError: An invalid mode or config, naming it.
+    run_config.InputError: An invalid mode, config or input, naming it.
   """
   if mode not in MODES:
-    raise ValueError(f"mode={mode!r} is not one of {MODES}")
-  trains = recipes.trains(recipes.get(config.recipe))
+    raise run_config.InputError(f"mode={mode!r} is not one of {MODES}")
+  with run_config.input_errors():
+    trains = recipes.trains(recipes.get(config.recipe))
   if mode == "eval" or not trains:
     if mode == "train":
-      raise ValueError(f"recipe={config.recipe!r} has no training steps: use --mode=eval")
+      raise run_config.InputError(f"recipe={config.recipe!r} has no training steps: use "
+                                  "--mode=eval")
     if not trains:
       run_config.save_config(workdir, config)
     result = recipes.evaluate(config, workdir, step)

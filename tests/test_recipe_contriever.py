@@ -203,3 +203,12 @@ def test_in_batch_variant_has_no_queue(tmp_path):
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
 
+
+def test_main_reports_an_invalid_queue_in_one_line(tmp_path):
+  result = run_python(["main.py", "--config=configs/contriever.py:smoke",
+                       f"--workdir={tmp_path}", "--config.loss.queue_size=20"], check=False)
+  assert result.returncode == 1 and "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1] == (
+      "error: loss.queue_size=20 must be a multiple of train.batch_size=8 (the global batch "
+      "of keys is enqueued each step)")
+

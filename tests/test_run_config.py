@@ -59,3 +59,17 @@ def test_check_resume_refuses_with_the_keys_or_keeps_the_old_file(tmp_path):
 
 def test_check_resume_without_a_saved_config_accepts(tmp_path):
   assert run_config.check_resume(tmp_path, _config(), 3) == []
+
+
+def test_input_errors_become_one_kind_and_keep_their_cause():
+  with pytest.raises(run_config.InputError, match="loss.queue_size") as error:
+    with run_config.input_errors():
+      raise ValueError("loss.queue_size=20 must be a multiple of train.batch_size=8")
+  assert isinstance(error.value, ValueError) and isinstance(error.value.__cause__, ValueError)
+  with pytest.raises(run_config.InputError, match="no such file"):
+    with run_config.input_errors():
+      raise FileNotFoundError("no such file")
+  with pytest.raises(KeyError):  # anything else is a bug: left as it is
+    with run_config.input_errors():
+      raise KeyError("bug")
+  assert issubclass(run_config.ConfigChangedError, run_config.InputError)

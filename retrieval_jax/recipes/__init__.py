@@ -64,14 +64,15 @@ def evaluate(config: Any, workdir: str | os.PathLike, step: int | None = None, *
   Returns:
     {"step": N or None, "metrics": {"<name>/<metric>": ...}, "out_root": path}.
   """
-  from retrieval_jax import evaluators  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import evaluators, run_config  # pylint: disable=g-import-not-at-top
 
   if evals is not None:
     config = config.copy_and_resolve_references()
     with config.unlocked():
       config.evals = evals
-  built = evaluators.build_all(config)
-  models, step = eval_models(config, workdir, step)
+  with run_config.input_errors():  # a bad key, a missing checkpoint, model or data set
+    built = evaluators.build_all(config)
+    models, step = eval_models(config, workdir, step)
   if out_root is None:
     out_root = os.path.join(os.fspath(workdir), "eval",
                             *([] if step is None else [f"step_{step}"]))
