@@ -11,6 +11,8 @@ and CCNet sampled 50:50 (`sampling_coefficient` 0).
 
   python main.py --config=configs/contriever.py --workdir=gs://bucket/contriever \
       --config.data.sources='("jsonl:/data/wikipedia.jsonl", "jsonl:/data/ccnet.jsonl")'
+  # Wikipedia through TFDS instead (prepared as array_record in data.tfds_dir):
+      --config.data.sources='("tfds:wikipedia/20230601.en", "jsonl:/data/ccnet.jsonl")'
   python main.py --config=configs/contriever.py:cpu --workdir=runs/contriever_cpu
   python main.py --config=configs/contriever.py:smoke --workdir=/tmp/contriever_smoke  # seconds
   python eval/retrieval.py --model=runs/contriever_cpu --data=scifact --split=dev
@@ -20,7 +22,7 @@ Following the code where it differs from the paper: the paper's text gives crops
 is drawn with replacement (`MultiDataset.__getitem__`; `data.crop.sample=permutation` visits
 each once per epoch). Variants:
   `` (default)  the released script; `data.sources` must name the pre-training texts
-                (`data/text_sources.py`: `jsonl:`, `beir:`, `wikispeedia`).
+                (`data/text_sources.py`: `jsonl:`, `tfds:`, `beir:`, `wikispeedia`).
   `inbatch`     the default with `src/inbatch.py`'s loss: no queue, no key encoder.
   `cpu`         unsupervised adaptation of the packaged all-MiniLM-L6-v2 to the SciFact corpus
                 (its documents only: no queries, no labels), evaluated on the SciFact dev split.

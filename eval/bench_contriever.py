@@ -1,10 +1,16 @@
-r"""Steps/s of Contriever's MoCo step against its in-batch step: what the queue costs.
+r"""Steps/s of Contriever's MoCo step against its in-batch step, and what the queue costs.
 
-Both steps train the same encoder on the same crop batches (`configs/contriever.py` with
-`--variant`'s model and data); MoCo adds the EMA update, a second (key) forward without
-gradient, the [B, K] logits against the queue and the enqueue. Rounds alternate (MoCo, then
-in-batch, ...) so load changes hit both; each round times `--steps` steps after the
-warm-up (compilation excluded). Prints a table and writes JSON with the CPU model.
+The steps train the same encoder on the same crop batches (`configs/contriever.py` with
+`--variant`'s model and data):
+  moco         the recipe: EMA update, the key forward without gradient, [B, K] logits
+               against the queue, the enqueue; gradients through the query crops only;
+  moco_queue_b the same with a queue of one batch (K = B): against `moco`, what the queue
+               itself costs;
+  in_batch     `src/inbatch.py`: both crops through the encoder with gradient, no EMA,
+               no queue.
+Rounds alternate (moco, moco_queue_b, in_batch, ...) so load changes hit all; each round
+times `--steps` steps after the warm-up (compilation excluded). Prints a table and writes
+JSON with the CPU model.
 
   python eval/bench_contriever.py --variant=cpu --steps=5 --rounds=3 --out=/tmp/moco.json
   python eval/bench_contriever.py --variant=smoke --out=/tmp/moco_smoke.json   # seconds
@@ -25,7 +31,8 @@ from absl import app
 from absl import flags
 
 FLAGS = flags.FLAGS
-LOSSES = ("moco", "in_batch")
+# Step name -> (loss.type, queue of one batch).
+STEPS = {"moco": ("moco", False), "moco_queue_b": ("moco", True), "in_batch": ("in_batch", False)}
 
 
 def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
@@ -50,7 +57,8 @@ def cpu_model() -> str:
   return platform.processor() or "unknown"
 
 
-def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str):
+def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str,
+             one_batch_queue: bool = False):
   import jax  # pylint: disable=g-import-not-at-top
 
   from configs import contriever as contriever_config  # pylint: disable=g-import-not-at-top
@@ -61,6 +69,8 @@ def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str)
   config.loss.type = loss_type
   if queue_size is not None:
     config.loss.queue_size = queue_size
+  if one_batch_queue:
+    config.loss.queue_size = config.train.batch_size
   mesh = sharding.mesh_from_config(config)
   recipe = contriever.build(config, workdir, mesh)
   step = jax.jit(recipe.train_step, in_shardings=(recipe.state_shardings, None, None),
@@ -84,36 +94,40 @@ def run(*, variant: str = "cpu", steps: int = 5, rounds: int = 3, warmup_steps: 
   load_start = os.getloadavg()
   runners, settings = {}, {}
   with tempfile.TemporaryDirectory() as workdir:
-    for loss_type in LOSSES:
+    for name, (loss_type, one_batch_queue) in STEPS.items():
       config, state, step, batch = _stepper(loss_type, variant, queue_size,
-                                            os.path.join(workdir, loss_type))
+                                            os.path.join(workdir, name), one_batch_queue)
       batches = [batch(i) for i in range(warmup_steps + steps)]
-      runners[loss_type] = [state, step, batches]
-      settings = dict(batch_size=int(config.train.batch_size),
-                      queue_size=int(config.loss.queue_size), model=str(config.model.name),
-                      chunk_length=int(config.data.crop.chunk_length))
-    for loss_type, (state, step, batches) in runners.items():
+      runners[name] = [state, step, batches]
+      if name == "moco":
+        settings = dict(batch_size=int(config.train.batch_size),
+                        queue_size=int(config.loss.queue_size), model=str(config.model.name),
+                        chunk_length=int(config.data.crop.chunk_length))
+    for name, (state, step, batches) in runners.items():
       for i in range(warmup_steps):
         state, _ = step(state, {}, batches[i])
-      runners[loss_type][0] = jax.block_until_ready(state)
-    per_round: dict[str, list[float]] = {k: [] for k in LOSSES}
+      runners[name][0] = jax.block_until_ready(state)
+    per_round: dict[str, list[float]] = {k: [] for k in STEPS}
     for _ in range(rounds):
-      for loss_type in LOSSES:
-        state, step, batches = runners[loss_type]
+      for name in STEPS:
+        state, step, batches = runners[name]
         start = time.perf_counter()
         for i in range(warmup_steps, warmup_steps + steps):
           state, metrics = step(state, {}, batches[i])
         jax.block_until_ready(metrics["loss"])
-        per_round[loss_type].append(steps / (time.perf_counter() - start))
-        runners[loss_type][0] = state
+        per_round[name].append(steps / (time.perf_counter() - start))
+        runners[name][0] = state
   medians = {k: statistics.median(v) for k, v in per_round.items()}
-  paired = statistics.median(m / b for m, b in zip(per_round["moco"], per_round["in_batch"]))
+
+  def paired(a: str, b: str) -> float:
+    return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
   return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "devices": jax.device_count(),
           "jax": jax.__version__, "variant": variant, "settings": settings,
           "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
           "load": {"start": list(load_start), "end": list(os.getloadavg())},
           "steps_per_s": per_round, "median_steps_per_s": medians,
-          "moco_over_in_batch_paired_median": paired}
+          "moco_over_in_batch_paired_median": paired("moco", "in_batch"),
+          "moco_over_moco_queue_b_paired_median": paired("moco", "moco_queue_b")}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -121,11 +135,13 @@ def format_table(result: dict[str, Any]) -> str:
   lines = [f"Contriever steps/s, {s['model']}, batch {s['batch_size']}, queue "
            f"{s['queue_size']}, {result['cpu']} ({result['devices']} devices)",
            "| step | median steps/s | rounds |", "|---|---|---|"]
-  for loss_type in LOSSES:
-    rounds = ", ".join(f"{v:.3f}" for v in result["steps_per_s"][loss_type])
-    lines.append(f"| {loss_type} | {result['median_steps_per_s'][loss_type]:.3f} | {rounds} |")
-  lines.append(f"MoCo / in-batch (paired median): "
-               f"{result['moco_over_in_batch_paired_median']:.3f}")
+  for name in STEPS:
+    rounds = ", ".join(f"{v:.3f}" for v in result["steps_per_s"][name])
+    lines.append(f"| {name} | {result['median_steps_per_s'][name]:.3f} | {rounds} |")
+  lines.append(f"steps/s ratios (paired medians): MoCo / in-batch "
+               f"{result['moco_over_in_batch_paired_median']:.3f}; MoCo / MoCo with a "
+               f"one-batch queue {result['moco_over_moco_queue_b_paired_median']:.3f} "
+               "(the queue's own cost)")
   return "\n".join(lines)
 
 

@@ -15,9 +15,10 @@ def test_smoke_benchmark_writes_the_schema(tmp_path, capsys):
   bench_contriever.main(["bench"], flag_values)
   result = json.loads(out.read_text())
   assert result["cpu"] and result["settings"]["queue_size"] == 24
-  for loss_type in ("moco", "in_batch"):
-    assert len(result["steps_per_s"][loss_type]) == 2
-    assert all(v > 0 for v in result["steps_per_s"][loss_type])
+  for name in ("moco", "moco_queue_b", "in_batch"):
+    assert len(result["steps_per_s"][name]) == 2
+    assert all(v > 0 for v in result["steps_per_s"][name])
   assert result["moco_over_in_batch_paired_median"] > 0
+  assert result["moco_over_moco_queue_b_paired_median"] > 0
   printed = capsys.readouterr().out
-  assert "MoCo / in-batch" in printed and "| moco |" in printed
+  assert "MoCo / in-batch" in printed and "| moco_queue_b |" in printed
