@@ -153,6 +153,31 @@ def embedding_std(embeddings: jax.Array) -> jax.Array:
   return jnp.mean(jnp.std(embeddings.astype(jnp.float32), axis=0, ddof=1))
 
 
+def masked_lm_loss(logits: jax.Array, labels: jax.Array,
+                   ignore: int = -100) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Token cross-entropy, the mean over the positions whose label is not `ignore`.
+
+  PyTorch's `CrossEntropyLoss()` (mean reduction, `ignore_index=-100`), as RetroMAE's encoder
+  (`BertForMaskedLM`'s loss) and decoder losses. A batch without any label gives 0.
+
+  Args:
+    logits: [..., vocab] (any float dtype; computed in float32).
+    labels: [...] token ids, `ignore` where there is no loss.
+
+  Returns:
+    (loss, metrics): `accuracy` over the labelled positions and `labelled` (their count).
+  """
+  keep = labels != ignore
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  target = jnp.take_along_axis(log_probs, jnp.where(keep, labels, 0)[..., None], axis=-1)[..., 0]
+  count = jnp.sum(keep)
+  denominator = jnp.maximum(count, 1).astype(jnp.float32)
+  loss = -jnp.sum(jnp.where(keep, target, 0.0)) / denominator
+  correct = jnp.sum(keep & (jnp.argmax(logits, axis=-1) == labels))
+  return loss, {"accuracy": correct.astype(jnp.float32) / denominator,
+                "labelled": count.astype(jnp.float32)}
+
+
 def pairwise_softmax_loss(pos_scores: jax.Array, neg_scores: jax.Array) -> jax.Array:
   """ColBERT's pairwise softmax cross-entropy over (q, d+, d-...) scores.
 

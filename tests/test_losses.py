@@ -439,3 +439,21 @@ def test_embedding_std_is_torch_std_mean():
   assert float(losses.embedding_std(jnp.asarray(x, jnp.float32))) == pytest.approx(
       x.std(axis=0, ddof=1).mean(), rel=1e-5)
   assert float(losses.embedding_std(jnp.ones((4, 3)))) == 0.0  # collapsed
+
+
+def test_masked_lm_loss_matches_torch_cross_entropy():
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(5)
+  logits = rng.normal(size=(3, 7, 11)).astype(np.float32)
+  labels = rng.integers(0, 11, size=(3, 7))
+  labels[rng.random(labels.shape) < 0.6] = -100
+  loss, metrics = losses.masked_lm_loss(jnp.asarray(logits), jnp.asarray(labels))
+  want = torch.nn.CrossEntropyLoss()(torch.from_numpy(logits).reshape(-1, 11),
+                                     torch.from_numpy(labels).reshape(-1))
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+  keep = labels != -100
+  assert float(metrics["labelled"]) == keep.sum()
+  assert float(metrics["accuracy"]) == pytest.approx(
+      np.mean(logits.argmax(-1)[keep] == labels[keep]))
+  empty, _ = losses.masked_lm_loss(jnp.asarray(logits), jnp.full((3, 7), -100))
+  assert float(empty) == 0.0
