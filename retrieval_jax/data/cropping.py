@@ -21,7 +21,6 @@ global batch without the other processes' tokens. No JAX here.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -293,18 +292,4 @@ class CropPairBatcher:
 
   def iterate(self, start_step: int, end_step: int) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
     """(step, batch) for step in [start_step, end_step), the next batch built in a thread."""
-    if not 0 <= start_step <= end_step:
-      raise ValueError(f"need 0 <= start_step <= end_step, got {start_step}, {end_step}")
-    if start_step == end_step:
-      return
-    executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="crop_batches")
-    pending = executor.submit(self.batch, start_step)
-    try:
-      for step in range(start_step, end_step):
-        current = pending.result()
-        if step + 1 < end_step:
-          pending = executor.submit(self.batch, step + 1)
-        yield step, current
-    finally:
-      pending.cancel()
-      executor.shutdown(wait=True)
+    return pairs.prefetched_batches(self.batch, start_step, end_step, "crop_batches")

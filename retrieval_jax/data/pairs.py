@@ -187,6 +187,29 @@ def check_position_fields(position: Mapping[str, int], position_at: Callable[[in
                        f"{position[key]}, this run computes {expected[key]} {context(expected)}")
 
 
+def prefetched_batches(batch_fn: Callable[[int], dict[str, np.ndarray]], start_step: int,
+                       end_step: int, thread_name: str
+                       ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+  """(step, batch_fn(step)) for step in [start_step, end_step), the next batch built in a
+  thread while the caller trains on this one. For batchers whose batch is a function of its
+  step alone, so a resumed run yields what an uninterrupted one does."""
+  if not 0 <= start_step <= end_step:
+    raise ValueError(f"need 0 <= start_step <= end_step, got {start_step}, {end_step}")
+  if start_step == end_step:
+    return
+  executor = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=thread_name)
+  pending = executor.submit(batch_fn, start_step)
+  try:
+    for step in range(start_step, end_step):
+      current = pending.result()
+      if step + 1 < end_step:
+        pending = executor.submit(batch_fn, step + 1)
+      yield step, current
+  finally:
+    pending.cancel()  # closed early (break, exception): drop the prefetched batch
+    executor.shutdown(wait=True)
+
+
 class PairBatcher:
   """Process-local tokenised batches of (query, positive, hard negatives), by global step.
 
