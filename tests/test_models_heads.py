@@ -112,6 +112,33 @@ def test_checkpoint_without_mlm_head_is_an_error(tmp_path):
     hf.load_pretrained(tmp_path, mlm_head=True)
 
 
+def test_missing_mlm_head_can_start_random_and_is_logged(tmp_path, caplog):
+  import ml_collections  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax.models import registry  # pylint: disable=g-import-not-at-top
+  model = transformers.BertModel(transformers.BertConfig(
+      vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+      intermediate_size=64))
+  model.save_pretrained(tmp_path)
+  config = ml_collections.ConfigDict({"name": str(tmp_path), "pooling": "cls",
+                                      "normalize": "false", "dtype": "float32",
+                                      "mlm_head": True, "missing_mlm_head": "random"})
+  spec = registry.build(config)
+  with caplog.at_level("WARNING"):
+    params = spec.initial_params(jax.random.PRNGKey(0))
+  assert "has no masked-LM head" in caplog.text
+  assert params["mlm_head"]["bias"].shape == (99,)
+  word = model.embeddings.word_embeddings.weight.detach().numpy()
+  np.testing.assert_array_equal(
+      params["backbone"]["embeddings"]["word_embeddings"]["embedding"], word)
+  config.missing_mlm_head = "error"
+  with pytest.raises(hf.WeightMismatchError, match="no masked-LM head"):
+    registry.build(config).initial_params(jax.random.PRNGKey(0))
+  config.missing_mlm_head = "maybe"
+  with pytest.raises(ValueError, match="model.missing_mlm_head"):
+    registry.build(config)
+
+
 def test_untied_decoder_is_refused(masked_lm, tmp_path):
   family, _, directory = masked_lm
   tensors = hf.read_safetensors(directory)

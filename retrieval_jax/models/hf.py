@@ -190,6 +190,11 @@ def _mlm_family(config: EncoderConfig) -> str:
   return "bert" if config.model_type == "bert" else "roberta"
 
 
+def has_mlm_head(tensors: Mapping[str, np.ndarray], config: EncoderConfig) -> bool:
+  """Whether a checkpoint's tensors hold every (untied) tensor of a masked-LM head."""
+  return all(name in tensors for name in _MLM_NAMES[_mlm_family(config)].values())
+
+
 def mlm_head_from_hf(tensors: Mapping[str, np.ndarray], config: EncoderConfig,
                      word_embeddings: np.ndarray) -> dict[str, Any]:
   """Our `mlm_head` params from a *ForMaskedLM / *ForPreTraining checkpoint's tensors.
@@ -404,14 +409,17 @@ def _read_projection(model_dir: pathlib.Path) -> dict[str, np.ndarray] | None:
 
 
 def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = None,
-                    mlm_head: bool = False, **config_overrides) -> tuple[EncoderConfig, dict[str, Any], PoolingConfig | None]:
+                    mlm_head: bool = False, missing_mlm_head: str = "error",
+                    **config_overrides) -> tuple[EncoderConfig, dict[str, Any], PoolingConfig | None]:
   """Loads a HF BERT/RoBERTa checkpoint.
 
   Args:
     name_or_path: A HF model directory or a hub id (e.g. `bert-base-uncased`).
     revision: Hub revision (branch, tag or commit) for hub ids.
     mlm_head: Also load the masked-LM head (`params["mlm_head"]`) of a *ForMaskedLM or
-      *ForPreTraining checkpoint; an error when it has none. Otherwise the head is ignored.
+      *ForPreTraining checkpoint. Otherwise the head is ignored.
+    missing_mlm_head: With `mlm_head`, a checkpoint without one: `error`, or `skip` (logged;
+      `params` then has no `mlm_head`, for the caller to initialise).
     **config_overrides: EncoderConfig fields to override (dtype, param_dtype, dropout, remat).
 
   Returns:
@@ -430,7 +438,12 @@ def load_pretrained(name_or_path: str | os.PathLike, *, revision: str | None = N
     tensors = {n: v for n, v in tensors.items() if not n.startswith("pooler.")}
   config = EncoderConfig.from_hf(hf_config, **config_overrides)
   params: dict[str, Any] = {"backbone": hf_to_params(tensors, config), "head": {}}
-  if mlm_head:
+  if missing_mlm_head not in ("error", "skip"):
+    raise ValueError(f"missing_mlm_head={missing_mlm_head!r} is not 'error' or 'skip'")
+  if mlm_head and missing_mlm_head == "skip" and not has_mlm_head(tensors, config):
+    logger.warning("%s has no masked-LM head: it starts from a random initialisation",
+                   model_dir)
+  elif mlm_head:
     params["mlm_head"] = mlm_head_from_hf(
         tensors, config, params["backbone"]["embeddings"]["word_embeddings"]["embedding"])
   pooling = read_sentence_transformers_pooling(model_dir)

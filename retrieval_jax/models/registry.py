@@ -8,7 +8,9 @@ register here when their recipes land.
 
 `config.model` keys of the `transformer` type: `name` (HF directory, hub id, `minilm` or
 `random`), `pooling`, `normalize`, `dtype`, and optionally `dropout`, `remat`, `tokenizer`,
-`random` (the shape of a random encoder), `mlm_head`, `token_dim` (ColBERT's head width),
+`random` (the shape of a random encoder), `mlm_head`, `missing_mlm_head` (`error`, or
+`random`: a checkpoint without that head gets a random one, logged), `token_dim` (ColBERT's
+head width),
 `mlp_widths` (a projection MLP), `pooling_skip_first` (mean pooling from that position on).
 
 A training run keeps what its spec was read from (config files and the tokenizer, no weights)
@@ -79,6 +81,8 @@ class TransformerSpec:
   token_projection: TokenProjectionConfig | None = None
   mlm_head: bool = False
   mlp_projection: MLPProjectionConfig | None = None
+  # A checkpoint without the masked-LM head `mlm_head` asks for: `error` or `random`.
+  missing_mlm_head: str = "error"
 
   @property
   def module(self) -> TextEncoder:
@@ -100,12 +104,16 @@ class TransformerSpec:
     if self.model_dir is None:
       return random_init()
     encoder, params, _ = hf.load_pretrained(
-        self.model_dir, mlm_head=self.mlm_head, dtype=self.encoder.dtype,
+        self.model_dir, mlm_head=self.mlm_head,
+        missing_mlm_head="skip" if self.missing_mlm_head == "random" else "error",
+        dtype=self.encoder.dtype,
         remat=self.encoder.remat, hidden_dropout=self.encoder.hidden_dropout,
         attention_dropout=self.encoder.attention_dropout)
     fresh = [head for head in ("token_head", "mlp_head")  # no HF checkpoint holds these
              if getattr(self, {"token_head": "token_projection",
                                "mlp_head": "mlp_projection"}[head]) is not None]
+    if self.mlm_head and "mlm_head" not in params:  # missing_mlm_head="random" (logged)
+      fresh.append("mlm_head")
     if fresh:
       random = random_init()
       params.update({head: random[head] for head in fresh})
@@ -116,12 +124,20 @@ class TransformerSpec:
     return params
 
 
+def _missing_mlm_head(model_config: Any) -> str:
+  value = str(model_config.get("missing_mlm_head", "error"))
+  if value not in ("error", "random"):
+    raise ValueError(f"model.missing_mlm_head={value!r} is not 'error' or 'random'")
+  return value
+
+
 def _heads(model_config: Any) -> dict:
   token_dim = model_config.get("token_dim")
   widths = model_config.get("mlp_widths")
   return dict(
       token_projection=None if token_dim is None else TokenProjectionConfig(dim=int(token_dim)),
       mlm_head=bool(model_config.get("mlm_head", False)),
+      missing_mlm_head=_missing_mlm_head(model_config),
       mlp_projection=None if not widths else MLPProjectionConfig(tuple(int(w) for w in widths)))
 
 
