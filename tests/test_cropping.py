@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from retrieval_jax.data import cropping
+from retrieval_jax.data import cropping, text_sources
 from retrieval_jax.data.cropping import CropPairBatcher, CropSettings
 
 CLS, SEP, PAD = 101, 102, 0
@@ -156,6 +156,6 @@ def test_token_stream_concatenates_texts_without_special_tokens(minilm_dir):
   from retrieval_jax.data import tokenize as tok  # pylint: disable=g-import-not-at-top
   tokenizer = tok.load_tokenizer(minilm_dir)
   texts = ["Hello world.", "", "A second [SEP] text."]
-  stream = cropping.token_stream(tokenizer, texts, batch_size=2)
+  stream = text_sources.token_stream(tokenizer, texts, batch_size=2)
   expected = [i for t in texts for i in tokenizer(t, add_special_tokens=False)["input_ids"]]
   assert stream.dtype == np.int32 and stream.tolist() == expected

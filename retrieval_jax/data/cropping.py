@@ -25,7 +25,6 @@ import dataclasses
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
-import tqdm
 
 from retrieval_jax.data import pairs
 from retrieval_jax.data import tokenize as tok
@@ -76,21 +75,6 @@ class CropSettings:
   def max_crop(self) -> int:
     """The longest crop, special tokens excluded."""
     return int(self.chunk_length * self.ratio_max)
-
-
-def token_stream(tokenizer, texts: Sequence[str], batch_size: int = 1000, *,
-                 progress: bool = True, desc: str = "tokenizing") -> np.ndarray:
-  """The ids of `texts`, without special tokens, concatenated (int32), as `preprocess.py`."""
-  pieces = []
-  with tqdm.tqdm(total=len(texts), desc=desc, unit=" texts", delay=2.0,
-                 disable=not progress) as bar:
-    for start in range(0, len(texts), batch_size):
-      # Whole documents on purpose: `verbose=False` silences the longer-than-512 warning.
-      encoded = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False,
-                          truncation=False, verbose=False)["input_ids"]
-      pieces.extend(np.asarray(ids, np.int32) for ids in encoded)
-      bar.update(len(encoded))
-  return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
 
 
 def epoch_offset(seed: int, epoch: int, source: int, chunk_length: int) -> int:
@@ -150,7 +134,7 @@ class CropPairBatcher:
     """Checks the arguments.
 
     Args:
-      streams: Token streams (`token_stream`), one per source.
+      streams: Token streams (`text_sources.token_streams`), one per source.
       cls_id: Put before each crop.
       sep_id: Put after each crop.
       pad_id: Padding.

@@ -1,7 +1,7 @@
 """RetroMAE's batches: token streams cut into full blocks, each masked twice (`masking`).
 
 A block is `[CLS] t_1 … t_{L-2} [SEP]` with L = `block_length`: the streams
-(`cropping.token_stream`, one per source) are cut into consecutive pieces of L - 2 tokens and
+(`text_sources.token_streams`, one per source) are cut into consecutive pieces of L - 2 tokens and
 the tail shorter than that is dropped, so every block is full and a batch has no padding.
 (The reference's `preprocess.py` packs whole sentences until a block reaches its length,
 then the collator truncates the block to it; cutting the stream keeps every token but lets a

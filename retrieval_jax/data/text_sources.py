@@ -19,7 +19,8 @@ A source is named by a string (`config.data.sources`):
 
 Bare names are looked up like data sets (`$RETRIEVAL_JAX_DATA`, then `../shared/data`). Every
 source is read whole into memory (the reference tokenises its corpora up front too): take a TFDS
-split slice to bound it. No JAX.
+split slice to bound it. `token_streams` turns sources into what the pre-training batchers
+cut: each source's texts tokenised without special tokens and concatenated. No JAX.
 """
 
 from __future__ import annotations
@@ -30,6 +31,10 @@ import importlib.util
 import json
 import os
 import re
+from collections.abc import Sequence
+
+import numpy as np
+import tqdm
 
 from retrieval_jax.data import beir_readers
 from retrieval_jax.data import paths
@@ -66,6 +71,34 @@ def read_texts(source: str, *, key: str = "data.sources",
   if not texts:
     raise ValueError(f"{key}: {source!r} holds no text")
   return texts
+
+
+def token_stream(tokenizer, texts: Sequence[str], batch_size: int = 1000, *,
+                 progress: bool = True, desc: str = "tokenizing") -> np.ndarray:
+  """The ids of `texts`, without special tokens, concatenated (int32), as `preprocess.py`."""
+  pieces = []
+  with tqdm.tqdm(total=len(texts), desc=desc, unit=" texts", delay=2.0,
+                 disable=not progress) as bar:
+    for start in range(0, len(texts), batch_size):
+      # Whole documents on purpose: `verbose=False` silences the longer-than-512 warning.
+      encoded = tokenizer(list(texts[start:start + batch_size]), add_special_tokens=False,
+                          truncation=False, verbose=False)["input_ids"]
+      pieces.extend(np.asarray(ids, np.int32) for ids in encoded)
+      bar.update(len(encoded))
+  return np.concatenate(pieces) if pieces else np.zeros(0, np.int32)
+
+
+def token_streams(sources: Sequence[str], tokenizer, *, tfds_dir=None, progress: bool = True,
+                  key: str = "data.sources") -> list[np.ndarray]:
+  """One token stream (`token_stream`) per source, errors naming `key[i]`."""
+  if not sources:
+    raise ValueError(f"{key} is empty: name at least one text source")
+  streams = []
+  for i, source in enumerate(sources):
+    texts = read_texts(source, key=f"{key}[{i}]", tfds_dir=tfds_dir)
+    streams.append(token_stream(tokenizer, texts, progress=progress,
+                                desc=f"tokenizing {source}"))
+  return streams
 
 
 def _beir(where: str, key: str) -> list[str]:

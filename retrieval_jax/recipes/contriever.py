@@ -117,17 +117,9 @@ def train_step(state: dict, frozen: dict, batch: dict, *, dual: dual_encoder.Dua
 
 def streams_from_config(config: Any, tokenizer: Any) -> list[np.ndarray]:
   """One token stream per `data.sources` entry."""
-  sources = list(config.data.sources or ())
-  if not sources:
-    raise ValueError("data.sources is empty: name at least one text source")
   progress = bool(config.train.get("progress", True)) and jax.process_index() == 0
-  streams = []
-  for i, source in enumerate(sources):
-    texts = text_sources.read_texts(source, key=f"data.sources[{i}]",
-                                    tfds_dir=config.data.get("tfds_dir"))
-    streams.append(cropping.token_stream(tokenizer, texts, progress=progress,
-                                         desc=f"tokenizing {source}"))
-  return streams
+  return text_sources.token_streams(list(config.data.sources or ()), tokenizer,
+                                    tfds_dir=config.data.get("tfds_dir"), progress=progress)
 
 
 def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
