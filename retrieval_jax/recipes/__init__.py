@@ -14,7 +14,7 @@ from typing import Any
 
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
 AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert",
-             "tct_colbert": "tct_colbert", "contriever": "contriever"}
+             "tct_colbert": "tct_colbert", "contriever": "contriever", "retromae": "retromae"}
 
 
 def register(name: str, module: str) -> None:

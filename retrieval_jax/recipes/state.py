@@ -29,7 +29,8 @@ import optax
 from retrieval_jax import sharding
 
 # Independent PRNG streams, folded from the config seed: one per purpose (DESIGN.md).
-RNG_STREAMS = {"init": 0, "dropout": 1, "cropping": 2, "masking": 3, "sampling": 4}
+RNG_STREAMS = {"init": 0, "dropout": 1, "cropping": 2, "masking": 3, "sampling": 4,
+               "decoder_init": 5}
 # What the loop reads from every step's metrics: the loss, whether the update was applied
 # (the loop stops on 0), and the learning rate the update used.
 REQUIRED_METRICS = ("loss", "finite", "lr")
