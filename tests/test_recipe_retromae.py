@@ -1,8 +1,9 @@
 """RetroMAE on `configs/retromae.py:smoke` (a tiny random encoder, the synthetic corpus).
 
-Covers so far: the smoke run trains the encoder, its MLM head and the decoder, evaluates,
-exports the encoder as a *ForMaskedLM directory and the decoder; invalid keys are refused
-before compiling.
+Covers so far: both losses equal the reference forward (transformers' BertForMaskedLM and
+HF's BERT layer pieces run as `BertLayerForDecoder`); the smoke run trains the encoder, its
+MLM head and the decoder, evaluates, exports the encoder as a *ForMaskedLM directory and the
+decoder; invalid keys are refused before compiling.
 """
 
 import pathlib
@@ -57,3 +58,90 @@ def test_smoke_run_trains_evaluates_and_exports(tmp_path):
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
+
+
+def _torch_decoder_layer(params, hf_config):
+  """HF's BERT layer pieces holding our decoder's weights, run as `BertLayerForDecoder`."""
+  import torch  # pylint: disable=g-import-not-at-top
+  from transformers.models.bert import modeling_bert as mb  # pylint: disable=g-import-not-at-top
+
+  attention, mlp = params["layer"]["attention"], params["layer"]["mlp"]
+  d = hf_config.hidden_size
+  t = lambda x: torch.tensor(np.asarray(x, np.float32))
+  modules = dict(query=torch.nn.Linear(d, d), key=torch.nn.Linear(d, d),
+                 value=torch.nn.Linear(d, d), attention_output=mb.BertSelfOutput(hf_config),
+                 intermediate=mb.BertIntermediate(hf_config), output=mb.BertOutput(hf_config))
+  with torch.no_grad():
+    for name in ("query", "key", "value"):
+      modules[name].weight.copy_(t(np.asarray(attention[name]["kernel"]).reshape(d, d).T))
+      modules[name].bias.copy_(t(np.asarray(attention[name]["bias"]).reshape(d)))
+    out = modules["attention_output"]
+    out.dense.weight.copy_(t(np.asarray(attention["output"]["kernel"]).reshape(d, d).T))
+    out.dense.bias.copy_(t(attention["output"]["bias"]))
+    out.LayerNorm.weight.copy_(t(attention["output_LayerNorm"]["scale"]))
+    out.LayerNorm.bias.copy_(t(attention["output_LayerNorm"]["bias"]))
+    modules["intermediate"].dense.weight.copy_(t(np.asarray(mlp["intermediate"]["kernel"]).T))
+    modules["intermediate"].dense.bias.copy_(t(mlp["intermediate"]["bias"]))
+    modules["output"].dense.weight.copy_(t(np.asarray(mlp["output"]["kernel"]).T))
+    modules["output"].dense.bias.copy_(t(mlp["output"]["bias"]))
+    modules["output"].LayerNorm.weight.copy_(t(mlp["output_LayerNorm"]["scale"]))
+    modules["output"].LayerNorm.bias.copy_(t(mlp["output_LayerNorm"]["bias"]))
+  heads = hf_config.num_attention_heads
+
+  def layer(query, content, extended_mask):
+    b, l, _ = query.shape
+    split = lambda x: x.view(b, -1, heads, d // heads).permute(0, 2, 1, 3)
+    q, k, v = (split(modules[n](x)) for n, x in
+               (("query", query), ("key", content), ("value", content)))
+    scores = q @ k.transpose(-1, -2) / (d // heads) ** 0.5 + extended_mask
+    context = (scores.softmax(-1) @ v).permute(0, 2, 1, 3).reshape(b, l, d)
+    attended = modules["attention_output"](context, query)
+    return modules["output"](modules["intermediate"](attended), attended)
+
+  for module in modules.values():
+    module.eval()
+  return layer
+
+
+def test_losses_equal_the_reference_forward(tmp_path):
+  """`losses_and_metrics` = RetroMAEForPretraining.forward (dropout off) on a smoke batch:
+  transformers' BertForMaskedLM for the encoder and its loss, HF's BERT layer pieces for
+  `BertLayerForDecoder`, the reference's stream construction and extended mask."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.models import hf  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import retromae  # pylint: disable=g-import-not-at-top
+
+  config = _smoke()
+  recipe = retromae.build(config, tmp_path, sharding.mesh_from_config(config))
+  state = recipe.init_state()
+  params = jax.tree_util.tree_map(np.asarray, jax.device_get(state["params"]))
+  batch = recipe.batcher.batch(0)
+  model = recipe.train_step.keywords["model"]
+  ours, metrics = retromae.losses_and_metrics(
+      params, {k: v for k, v in batch.items() if k != "example_index"}, None,
+      model=model, decoder=recipe.train_step.keywords["decoder"])
+
+  hf.save_pretrained(tmp_path / "hf", model.encoder, params["shared"])
+  lm = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
+  layer = _torch_decoder_layer(params["decoder"], lm.config)
+  tensor = lambda name: torch.tensor(np.asarray(batch[name], np.int64))
+  with torch.no_grad():
+    lm_out = lm(tensor("encoder_input_ids"), tensor("attention_mask"),
+                labels=tensor("encoder_labels"), output_hidden_states=True, return_dict=True)
+    cls = lm_out.hidden_states[-1][:, :1]
+    embedded = lm.bert.embeddings(input_ids=tensor("decoder_input_ids"))
+    hiddens = torch.cat([cls, embedded[:, 1:]], dim=1)
+    length = batch["decoder_input_ids"].shape[1]
+    positions = lm.bert.embeddings.position_embeddings(torch.arange(length)[None])
+    visibility = torch.tensor(batch["decoder_visibility"].astype(np.float32))
+    extended = (1.0 - visibility[:, None]) * torch.finfo(torch.float32).min
+    states = layer(positions + cls, hiddens, extended)
+    logits = lm.cls(states)
+    decoder_loss = torch.nn.CrossEntropyLoss()(logits.view(-1, lm.config.vocab_size),
+                                               tensor("decoder_labels").view(-1))
+  np.testing.assert_allclose(float(metrics["encoder_loss"]), float(lm_out.loss), rtol=1e-5)
+  np.testing.assert_allclose(float(metrics["decoder_loss"]), float(decoder_loss), rtol=1e-5)
+  np.testing.assert_allclose(float(ours), float(lm_out.loss + decoder_loss), rtol=1e-5)
