@@ -1,6 +1,7 @@
 """RetroMAE on `configs/retromae.py:smoke` (a tiny random encoder, the synthetic corpus).
 
-Covers so far: both losses equal the reference forward (transformers' BertForMaskedLM and
+Covers so far: resume = the uninterrupted run; two steps on mesh (4, 2) = one device; both
+losses equal the reference forward (transformers' BertForMaskedLM and
 HF's BERT layer pieces run as `BertLayerForDecoder`); the smoke run trains the encoder, its
 MLM head and the decoder, evaluates, exports the encoder as a *ForMaskedLM directory and the
 decoder; invalid keys are refused before compiling.
@@ -36,8 +37,14 @@ def test_config_follows_the_released_recipe():
   assert paper.model.mlm_head and paper.model.pooling == "cls"
 
 
-def test_smoke_run_trains_evaluates_and_exports(tmp_path):
-  result = train.train(_smoke(), tmp_path)
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = tmp_path_factory.mktemp("retromae_smoke")
+  return workdir, train.train(_smoke(), workdir)
+
+
+def test_smoke_run_trains_evaluates_and_exports(straight):
+  tmp_path, result = straight
   assert result.step == 6 and 0.0 <= result.eval_metrics["dev/ndcg@10"] <= 1.0
   metrics = result.train_metrics
   assert metrics["loss"] == pytest.approx(metrics["encoder_loss"] + metrics["decoder_loss"],
@@ -145,3 +152,42 @@ def test_losses_equal_the_reference_forward(tmp_path):
   np.testing.assert_allclose(float(metrics["encoder_loss"]), float(lm_out.loss), rtol=1e-5)
   np.testing.assert_allclose(float(metrics["decoder_loss"]), float(decoder_loss), rtol=1e-5)
   np.testing.assert_allclose(float(ours), float(lm_out.loss + decoder_loss), rtol=1e-5)
+
+
+def _host(tree):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
+
+
+def test_resume_equals_the_uninterrupted_run(straight, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  _, full = straight
+  first = train.train(_smoke(**{"train.stop_at_step": 3}), tmp_path / "run")
+  assert first.stopped_early and first.step == 3
+  resumed = train.train(_smoke(), tmp_path / "run")
+  assert resumed.step == 6
+  jax.tree_util.tree_map(np.testing.assert_array_equal,
+                         _host({k: resumed.state[k] for k in ("params", "opt_state")}),
+                         _host({k: full.state[k] for k in ("params", "opt_state")}))
+
+
+def test_a_step_on_mesh_4x2_equals_one_device(tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax.sharding import Mesh  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import retromae  # pylint: disable=g-import-not-at-top
+  results = []
+  for data, model in ((1, 1), (4, 2)):
+    devices = np.asarray(jax.devices()[:data * model]).reshape(data, model)
+    mesh = Mesh(devices, (sharding.DATA_AXIS, sharding.MODEL_AXIS))
+    recipe = retromae.build(_smoke(), tmp_path / f"{data}x{model}", mesh)
+    step = jax.jit(recipe.train_step, in_shardings=(recipe.state_shardings, None, None),
+                   out_shardings=(recipe.state_shardings, None))
+    state = recipe.init_state()
+    for index in range(2):
+      batch = {k: jax.device_put(v, recipe.batch_sharding)
+               for k, v in recipe.batcher.batch(index).items() if k != "example_index"}
+      state, metrics = step(state, {}, batch)
+    results.append(_host({"params": state["params"], "loss": metrics["loss"]}))
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), *results)
