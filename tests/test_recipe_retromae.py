@@ -191,3 +191,27 @@ def test_a_step_on_mesh_4x2_equals_one_device(tmp_path):
       state, metrics = step(state, {}, batch)
     results.append(_host({"params": state["params"], "loss": metrics["loss"]}))
   jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-5), *results)
+
+
+def test_another_recipe_starts_from_the_workdir(straight, tmp_path):
+  """`--config.model.name=<retromae workdir>`: DPR's encoder is the exported one, MLM head
+  ignored; a workdir with two towers must name one."""
+  from configs import dpr as dpr_config  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.models import hf, registry  # pylint: disable=g-import-not-at-top
+  workdir, result = straight
+  config = dpr_config.get_config("smoke")
+  config.model.update(name=str(workdir), tokenizer=None)
+  spec = registry.build(config.model)
+  assert spec.model_dir == workdir / "export" / "encoder" and not spec.mlm_head
+  params = spec.initial_params(None)
+  np.testing.assert_array_equal(
+      params["backbone"]["embeddings"]["word_embeddings"]["embedding"],
+      np.asarray(result.state["params"]["shared"]["backbone"]["embeddings"]["word_embeddings"]
+                 ["embedding"]))
+  two = tmp_path / "two_towers"
+  for tower in ("query_encoder", "passage_encoder"):
+    (two / "export" / tower).mkdir(parents=True)
+    (two / "export" / tower / "config.json").write_text("{}")
+  (two / "checkpoints").mkdir()
+  with pytest.raises(ValueError, match="passage_encoder.*query_encoder.*name one"):
+    hf.resolve_model_dir(two)

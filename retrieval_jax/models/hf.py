@@ -324,8 +324,23 @@ def packaged_model_dir(name: str) -> pathlib.Path:
   return pathlib.Path(module.get_model_path())
 
 
+def _training_export(path: pathlib.Path) -> pathlib.Path | None:
+  """A training workdir's exported encoder (`W/export/encoder`), so that a run starts from
+  another run's result (RetroMAE → DPR); None when `path` is not a workdir."""
+  export = path / "export"
+  if not (path / "checkpoints").is_dir() or not export.is_dir():
+    return None
+  if (export / "encoder" / "config.json").exists():
+    logger.info("model %s: the training workdir's export %s", path, export / "encoder")
+    return export / "encoder"
+  towers = sorted(p.name for p in export.iterdir() if (p / "config.json").exists())
+  raise ValueError(f"model {path} is a training workdir whose export holds {towers or 'nothing'}"
+                   f"; name one of them ({export}/<tower>)")
+
+
 def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = None) -> pathlib.Path:
-  """A packaged name, a local directory, or a hub id fetched (or read from cache) by huggingface_hub.
+  """A packaged name, a local directory (a training workdir: its `export/encoder`), or a hub id
+  fetched (or read from cache) by huggingface_hub.
 
   Only config, safetensors, tokenizer and sentence-transformers files are fetched; pickled
   weights never are.
@@ -334,7 +349,7 @@ def resolve_model_dir(name_or_path: str | os.PathLike, revision: str | None = No
     return packaged_model_dir(str(name_or_path))
   path = pathlib.Path(name_or_path).expanduser()
   if path.is_dir():
-    return path
+    return _training_export(path) or path
   if path.exists() or str(name_or_path).startswith((".", "/", "~")):
     raise FileNotFoundError(f"model directory {path} does not exist")
   import huggingface_hub  # pylint: disable=g-import-not-at-top
