@@ -40,6 +40,7 @@ def get_config(arg: str = ""):
                      sources=("tfds:wikipedia/20230601.en", "jsonl:bookcorpus.jsonl"))
   config.data.masking = dict(encoder_ratio=0.3, decoder_ratio=0.5, mask_replace=0.8,
                              random_replace=0.1, max_predictions=512, decoder_pool=256)
+  config.loss = dict(type="retromae")  # `mlm`: the encoder's MLM loss alone (the ablation)
   config.train.update(batch_size=256, num_epochs=8, num_steps=None,
                       checkpoint_every_steps=20_000)
   config.optim.update(lr=1e-4, warmup_ratio=0.1, warmup_steps=None, decay="linear",

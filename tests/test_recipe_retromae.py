@@ -62,6 +62,7 @@ def test_smoke_run_trains_evaluates_and_exports(straight):
     ({"data.max_length": 1024}, "data.max_length"),
     ({"data.masking.encoder_ratio": 1.5}, "data.masking.encoder_ratio"),
     ({"data.sources": ()}, "data.sources"),
+    ({"loss.type": "electra"}, "loss.type"),
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
@@ -215,3 +216,11 @@ def test_another_recipe_starts_from_the_workdir(straight, tmp_path):
   (two / "checkpoints").mkdir()
   with pytest.raises(ValueError, match="passage_encoder.*query_encoder.*name one"):
     hf.resolve_model_dir(two)
+
+
+def test_mlm_only_has_no_decoder(tmp_path):
+  config = _smoke(**{"loss.type": "mlm", "train.num_steps": 2, "evals": {}})
+  result = train.train(config, tmp_path)
+  assert set(result.state["params"]) == {"shared"}
+  assert result.train_metrics["loss"] == pytest.approx(result.train_metrics["encoder_loss"])
+  assert not (tmp_path / "export" / "decoder").exists()

@@ -6,8 +6,9 @@ last [CLS] state is the sentence vector, from which the one-layer decoder
 (`models/retromae_decoder.py`) reconstructs every token of the uncorrupted block, each row
 seeing a sampled half of the positions (enhanced decoding, `data/masking.py`). Loss = decoder
 cross-entropy + encoder MLM cross-entropy, unweighted, each the mean over its labelled
-positions. Both use the encoder's MLM head (tied to its word embeddings); the decoder's
-content stream goes through the encoder's embedding module. Texts come from `data.sources`
+positions (`loss.type=mlm`: the encoder's loss alone, no decoder). Both use the encoder's
+MLM head (tied to its word embeddings); the decoder's content stream goes through the
+encoder's embedding module. Texts come from `data.sources`
 (`data/text_sources.py`) cut into full blocks of `data.max_length` tokens
 (`data/retromae_batches.py`).
 
@@ -40,6 +41,7 @@ from retrieval_jax.recipes import base, contrastive, dual_encoder
 from retrieval_jax.recipes import state as state_lib
 
 DECODER_EXPORT = "decoder"
+LOSSES = ("retromae", "mlm")  # `mlm`: the encoder's MLM loss alone (the paper's ablation)
 
 
 def masking_settings(masking_config: Any) -> masking.MaskingSettings:
@@ -66,11 +68,15 @@ def _check(config: Any, spec: dual_encoder.ModelSpec) -> None:
     raise ValueError(f"data.max_length={length} exceeds the model's "
                      f"{spec.encoder.max_position_embeddings} positions")
   masking_settings(config.data.masking)  # its own errors name data.masking.*
+  if config.loss.type not in LOSSES:
+    raise ValueError(f"loss.type={config.loss.type!r} is not one of {LOSSES}")
 
 
 def losses_and_metrics(params: dict, batch: dict, rng: jax.Array | None, *,
-                       model: TextEncoder, decoder: RetroMAEDecoder) -> tuple[jax.Array, dict]:
-  """(encoder MLM loss + decoder loss, metrics) of one batch (module docstring)."""
+                       model: TextEncoder, decoder: RetroMAEDecoder | None
+                       ) -> tuple[jax.Array, dict]:
+  """(encoder MLM loss + decoder loss, metrics) of one batch (module docstring); without a
+  `decoder` (`loss.type=mlm`), the encoder's loss alone."""
   deterministic = rng is None
   rngs = [None] * 3 if rng is None else [{"dropout": r} for r in jax.random.split(rng, 3)]
   encoder = params["shared"]
@@ -78,6 +84,9 @@ def losses_and_metrics(params: dict, batch: dict, rng: jax.Array | None, *,
                        deterministic=deterministic, rngs=rngs[0], method=TextEncoder.token_states)
   encoder_logits = model.apply({"params": encoder}, hidden, method=TextEncoder.mlm_logits)
   encoder_loss, encoder_metrics = losses.masked_lm_loss(encoder_logits, batch["encoder_labels"])
+  if decoder is None:
+    return encoder_loss, {"encoder_loss": encoder_loss,
+                          "encoder_accuracy": encoder_metrics["accuracy"]}
   embeddings = encoder["backbone"]["embeddings"]
   tokens = Embeddings(model.encoder).apply(
       {"params": embeddings}, batch["decoder_input_ids"],
@@ -94,7 +103,7 @@ def losses_and_metrics(params: dict, batch: dict, rng: jax.Array | None, *,
 
 
 def train_step(state: dict, frozen: dict, batch: dict, *, model: TextEncoder,
-               decoder: RetroMAEDecoder, tx, schedule, dropout: bool = True
+               decoder: RetroMAEDecoder | None, tx, schedule, dropout: bool = True
                ) -> tuple[dict, dict]:
   """One update of encoder, head and decoder; a non-finite loss keeps the state."""
   del frozen
@@ -145,19 +154,20 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
   steps = contrastive.total_steps(config, batcher.steps_per_epoch)
   tx = optim.optimizer_from_config(config.optim, steps)
   schedule = optim.schedule_from_config(config.optim, steps)
-  decoder = RetroMAEDecoder(spec.encoder)
-  boxed = {"shared": abstract_params(dual.model), "decoder": decoder_params_shape(decoder)}
+  decoder = RetroMAEDecoder(spec.encoder) if config.loss.type == "retromae" else None
+  boxed = {"shared": abstract_params(dual.model)}
+  if decoder is not None:
+    boxed["decoder"] = decoder_params_shape(decoder)
   layout = state_lib.layout(boxed, tx, mesh)
 
   def init_state():
-    decoder_rng = state_lib.rng_stream(seed, "decoder_init")
-    length = int(config.data.max_length)
-    d = spec.encoder.hidden_size
-    decoder_init = decoder.init(decoder_rng, jnp.zeros((1, d)), jnp.zeros((1, length, d)),
-                                jnp.zeros((length, d)), jnp.ones((1, length, length), bool))
-    params = {"shared": dual_encoder.initial_tower_params(spec, seed),
-              "decoder": jax.tree_util.tree_map(np.asarray,
-                                                nn.meta.unbox(decoder_init["params"]))}
+    params = {"shared": dual_encoder.initial_tower_params(spec, seed)}
+    if decoder is not None:
+      length, d = int(config.data.max_length), spec.encoder.hidden_size
+      initial = decoder.init(state_lib.rng_stream(seed, "decoder_init"), jnp.zeros((1, d)),
+                             jnp.zeros((1, length, d)), jnp.zeros((length, d)),
+                             jnp.ones((1, length, length), bool))
+      params["decoder"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(initial["params"]))
     return state_lib.init_state(layout.shardings, tx, params,
                                 state_lib.rng_stream(seed, "dropout"))
 
@@ -168,14 +178,15 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
   def export(state, out_dir):
     written = dual_encoder.export(dual, {"shared": state["params"]["shared"]}, out_dir,
                                   spec.tokenizer_dir, contrastive.export_max_length(config))
-    export_decoder(state["params"]["decoder"], spec.encoder,
-                   files.as_path(out_dir) / DECODER_EXPORT)
+    if decoder is not None:
+      export_decoder(state["params"]["decoder"], spec.encoder,
+                     files.as_path(out_dir) / DECODER_EXPORT)
     return written
 
   info = dict(sources=list(config.data.sources), tokens=[int(len(s)) for s in streams],
               blocks=[int(b) for b in batcher.blocks], steps_per_epoch=batcher.steps_per_epoch,
               total_steps=steps, params=base.count_params(layout.abstract["params"]),
-              model=str(spec.model_dir or "random"))
+              model=str(spec.model_dir or "random"), loss=str(config.loss.type))
   return base.Recipe(
       name="retromae", total_steps=steps, batcher=batcher, abstract_state=layout.abstract,
       state_shardings=layout.shardings, batch_sharding=sharding.batch_sharding(mesh),
