@@ -15,8 +15,8 @@ encoder's embedding module. Texts come from `data.sources`
 State: `params = {"shared": encoder + MLM head, "decoder": the decoder layer}`, both trained.
 The evaluation roles are the encoder (its configured pooling; RetroMAE fine-tunes from [CLS]).
 The export is the encoder as a HF *ForMaskedLM directory (`export/encoder`, which any recipe
-loads as `model.name`) and the decoder's parameters (`export/decoder`), so pre-training can
-continue from an export.
+loads as `model.name`) and the decoder's parameters (`export/decoder`, kept so that
+pre-training can continue; reading them back into a new run is still to come).
 """
 
 from __future__ import annotations
