@@ -80,6 +80,11 @@ from absl import app
 from absl import flags
 import numpy as np
 
+if __package__:
+  from . import step_timing  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import step_timing  # pylint: disable=g-import-not-at-top
+
 FLAGS = flags.FLAGS
 WORKER = pathlib.Path(__file__).resolve().with_name("pylate_worker.py")
 PYLATE_PACKAGES = ("pylate", "voyager==2.1.0")
@@ -133,17 +138,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def cpu_model() -> str:
-  """/proc/cpuinfo's first "model name" (else `platform.processor()`)."""
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or platform.machine()
 
 
 def default_threads() -> int:
@@ -859,7 +853,7 @@ def run(*, out_dir: pathlib.Path, model: str | None = None, seed: int = 0,
   started = time.perf_counter()
   threads = threads or default_threads()
   result: dict[str, Any] = {
-      "cpu": cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
+      "cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
       "devices": len(jax.local_devices()), "platform": jax.default_backend(),
       "load": {"start": load_now()}, "busy_processes_start": busy_processes(),
       "versions": {"ours": our_versions(), "pylate": None},

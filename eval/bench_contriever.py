@@ -21,14 +21,17 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import platform
 import statistics
 import tempfile
-import time
 from typing import Any, Sequence
 
 from absl import app
 from absl import flags
+
+if __package__:
+  from . import step_timing  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import step_timing  # pylint: disable=g-import-not-at-top
 
 FLAGS = flags.FLAGS
 # Step name -> (loss.type, queue of one batch).
@@ -44,17 +47,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        flag_values=flag_values)
   flags.DEFINE_integer("queue_size", None, "Override loss.queue_size.", flag_values=flag_values)
   flags.DEFINE_string("out", None, "JSON output file.", flag_values=flag_values)
-
-
-def cpu_model() -> str:
-  try:
-    with open("/proc/cpuinfo", encoding="utf-8") as info:
-      for line in info:
-        if line.startswith("model name"):
-          return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str,
@@ -103,25 +95,14 @@ def run(*, variant: str = "cpu", steps: int = 5, rounds: int = 3, warmup_steps: 
         settings = dict(batch_size=int(config.train.batch_size),
                         queue_size=int(config.loss.queue_size), model=str(config.model.name),
                         chunk_length=int(config.data.crop.chunk_length))
-    for name, (state, step, batches) in runners.items():
-      for i in range(warmup_steps):
-        state, _ = step(state, {}, batches[i])
-      runners[name][0] = jax.block_until_ready(state)
-    per_round: dict[str, list[float]] = {k: [] for k in STEPS}
-    for _ in range(rounds):
-      for name in STEPS:
-        state, step, batches = runners[name]
-        start = time.perf_counter()
-        for i in range(warmup_steps, warmup_steps + steps):
-          state, metrics = step(state, {}, batches[i])
-        jax.block_until_ready(metrics["loss"])
-        per_round[name].append(steps / (time.perf_counter() - start))
-        runners[name][0] = state
+    per_round = step_timing.alternating_rounds(runners, steps=steps, rounds=rounds,
+                                               warmup_steps=warmup_steps)
   medians = {k: statistics.median(v) for k, v in per_round.items()}
 
   def paired(a: str, b: str) -> float:
     return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
-  return {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "devices": jax.device_count(),
+  return {"cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(),
+          "devices": jax.device_count(),
           "jax": jax.__version__, "variant": variant, "settings": settings,
           "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
           "load": {"start": list(load_start), "end": list(os.getloadavg())},

@@ -1,0 +1,120 @@
+r"""Tokens/s of RetroMAE's pre-training step, and what the decoder adds to MLM alone.
+
+Both steps train on the same blocks (`configs/retromae.py` with `--variant`'s model and
+data): `retromae` (encoder MLM + the enhanced decoder through the shared MLM head) and `mlm`
+(the encoder's MLM loss alone, `loss.type=mlm`). Rounds alternate so load changes hit both;
+each times `--steps` steps after the warm-up (compilation excluded). Tokens are the block
+tokens the encoder reads (batch × `data.max_length`). Prints a table and writes JSON with
+the CPU model.
+
+  python eval/bench_retromae.py --variant=smoke --out=/tmp/retromae_smoke.json   # seconds
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import statistics
+import tempfile
+from typing import Any, Sequence
+
+from absl import app
+from absl import flags
+
+if __package__:
+  from . import step_timing  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import step_timing  # pylint: disable=g-import-not-at-top
+
+FLAGS = flags.FLAGS
+LOSSES = ("retromae", "mlm")
+
+
+def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
+  flags.DEFINE_string("variant", "smoke", "configs/retromae.py variant.", flag_values=flag_values)
+  flags.DEFINE_integer("steps", 5, "Timed steps per round.", flag_values=flag_values)
+  flags.DEFINE_integer("rounds", 3, "Rounds per loss, alternating.", flag_values=flag_values)
+  flags.DEFINE_integer("warmup_steps", 1, "Untimed steps first (compilation).",
+                       flag_values=flag_values)
+  flags.DEFINE_string("out", None, "JSON output file.", flag_values=flag_values)
+
+
+def _stepper(loss_type: str, variant: str, workdir: str):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from configs import retromae as retromae_config  # pylint: disable=g-import-not-at-top
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import retromae  # pylint: disable=g-import-not-at-top
+
+  config = retromae_config.get_config(variant)
+  config.loss.type = loss_type
+  recipe = retromae.build(config, workdir, sharding.mesh_from_config(config))
+  step = jax.jit(recipe.train_step, in_shardings=(recipe.state_shardings, None, None),
+                 out_shardings=(recipe.state_shardings, None), donate_argnums=0)
+
+  def batch(index):
+    return {k: jax.device_put(v, recipe.batch_sharding)
+            for k, v in recipe.batcher.batch(index).items() if k not in recipe.batcher.host_keys}
+
+  return config, recipe.init_state(), step, batch
+
+
+def run(*, variant: str = "smoke", steps: int = 5, rounds: int = 3,
+        warmup_steps: int = 1) -> dict[str, Any]:
+  """The measurements (see the module docstring)."""
+  if min(steps, rounds) < 1 or warmup_steps < 0:
+    raise app.UsageError("--steps and --rounds must be >= 1, --warmup_steps >= 0")
+  import jax  # pylint: disable=g-import-not-at-top
+
+  load_start = os.getloadavg()
+  runners, settings = {}, {}
+  with tempfile.TemporaryDirectory() as workdir:
+    for loss_type in LOSSES:
+      config, state, step, batch = _stepper(loss_type, variant, os.path.join(workdir, loss_type))
+      runners[loss_type] = (state, step, [batch(i) for i in range(warmup_steps + steps)])
+      settings = dict(batch_size=int(config.train.batch_size),
+                      max_length=int(config.data.max_length), model=str(config.model.name))
+    per_round = step_timing.alternating_rounds(runners, steps=steps, rounds=rounds,
+                                               warmup_steps=warmup_steps)
+  tokens_per_step = settings["batch_size"] * settings["max_length"]
+  tokens = {k: [v * tokens_per_step for v in values] for k, values in per_round.items()}
+  return {"cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(),
+          "devices": jax.device_count(), "jax": jax.__version__, "variant": variant,
+          "settings": settings, "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
+          "load": {"start": list(load_start), "end": list(os.getloadavg())},
+          "steps_per_s": per_round, "tokens_per_s": tokens,
+          "median_tokens_per_s": {k: statistics.median(v) for k, v in tokens.items()},
+          "retromae_over_mlm_paired_median": statistics.median(
+              r / m for r, m in zip(per_round["retromae"], per_round["mlm"]))}
+
+
+def format_table(result: dict[str, Any]) -> str:
+  s = result["settings"]
+  lines = [f"RetroMAE pre-training, {s['model']}, batch {s['batch_size']} x {s['max_length']} "
+           f"tokens, {result['cpu']} ({result['devices']} devices)",
+           "| step | median tokens/s | rounds (tokens/s) |", "|---|---|---|"]
+  for name in LOSSES:
+    rounds = ", ".join(f"{v:.0f}" for v in result["tokens_per_s"][name])
+    lines.append(f"| {name} | {result['median_tokens_per_s'][name]:.0f} | {rounds} |")
+  lines.append(f"RetroMAE / MLM alone, steps/s (paired median): "
+               f"{result['retromae_over_mlm_paired_median']:.3f}")
+  return "\n".join(lines)
+
+
+def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
+               warmup_steps=flag_values.warmup_steps)
+  print(format_table(result))
+  if flag_values.out:
+    out = pathlib.Path(flag_values.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2))
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
