@@ -294,7 +294,9 @@ def restore_eval_models(config: Any, workdir: str | os.PathLike, step: int | Non
   model_files = files.as_path(workdir) / MODEL_FILES
   # Older workdirs have no model/: their spec is resolved from config.model again.
   dual, spec = build_model(config, model_files if model_files.exists() else None)
-  tx = optim.optimizer_from_config(config.optim, 1)  # the schedule's length does not shape the state
+  # The schedule's length does not shape the state; any length the warm-up fits in will do.
+  tx = optim.optimizer_from_config(config.optim,
+                                   int(config.optim.get("warmup_steps") or 0) + 1)
   # Every device of the job (whatever mesh and process count wrote the checkpoint); the
   # parameters then come to each host whole, to encode its shard of the corpus.
   mesh = sharding.make_mesh(-1, 1)
