@@ -26,7 +26,7 @@ each once per epoch). Variants:
   `inbatch`     the default with `src/inbatch.py`'s loss: no queue, no key encoder.
   `cpu`         unsupervised adaptation of the packaged all-MiniLM-L6-v2 to the SciFact corpus
                 (its documents only: no queries, no labels), evaluated on the SciFact dev split.
-  `cpu_scratch` a small randomly initialised encoder (4 layers, width 256, MiniLM's
+  `scratch_cpu` a small randomly initialised encoder (4 layers, width 256, MiniLM's
                 uncased vocabulary) pre-trained from nothing on the SciFact corpus and the
                 Wikispeedia articles, sampled 50:50; evaluated on SciFact dev against BM25.
   `smoke`       a tiny random encoder on the synthetic corpus: seconds; used by the tests.
@@ -34,7 +34,7 @@ each once per epoch). Variants:
 
 from configs import common
 
-VARIANTS = ("default", "inbatch", "cpu", "cpu_scratch", "smoke")
+VARIANTS = ("default", "inbatch", "cpu", "scratch_cpu", "smoke")
 
 
 def get_config(arg: str = ""):
@@ -69,7 +69,7 @@ def get_config(arg: str = ""):
     # momentum 0.9995 (its keys would stay the initial model's).
     config.loss.update(queue_size=1024, momentum=0.99)
     config.evals.dev.update(batch_size=32)
-  elif variant == "cpu_scratch":
+  elif variant == "scratch_cpu":
     config.model.update(name="random", tokenizer="minilm", normalize="true")
     config.model.random.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
     config.data.update(name="scifact", sources=("beir:scifact", "wikispeedia"))

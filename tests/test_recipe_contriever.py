@@ -52,7 +52,7 @@ def test_config_follows_the_released_script():
   assert paper.model.pooling == "mean" and paper.model.normalize == "false"
   assert contriever_config.get_config("inbatch").loss.type == "in_batch"
   assert contriever_config.get_config("cpu").data.sources == ("beir:scifact",)
-  scratch = contriever_config.get_config("cpu_scratch")
+  scratch = contriever_config.get_config("scratch_cpu")
   assert scratch.model.name == "random" and scratch.data.sources == ("beir:scifact", "wikispeedia")
   assert scratch.loss.queue_size % scratch.train.batch_size == 0
   with pytest.raises(ValueError, match="unknown variant"):
