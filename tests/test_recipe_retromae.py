@@ -216,6 +216,10 @@ def test_another_recipe_starts_from_the_workdir(straight, tmp_path):
   (two / "checkpoints").mkdir()
   with pytest.raises(ValueError, match="passage_encoder.*query_encoder.*name one"):
     hf.resolve_model_dir(two)
+  unfinished = tmp_path / "unfinished"
+  (unfinished / "checkpoints").mkdir(parents=True)
+  with pytest.raises(ValueError, match="without an export yet"):
+    hf.resolve_model_dir(unfinished)
 
 
 def test_mlm_only_has_no_decoder(tmp_path):

@@ -328,8 +328,11 @@ def _training_export(path: pathlib.Path) -> pathlib.Path | None:
   """A training workdir's exported encoder (`W/export/encoder`), so that a run starts from
   another run's result (RetroMAE → DPR); None when `path` is not a workdir."""
   export = path / "export"
-  if not (path / "checkpoints").is_dir() or not export.is_dir():
+  if not (path / "checkpoints").is_dir():
     return None
+  if not export.is_dir():
+    raise ValueError(f"model {path} is a training workdir without an export yet (a run writes "
+                     "export/ when it finishes)")
   if (export / "encoder" / "config.json").exists():
     logger.info("model %s: the training workdir's export %s", path, export / "encoder")
     return export / "encoder"
