@@ -11,18 +11,34 @@ GPUs), AdamW lr 1e-4, 10% warm-up then linear decay, weight decay 0.01, 8 epochs
 
   python main.py --config=configs/retromae.py --workdir=gs://bucket/retromae \
       --config.data.sources='("tfds:wikipedia/20230601.en", "jsonl:/data/bookcorpus.jsonl")'
+  python main.py --config=configs/retromae.py:cpu --workdir=runs/retromae_cpu
+  python main.py --config=configs/dpr.py:cpu --config.model.name=runs/retromae_cpu \
+      --workdir=runs/dpr_from_retromae_cpu          # fine-tune a retriever from it
+  python main.py --config=configs/retromae.py:cpu --config.model.name=runs/retromae_cpu \
+      --workdir=runs/retromae_cpu_more              # continue: encoder, MLM head and decoder
   python main.py --config=configs/retromae.py:smoke --workdir=/tmp/retromae_smoke  # seconds
 
 Following the code where it differs from the paper: blocks are cut from the concatenated
 token stream (the reference packs whole sentences, then truncates a block to its length).
-Variants:
+`loss.type=mlm` trains the encoder's MLM loss alone (no decoder), the paper's baseline.
+`model.decoder`: `auto` continues from the decoder exported beside a RetroMAE starting point,
+`random`, or a decoder export's directory. Variants:
   `` (default)  the released recipe; `data.sources` must name the pre-training texts.
+  `cpu`         continued pre-training of the packaged all-MiniLM-L6-v2 (its MLM head starts
+                at random: the package has none) on the SciFact corpus, 256-token blocks,
+                batch 16, 60 steps at FlagEmbedding's continued pre-training lr 2e-5
+                (`retromae_pretrain`); mean pooling, MiniLM's own, for evaluation.
+  `scratch_cpu` a small randomly initialised encoder (4 layers, width 256, MiniLM's uncased
+                vocabulary) pre-trained from nothing on the SciFact corpus and the Wikispeedia
+                articles: 128-token blocks, batch 32, 500 steps, lr 5e-4; [CLS] pooling.
   `smoke`       a tiny random encoder on the synthetic corpus: seconds; used by the tests.
 """
 
 from configs import common
 
-VARIANTS = ("default", "smoke")
+VARIANTS = ("default", "cpu", "scratch_cpu", "smoke")
+CPU_STEPS = 60
+SCRATCH_STEPS = 500
 
 
 def get_config(arg: str = ""):
@@ -36,6 +52,9 @@ def get_config(arg: str = ""):
                       shared_towers=True, mlm_head=True)
   # A checkpoint without a masked-LM head (a sentence-transformers model) gets a random one.
   config.model.missing_mlm_head = "random"
+  # `auto`: the decoder exported beside a RetroMAE starting point (pre-training continues),
+  # random otherwise; `random`; or a decoder export's directory.
+  config.model.decoder = "auto"
   config.data.update(name="msmarco", max_length=512,
                      sources=("tfds:wikipedia/20230601.en", "jsonl:bookcorpus.jsonl"))
   config.data.masking = dict(encoder_ratio=0.3, decoder_ratio=0.5, mask_replace=0.8,
@@ -47,7 +66,24 @@ def get_config(arg: str = ""):
                       weight_decay=0.01, max_grad_norm=1.0)
   config.evals.dev.update(max_length=256)
 
-  if variant == "smoke":
+  if variant == "cpu":
+    # The packaged MiniLM keeps its own mean pooling for evaluation and fine-tuning; the
+    # decoder reads the [CLS] state whatever the pooling.
+    config.model.update(name="minilm", pooling="mean", normalize="true")
+    config.data.update(name="scifact", sources=("beir:scifact",), max_length=256)
+    config.train.update(batch_size=16, num_epochs=None, num_steps=CPU_STEPS, log_every_steps=5,
+                        checkpoint_every_steps=20)
+    config.optim.update(lr=2e-5, warmup_ratio=0.1)
+    config.evals.dev.update(batch_size=32)
+  elif variant == "scratch_cpu":
+    config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
+    config.model.random.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
+    config.data.update(name="scifact", sources=("beir:scifact", "wikispeedia"), max_length=128)
+    config.train.update(batch_size=32, num_epochs=None, num_steps=SCRATCH_STEPS,
+                        log_every_steps=25, checkpoint_every_steps=250)
+    config.optim.update(lr=5e-4, warmup_ratio=0.1)
+    config.evals.dev.update(batch_size=64)
+  elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm")
     config.data.update(name="synthetic", sources=("synthetic",), max_length=32)
     config.train.update(batch_size=8, num_epochs=None, num_steps=6, log_every_steps=2,

@@ -7,6 +7,7 @@ MLM head and the decoder, evaluates, exports the encoder as a *ForMaskedLM direc
 decoder; invalid keys are refused before compiling.
 """
 
+import json
 import pathlib
 import sys
 
@@ -130,7 +131,8 @@ def test_losses_equal_the_reference_forward(tmp_path):
   model = recipe.train_step.keywords["model"]
   ours, metrics = retromae.losses_and_metrics(
       params, {k: v for k, v in batch.items() if k != "example_index"}, None,
-      model=model, decoder=recipe.train_step.keywords["decoder"])
+      model=model, decoder=recipe.train_step.keywords["decoder"],
+      encoder_predictions=recipe.train_step.keywords["encoder_predictions"])
 
   hf.save_pretrained(tmp_path / "hf", model.encoder, params["shared"])
   lm = transformers.BertForMaskedLM.from_pretrained(tmp_path / "hf").eval()
@@ -228,3 +230,87 @@ def test_mlm_only_has_no_decoder(tmp_path):
   assert set(result.state["params"]) == {"shared"}
   assert result.train_metrics["loss"] == pytest.approx(result.train_metrics["encoder_loss"])
   assert not (tmp_path / "export" / "decoder").exists()
+
+
+def test_encoder_logits_cover_every_label(tmp_path):
+  """The step computes encoder logits at `encoder_predictions` positions per row: never fewer
+  than a row's labels (over 40 batches), and the gathered labels are exactly the row's."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import retromae  # pylint: disable=g-import-not-at-top
+  config = _smoke()
+  recipe = retromae.build(config, tmp_path, sharding.mesh_from_config(config))
+  count = retromae.encoder_predictions(config)
+  assert count == recipe.train_step.keywords["encoder_predictions"] == round(32 * 0.3)
+  most = 0
+  for step in range(40):
+    labels = recipe.batcher.batch(step)["encoder_labels"]
+    most = max(most, int((labels != -100).sum(1).max()))
+    _, gathered = retromae.labelled_positions(jnp.asarray(labels), count)
+    for row, kept in zip(labels, np.asarray(gathered)):
+      np.testing.assert_array_equal(np.sort(kept[kept != -100]), np.sort(row[row != -100]))
+  assert most == count  # the greedy budget is reached: the bound is tight
+
+
+def test_pretraining_continues_from_a_retromae_workdir(straight, tmp_path):
+  """`model.name=<retromae workdir>` starts from its encoder, MLM head and decoder;
+  `model.decoder=random` keeps the encoder but starts a new decoder; a wrong path is named."""
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax import sharding  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.recipes import retromae  # pylint: disable=g-import-not-at-top
+  workdir, result = straight
+  trained = _host(result.state["params"])
+
+  def initial(**overrides):
+    config = _smoke(**{"model.name": str(workdir), "model.tokenizer": None, **overrides})
+    recipe = retromae.build(config, tmp_path / "next", sharding.mesh_from_config(config))
+    return recipe, _host(recipe.init_state()["params"])
+
+  recipe, params = initial()
+  assert recipe.info["decoder"] == str(workdir / "export" / "decoder")
+  jax.tree_util.tree_map(np.testing.assert_array_equal, params["decoder"], trained["decoder"])
+  np.testing.assert_allclose(params["shared"]["mlm_head"]["bias"],
+                             trained["shared"]["mlm_head"]["bias"], rtol=1e-6)
+  _, fresh = initial(**{"model.decoder": "random"})
+  np.testing.assert_allclose(fresh["shared"]["mlm_head"]["bias"],
+                             trained["shared"]["mlm_head"]["bias"], rtol=1e-6)
+  assert not np.allclose(fresh["decoder"]["layer"]["attention"]["query"]["kernel"],
+                         trained["decoder"]["layer"]["attention"]["query"]["kernel"])
+  with pytest.raises(ValueError, match="model.decoder='/nowhere'"):
+    initial(**{"model.decoder": "/nowhere"})
+
+
+def test_decoder_files_refuse_another_shape(straight, tmp_path):
+  import jax  # pylint: disable=g-import-not-at-top
+
+  from retrieval_jax.models import retromae_decoder  # pylint: disable=g-import-not-at-top
+  from retrieval_jax.models.config import EncoderConfig  # pylint: disable=g-import-not-at-top
+  workdir, result = straight
+  exported = workdir / "export" / "decoder"
+  params = _host(result.state["params"]["decoder"])
+  encoder_config = EncoderConfig.from_hf(
+      json.loads((workdir / "export" / "encoder" / "config.json").read_text()))
+  loaded = retromae_decoder.load_params(exported, encoder_config, params)
+  jax.tree_util.tree_map(np.testing.assert_array_equal, loaded, params)
+  wider = encoder_config.replace(intermediate_size=encoder_config.intermediate_size * 2)
+  with pytest.raises(ValueError, match="intermediate_size"):
+    retromae_decoder.load_params(exported, wider, params)
+  fewer = dict(params, extra=np.zeros(3, np.float32))
+  with pytest.raises(ValueError, match="missing \\['extra'\\]"):
+    retromae_decoder.load_params(exported, encoder_config, fewer)
+  with pytest.raises(ValueError, match="not a RetroMAE decoder export"):
+    retromae_decoder.load_params(tmp_path, encoder_config, params)
+
+
+def test_cpu_variants_name_their_data_and_model():
+  cpu = retromae_config.get_config("cpu")
+  assert (cpu.model.name, cpu.data.sources, cpu.data.name) == ("minilm", ("beir:scifact",),
+                                                               "scifact")
+  scratch = retromae_config.get_config("scratch_cpu")
+  assert scratch.model.name == "random" and scratch.model.tokenizer == "minilm"
+  assert scratch.data.sources == ("beir:scifact", "wikispeedia")
+  assert scratch.model.random.num_layers == 4 and scratch.model.random.hidden_size == 256
+  with pytest.raises(ValueError, match="unknown variant"):
+    retromae_config.get_config("gpu")

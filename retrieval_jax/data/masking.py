@@ -108,13 +108,18 @@ def greedy_word_selection(lengths_in_order: np.ndarray, budget: int) -> np.ndarr
     used = used + np.where(rows, lengths[np.arange(len(first)), first], 0)
 
 
+def prediction_budget(length: int, ratio: float, max_predictions: int = 512) -> int:
+  """The most tokens a whole-word mask of a `length`-token block covers (module docstring)."""
+  return min(int(max_predictions), max(1, int(round(length * ratio))))
+
+
 def whole_word_masks(ids_of_words: np.ndarray, ratio: float, count: int,
                      rng: np.random.Generator, max_predictions: int = 512) -> np.ndarray:
   """`count` independent whole-word masks of one block (bool [count, L])."""
   ids_of_words = np.asarray(ids_of_words)
   num_words = int(ids_of_words.max()) + 1 if ids_of_words.size else 0
   length = ids_of_words.shape[0]
-  budget = min(int(max_predictions), max(1, int(round(length * ratio))))
+  budget = prediction_budget(length, ratio, max_predictions)
   if num_words == 0:
     return np.zeros((count, length), bool)
   word_lengths = np.bincount(ids_of_words[ids_of_words >= 0], minlength=num_words)

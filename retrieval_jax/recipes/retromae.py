@@ -15,14 +15,15 @@ encoder's embedding module. Texts come from `data.sources`
 State: `params = {"shared": encoder + MLM head, "decoder": the decoder layer}`, both trained.
 The evaluation roles are the encoder (its configured pooling; RetroMAE fine-tunes from [CLS]).
 The export is the encoder as a HF *ForMaskedLM directory (`export/encoder`, which any recipe
-loads as `model.name`) and the decoder's parameters (`export/decoder`, kept so that
-pre-training can continue; reading them back into a new run is still to come).
+loads as `model.name`) and the decoder's parameters (`export/decoder`). A run whose
+`model.name` is a RetroMAE workdir (or its `export/encoder`) continues pre-training from both:
+the encoder with its MLM head, and the decoder beside it (`model.decoder`).
 """
 
 from __future__ import annotations
 
 import functools
-import json
+import logging
 from typing import Any
 
 import flax.linen as nn
@@ -35,6 +36,7 @@ from retrieval_jax.data import masking, retromae_batches, text_sources
 from retrieval_jax.data import tokenize as tok
 from retrieval_jax.models import registry
 from retrieval_jax.models.encoder import TextEncoder, abstract_params
+from retrieval_jax.models import retromae_decoder
 from retrieval_jax.models.retromae_decoder import RetroMAEDecoder
 from retrieval_jax.models.transformer import Embeddings
 from retrieval_jax.recipes import base, contrastive, dual_encoder
@@ -72,18 +74,43 @@ def _check(config: Any, spec: dual_encoder.ModelSpec) -> None:
     raise ValueError(f"loss.type={config.loss.type!r} is not one of {LOSSES}")
 
 
+def labelled_positions(labels: jax.Array, count: int) -> tuple[jax.Array, jax.Array]:
+  """The first `count` labelled positions of each row and their labels ([b, count] each).
+
+  A row with fewer labels is filled with unlabelled positions (label -100, no loss), so
+  `count` must be at least the most labels a row has (`encoder_predictions`).
+  """
+  positions = jnp.argsort(labels == masking.IGNORE, axis=1, stable=True)[:, :count]
+  return positions, jnp.take_along_axis(labels, positions, axis=1)
+
+
+def encoder_predictions(config: Any) -> int:
+  """The most encoder labels a block has: the whole-word mask's token budget."""
+  settings = masking_settings(config.data.masking)
+  return masking.prediction_budget(int(config.data.max_length), settings.encoder_ratio,
+                                   settings.max_predictions)
+
+
 def losses_and_metrics(params: dict, batch: dict, rng: jax.Array | None, *,
-                       model: TextEncoder, decoder: RetroMAEDecoder | None
-                       ) -> tuple[jax.Array, dict]:
+                       model: TextEncoder, decoder: RetroMAEDecoder | None,
+                       encoder_predictions: int) -> tuple[jax.Array, dict]:
   """(encoder MLM loss + decoder loss, metrics) of one batch (module docstring); without a
-  `decoder` (`loss.type=mlm`), the encoder's loss alone."""
+  `decoder` (`loss.type=mlm`), the encoder's loss alone.
+
+  The encoder's vocabulary logits are computed at its `encoder_predictions` labelled
+  positions per row only (the reference computes them everywhere and ignores the rest: the
+  same loss, at 30% of the cost of the largest matmul).
+  """
   deterministic = rng is None
   rngs = [None] * 3 if rng is None else [{"dropout": r} for r in jax.random.split(rng, 3)]
   encoder = params["shared"]
   hidden = model.apply({"params": encoder}, batch["encoder_input_ids"], batch["attention_mask"],
                        deterministic=deterministic, rngs=rngs[0], method=TextEncoder.token_states)
-  encoder_logits = model.apply({"params": encoder}, hidden, method=TextEncoder.mlm_logits)
-  encoder_loss, encoder_metrics = losses.masked_lm_loss(encoder_logits, batch["encoder_labels"])
+  positions, labels = labelled_positions(batch["encoder_labels"], encoder_predictions)
+  encoder_logits = model.apply({"params": encoder},
+                               jnp.take_along_axis(hidden, positions[..., None], axis=1),
+                               method=TextEncoder.mlm_logits)
+  encoder_loss, encoder_metrics = losses.masked_lm_loss(encoder_logits, labels)
   if decoder is None:
     return encoder_loss, {"encoder_loss": encoder_loss,
                           "encoder_accuracy": encoder_metrics["accuracy"]}
@@ -103,13 +130,13 @@ def losses_and_metrics(params: dict, batch: dict, rng: jax.Array | None, *,
 
 
 def train_step(state: dict, frozen: dict, batch: dict, *, model: TextEncoder,
-               decoder: RetroMAEDecoder | None, tx, schedule, dropout: bool = True
-               ) -> tuple[dict, dict]:
+               decoder: RetroMAEDecoder | None, encoder_predictions: int, tx, schedule,
+               dropout: bool = True) -> tuple[dict, dict]:
   """One update of encoder, head and decoder; a non-finite loss keeps the state."""
   del frozen
   rng = state_lib.step_rng(state, dropout)
   loss_fn = functools.partial(losses_and_metrics, batch=batch, rng=rng, model=model,
-                              decoder=decoder)
+                              decoder=decoder, encoder_predictions=encoder_predictions)
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   new_state, update_metrics = state_lib.apply_gradients(state, grads, loss, tx=tx,
                                                         schedule=schedule)
@@ -117,20 +144,31 @@ def train_step(state: dict, frozen: dict, batch: dict, *, model: TextEncoder,
 
 
 def export_decoder(params: Any, config: Any, out_dir) -> Any:
-  """Writes the decoder's parameters (`params.npz`, flattened names) and `config.json`."""
-  out = files.as_path(out_dir)
+  """Writes the decoder beside the exported encoder (process 0; `load_params` reads it)."""
   host = distributed.host_local(params)
   if jax.process_index() != 0:
     return None
-  out.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
-          for path, leaf in jax.tree_util.tree_flatten_with_path(host)[0]}
-  with (out / "params.npz").open("wb") as f:
-    np.savez(f, **flat)
-  (out / "config.json").write_text(json.dumps({
-      "architecture": "RetroMAEDecoder", "hidden_size": config.hidden_size,
-      "num_heads": config.num_heads, "intermediate_size": config.intermediate_size}, indent=2))
-  return out
+  return retromae_decoder.save_params(host, config, out_dir)
+
+
+def decoder_source(config: Any, spec: dual_encoder.ModelSpec):
+  """Where the decoder's initial weights come from: a directory, or None for random.
+
+  `model.decoder`: `auto` takes the decoder exported beside the starting encoder (a RetroMAE
+  workdir or its `export/encoder`: pre-training continues) and starts a random one otherwise;
+  `random` always starts a random one; a path names a decoder export.
+  """
+  choice = str(config.model.get("decoder", "auto") or "auto")
+  if choice == "random":
+    return None
+  if choice == "auto":
+    beside = None if spec.model_dir is None else files.as_path(spec.model_dir).parent / DECODER_EXPORT
+    return beside if beside is not None and (beside / retromae_decoder.PARAMS_FILE).exists() else None
+  path = files.as_path(choice)
+  if not (path / retromae_decoder.PARAMS_FILE).exists():
+    raise ValueError(f"model.decoder={choice!r}: no {retromae_decoder.PARAMS_FILE} there "
+                     "(use auto, random or a RetroMAE decoder export)")
+  return path
 
 
 def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
@@ -156,18 +194,30 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
   schedule = optim.schedule_from_config(config.optim, steps)
   decoder = RetroMAEDecoder(spec.encoder) if config.loss.type == "retromae" else None
   boxed = {"shared": abstract_params(dual.model)}
+  decoder_dir = loaded_decoder = None
   if decoder is not None:
     boxed["decoder"] = decoder_params_shape(decoder)
+    decoder_dir = decoder_source(config, spec)
+    if decoder_dir is not None:  # read now: a mismatch is reported before compiling
+      loaded_decoder = retromae_decoder.load_params(decoder_dir, spec.encoder,
+                                                    nn.meta.unbox(boxed["decoder"]))
   layout = state_lib.layout(boxed, tx, mesh)
+
+  def initial_decoder_params():
+    if loaded_decoder is not None:
+      logging.info("RetroMAE decoder: continuing from %s", decoder_dir)
+      return loaded_decoder
+    logging.info("RetroMAE decoder: random initialisation")
+    length, d = int(config.data.max_length), spec.encoder.hidden_size
+    initial = decoder.init(state_lib.rng_stream(seed, "decoder_init"), jnp.zeros((1, d)),
+                           jnp.zeros((1, length, d)), jnp.zeros((length, d)),
+                           jnp.ones((1, length, length), bool))
+    return jax.tree_util.tree_map(np.asarray, nn.meta.unbox(initial["params"]))
 
   def init_state():
     params = {"shared": dual_encoder.initial_tower_params(spec, seed)}
     if decoder is not None:
-      length, d = int(config.data.max_length), spec.encoder.hidden_size
-      initial = decoder.init(state_lib.rng_stream(seed, "decoder_init"), jnp.zeros((1, d)),
-                             jnp.zeros((1, length, d)), jnp.zeros((length, d)),
-                             jnp.ones((1, length, length), bool))
-      params["decoder"] = jax.tree_util.tree_map(np.asarray, nn.meta.unbox(initial["params"]))
+      params["decoder"] = initial_decoder_params()
     return state_lib.init_state(layout.shardings, tx, params,
                                 state_lib.rng_stream(seed, "dropout"))
 
@@ -184,6 +234,7 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
     return written
 
   info = dict(sources=list(config.data.sources), tokens=[int(len(s)) for s in streams],
+              decoder=str(decoder_dir or "random") if decoder is not None else "none",
               blocks=[int(b) for b in batcher.blocks], steps_per_epoch=batcher.steps_per_epoch,
               total_steps=steps, params=base.count_params(layout.abstract["params"]),
               model=str(spec.model_dir or "random"), loss=str(config.loss.type))
@@ -191,7 +242,8 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
       name="retromae", total_steps=steps, batcher=batcher, abstract_state=layout.abstract,
       state_shardings=layout.shardings, batch_sharding=sharding.batch_sharding(mesh),
       init_state=init_state,
-      train_step=functools.partial(train_step, model=dual.model, decoder=decoder, tx=tx,
+      train_step=functools.partial(train_step, model=dual.model, decoder=decoder,
+                                   encoder_predictions=encoder_predictions(config), tx=tx,
                                    schedule=schedule),
       eval_models=eval_models, export=export, info=info)
 
