@@ -34,9 +34,8 @@ import numpy as np
 from retrieval_jax import distributed, files, losses, optim, sharding
 from retrieval_jax.data import masking, retromae_batches, text_sources
 from retrieval_jax.data import tokenize as tok
-from retrieval_jax.models import registry
+from retrieval_jax.models import registry, retromae_decoder
 from retrieval_jax.models.encoder import TextEncoder, abstract_params
-from retrieval_jax.models import retromae_decoder
 from retrieval_jax.models.retromae_decoder import RetroMAEDecoder
 from retrieval_jax.models.transformer import Embeddings
 from retrieval_jax.recipes import base, contrastive, dual_encoder
@@ -162,8 +161,10 @@ def decoder_source(config: Any, spec: dual_encoder.ModelSpec):
   if choice == "random":
     return None
   if choice == "auto":
-    beside = None if spec.model_dir is None else files.as_path(spec.model_dir).parent / DECODER_EXPORT
-    return beside if beside is not None and (beside / retromae_decoder.PARAMS_FILE).exists() else None
+    if spec.model_dir is None:
+      return None
+    beside = files.as_path(spec.model_dir).parent / DECODER_EXPORT
+    return beside if (beside / retromae_decoder.PARAMS_FILE).exists() else None
   path = files.as_path(choice)
   if not (path / retromae_decoder.PARAMS_FILE).exists():
     raise ValueError(f"model.decoder={choice!r}: no {retromae_decoder.PARAMS_FILE} there "
