@@ -15,8 +15,9 @@ def test_smoke_benchmark_writes_the_schema(tmp_path, capsys):
   bench_retromae.main(["bench"], flag_values)
   result = json.loads(out.read_text())
   assert result["cpu"] and result["settings"]["max_length"] == 32
-  for name in ("retromae", "mlm"):
+  for name in ("retromae", "mlm", "retromae_all_logits"):
     assert len(result["tokens_per_s"][name]) == 2 and min(result["tokens_per_s"][name]) > 0
     assert result["tokens_per_s"][name][0] == result["steps_per_s"][name][0] * 8 * 32
   assert result["retromae_over_mlm_paired_median"] > 0
+  assert result["labelled_over_all_logits_paired_median"] > 0
   assert "| retromae |" in capsys.readouterr().out

@@ -230,8 +230,9 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh) -> base.Recipe:
     written = dual_encoder.export(dual, {"shared": state["params"]["shared"]}, out_dir,
                                   spec.tokenizer_dir, contrastive.export_max_length(config))
     if decoder is not None:
-      export_decoder(state["params"]["decoder"], spec.encoder,
-                     files.as_path(out_dir) / DECODER_EXPORT)
+      decoder_out = export_decoder(state["params"]["decoder"], spec.encoder,
+                                   files.as_path(out_dir) / DECODER_EXPORT)
+      written += [decoder_out] if decoder_out is not None else []
     return written
 
   info = dict(sources=list(config.data.sources), tokens=[int(len(s)) for s in streams],
