@@ -3,9 +3,9 @@ r"""Tokens/s of RetroMAE's pre-training step, and what the decoder adds to MLM a
 The steps train on the same blocks (`configs/retromae.py` with `--variant`'s model and
 data): `retromae` (encoder MLM + the enhanced decoder through the shared MLM head), `mlm`
 (the encoder's MLM loss alone, `loss.type=mlm`) and `retromae_all_logits` (the `retromae`
-step with the encoder's vocabulary logits at every position, as the reference computes them,
-instead of at its labelled positions only: the same loss). Rounds alternate so load changes hit all;
-each times `--steps` steps after the warm-up (compilation excluded). Tokens are the block
+step with the encoder's vocabulary logits at every position, as the reference computes
+them, instead of at its labelled positions only: the same loss). Rounds alternate so load
+changes hit all; each times `--steps` steps after the warm-up (compilation excluded). Tokens are the block
 tokens the encoder reads (batch × `data.max_length`). Prints a table and writes JSON with
 the CPU model.
 
