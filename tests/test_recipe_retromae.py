@@ -64,6 +64,7 @@ def test_smoke_run_trains_evaluates_and_exports(straight):
     ({"data.masking.encoder_ratio": 1.5}, "data.masking.encoder_ratio"),
     ({"data.sources": ()}, "data.sources"),
     ({"loss.type": "electra"}, "loss.type"),
+    ({"model.decoder": "/nowhere"}, "model.decoder"),
 ])
 def test_invalid_config_fails_before_compiling(tmp_path, monkeypatch, overrides, key):
   assert_rejected_before_compiling(_smoke(**overrides), tmp_path, key, monkeypatch)
