@@ -31,10 +31,11 @@ flags.DEFINE_integer("samples", 10000, "Bootstrap resamples and sign flips.")
 
 
 def run_file(path: str | os.PathLike, evaluator: str = "dev") -> pathlib.Path:
-  """`path/run.trec`, or for a training workdir the run of `evaluator` at its newest step.
+  """`path/run.trec`; for a training workdir the run of `evaluator` at its newest step; for
+  an evaluation-only workdir (`configs/zeroshot.py`) its `eval/<evaluator>/run.trec`.
 
   Raises:
-    FileNotFoundError: naming the path, when neither exists.
+    FileNotFoundError: naming the path, when none exists.
   """
   path = pathlib.Path(path)
   if (path / "run.trec").exists():
@@ -43,8 +44,11 @@ def run_file(path: str | os.PathLike, evaluator: str = "dev") -> pathlib.Path:
   if steps:
     newest = max(steps, key=lambda p: int(re.sub(r"\D", "", p.name)))
     return newest / evaluator / "run.trec"
-  raise FileNotFoundError(f"{path}: no run.trec, and no eval/step_<N>/{evaluator}/run.trec "
-                          "of a workdir")
+  if (path / "eval" / evaluator / "run.trec").exists():
+    return path / "eval" / evaluator / "run.trec"
+  raise FileNotFoundError(f"{path}: no run.trec, no eval/step_<N>/{evaluator}/run.trec of a "
+                          f"training workdir and no eval/{evaluator}/run.trec of an "
+                          "evaluation-only one")
 
 
 def compare(paths, qrels, metric: str, samples: int = 10000, evaluator: str = "dev"
@@ -68,6 +72,11 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   from retrieval_jax.data.beir import load_beir  # pylint: disable=g-import-not-at-top
 
+  for path in FLAGS.runs:  # a missing run is the user's input: one line, before any work
+    try:
+      run_file(path, FLAGS.evaluator)
+    except FileNotFoundError as error:
+      raise app.UsageError(str(error)) from None
   data = load_beir(FLAGS.data, FLAGS.split, dev_fraction=FLAGS.dev_fraction)
   rows = compare(FLAGS.runs, data.qrels, FLAGS.metric, FLAGS.samples, FLAGS.evaluator)
   width = max(len(r["run"]) for r in rows)

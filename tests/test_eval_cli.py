@@ -106,10 +106,19 @@ def test_compare_runs_script(tiny, tmp_path):
   metrics.write_trec_run(tmp_path / "good" / "run.trec", good)
   (tmp_path / "bad" / "eval" / "step_7" / "dev").mkdir(parents=True)
   metrics.write_trec_run(tmp_path / "bad" / "eval" / "step_7" / "dev" / "run.trec", bad)
+  (tmp_path / "zeroshot" / "eval" / "dev").mkdir(parents=True)  # an evaluation-only workdir
+  metrics.write_trec_run(tmp_path / "zeroshot" / "eval" / "dev" / "run.trec", bad)
   result = _run(["eval/compare_runs.py", f"--data={data}", "--split=test",
-                 f"--runs={tmp_path / 'good'},{tmp_path / 'bad'}", "--metric=mrr@10",
-                 "--samples=200"], tfds=str(root / "tfds"))
+                 f"--runs={tmp_path / 'good'},{tmp_path / 'bad'},{tmp_path / 'zeroshot'}",
+                 "--metric=mrr@10", "--samples=200"], tfds=str(root / "tfds"))
   lines = [line for line in result.stdout.splitlines() if line.startswith(str(tmp_path))]
-  assert len(lines) == 2
+  assert len(lines) == 3
   assert "1.0000" in lines[0]            # every query's relevant document ranked first
   assert "-0.8750" in lines[1]           # the other run: q1 at rank 2 (0.5), the rest 0
+  assert "-0.8750" in lines[2]
+  missing = subprocess.run(
+      [sys.executable, "eval/compare_runs.py", f"--runs={tmp_path / 'good'},{tmp_path / 'no'}"],
+      cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
+      env={**os.environ, "XLA_FLAGS": ""})
+  assert missing.returncode != 0 and "Traceback" not in missing.stderr
+  assert f"{tmp_path / 'no'}: no run.trec" in missing.stderr
