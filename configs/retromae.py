@@ -37,8 +37,6 @@ token stream (the reference packs whole sentences, then truncates a block to its
 from configs import common
 
 VARIANTS = ("default", "cpu", "scratch_cpu", "smoke")
-CPU_STEPS = 60
-SCRATCH_STEPS = 500
 
 
 def get_config(arg: str = ""):
@@ -71,7 +69,7 @@ def get_config(arg: str = ""):
     # decoder reads the [CLS] state whatever the pooling.
     config.model.update(name="minilm", pooling="mean", normalize="true")
     config.data.update(name="scifact", sources=("beir:scifact",), max_length=256)
-    config.train.update(batch_size=16, num_epochs=None, num_steps=CPU_STEPS, log_every_steps=5,
+    config.train.update(batch_size=16, num_epochs=None, num_steps=60, log_every_steps=5,
                         checkpoint_every_steps=20)
     config.optim.update(lr=2e-5, warmup_ratio=0.1)
     config.evals.dev.update(batch_size=32)
@@ -79,7 +77,7 @@ def get_config(arg: str = ""):
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false")
     config.model.random.update(hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024)
     config.data.update(name="scifact", sources=("beir:scifact", "wikispeedia"), max_length=128)
-    config.train.update(batch_size=32, num_epochs=None, num_steps=SCRATCH_STEPS,
+    config.train.update(batch_size=32, num_epochs=None, num_steps=500,
                         log_every_steps=25, checkpoint_every_steps=250)
     config.optim.update(lr=5e-4, warmup_ratio=0.1)
     config.evals.dev.update(batch_size=64)

@@ -62,11 +62,16 @@ CONFIG_FILE = "config.json"
 _SHAPE_KEYS = ("hidden_size", "num_heads", "intermediate_size")
 
 
+def _flat_name(path) -> str:
+  """A parameter's name in `params.npz`: its tree path joined by '/'."""
+  return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
 def save_params(params: Any, config: EncoderConfig, out_dir) -> Any:
   """Writes host `params` (`params.npz`, names joined by '/') and `config.json` to `out_dir`."""
   out = files.as_path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
-  flat = {"/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+  flat = {_flat_name(path): np.asarray(leaf)
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   with (out / PARAMS_FILE).open("wb") as f:
     np.savez(f, **flat)
@@ -102,7 +107,7 @@ def load_params(directory, config: EncoderConfig, expected: Any) -> dict:
     with np.load(f) as npz:
       arrays = {name: npz[name] for name in npz.files}
   leaves, treedef = jax.tree_util.tree_flatten_with_path(expected)
-  names = ["/".join(str(getattr(k, "key", k)) for k in path) for path, _ in leaves]
+  names = [_flat_name(path) for path, _ in leaves]
   missing = sorted(set(names) - set(arrays))
   unexpected = sorted(set(arrays) - set(names))
   shapes = [f"{n} {arrays[n].shape} != {tuple(leaf.shape)}" for n, (_, leaf) in
