@@ -15,6 +15,7 @@ the CPU model.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -45,8 +46,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 def _stepper(name: str, variant: str, workdir: str):
-  import functools  # pylint: disable=g-import-not-at-top
-
   import jax  # pylint: disable=g-import-not-at-top
 
   from configs import retromae as retromae_config  # pylint: disable=g-import-not-at-top

@@ -298,9 +298,9 @@ def test_decoder_files_refuse_another_shape(straight, tmp_path):
   wider = encoder_config.replace(intermediate_size=encoder_config.intermediate_size * 2)
   with pytest.raises(ValueError, match="intermediate_size"):
     retromae_decoder.load_params(exported, wider, params)
-  fewer = dict(params, extra=np.zeros(3, np.float32))
+  expects_more = dict(params, extra=np.zeros(3, np.float32))
   with pytest.raises(ValueError, match="missing \\['extra'\\]"):
-    retromae_decoder.load_params(exported, encoder_config, fewer)
+    retromae_decoder.load_params(exported, encoder_config, expects_more)
   with pytest.raises(ValueError, match="not a RetroMAE decoder export"):
     retromae_decoder.load_params(tmp_path, encoder_config, params)
 
