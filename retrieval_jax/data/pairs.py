@@ -163,7 +163,7 @@ def step_position(step: int, steps_per_epoch: int) -> tuple[int, int]:
   return divmod(step, steps_per_epoch)
 
 
-def _pad(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+def pad_rows(ids: Sequence[Sequence[int]], width: int, pad_id: int) -> tuple[np.ndarray, np.ndarray]:
   """[rows, width] int32 ids and attention mask of unpadded sequences (each at most `width`)."""
   input_ids = np.full((len(ids), width), pad_id, np.int32)
   mask = np.zeros((len(ids), width), np.int32)
@@ -395,9 +395,9 @@ class PairBatcher:
                          "(computed with another tokenizer or other max lengths?)")
     lq = tok.padded_length(longest_query, self.pad_to_multiple_of, self.query_max_length)
     lp = tok.padded_length(longest_passage, self.pad_to_multiple_of, self.passage_max_length)
-    q_ids, q_mask = _pad(query_ids, lq, self._pad_id)
+    q_ids, q_mask = pad_rows(query_ids, lq, self._pad_id)
     per_doc = self.max_passages
-    p_ids, p_mask = _pad(passage_ids, lp, self._pad_id)
+    p_ids, p_mask = pad_rows(passage_ids, lp, self._pad_id)
     shape = (self.local_batch, 1 + n, lp) if per_doc == 1 else (self.local_batch, 1 + n,
                                                                  per_doc, lp)
     return {"query_input_ids": q_ids, "query_attention_mask": q_mask,
