@@ -14,7 +14,8 @@ from typing import Any
 
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
 AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert",
-             "tct_colbert": "tct_colbert", "contriever": "contriever", "retromae": "retromae"}
+             "tct_colbert": "tct_colbert", "contriever": "contriever", "retromae": "retromae",
+             "chang": "chang", "reqa": "reqa"}
 
 
 def register(name: str, module: str) -> None:
