@@ -15,6 +15,9 @@ def model_config() -> ml_collections.ConfigDict:
       "pooling": "auto",        # auto | cls | mean | pooler
       "normalize": "auto",      # auto | true | false
       "dtype": "float32",       # bfloat16 on accelerators
+      # A linear projection of the pooled vector to this width (Chang et al. 2020: 512),
+      # randomly initialised; exported as a sentence-transformers Dense module. None: none.
+      "projection_dim": ml_collections.FieldReference(None, field_type=int),
   })
 
 
@@ -79,6 +82,32 @@ def maxsim_eval(split: str = "dev") -> ml_collections.ConfigDict:
   # no float32 copy of the token vectors (WORKSPACE, "ColBERT").
   entry.scann.reorder_k = 0
   return entry
+
+
+def reqa_eval(split: str = "train") -> ml_collections.ConfigDict:
+  """A `reqa` evaluator entry (`retrieval_jax.evaluators.reqa`): ReQA SQuAD, Recall@k and MRR.
+
+  `data.train_fraction` None evaluates every question of the file; a fraction evaluates the
+  questions of the articles `data.reqa.split_by_article(n, fraction, seed)` holds out.
+  """
+  return ml_collections.ConfigDict({
+      "type": "reqa",
+      "data": {
+          "path": "squad",        # a SQuAD v1.1 .json[.gz], a directory, or a data set name
+          "split": split,         # train | dev (the file of that name in a directory)
+          "train_fraction": ml_collections.FieldReference(None, field_type=float),
+          "seed": 0,
+          "candidates": "all",    # all: every candidate of the file | test: the test articles'
+          "max_questions": ml_collections.FieldReference(None, field_type=int),
+      },
+      "index": "exact",           # exact | bm25
+      "depth": 100,
+      "max_length": 256,          # candidate (sentence + paragraph) tokens
+      "query_max_length": 64,
+      "batch_size": 128,
+      "progress": True,
+      "bm25": {"k1": 0.9, "b": 0.4},
+  })
 
 
 def colbert_model_config() -> ml_collections.ConfigDict:
@@ -175,6 +204,10 @@ def training_config() -> ml_collections.ConfigDict:
   config.model.tokenizer = ml_collections.FieldReference(None, field_type=str)
   config.model.random = ml_collections.ConfigDict({
       "hidden_size": 32, "num_layers": 2, "num_heads": 4, "intermediate_size": 64})
+  # The shape of a model.type="bow_mlp" tower (Chang et al. 2020's BoW-MLP, its vocabulary
+  # from model.tokenizer): mean of token embeddings, MLP (tanh | relu), linear to output_dim.
+  config.model.bow = ml_collections.ConfigDict({
+      "embed_dim": 512, "hidden_widths": (1024, 1024), "activation": "tanh", "output_dim": 512})
   # Heads beyond pooling (models/heads.py): a masked-LM head tied to the word embeddings
   # (loaded from *ForMaskedLM checkpoints), ColBERT's token head width, a projection MLP.
   config.model.mlm_head = False

@@ -26,7 +26,7 @@ from retrieval_jax import distributed, sharding
 from retrieval_jax.data import passages
 from retrieval_jax.data import tct_format
 from retrieval_jax.data import tokenize as tok
-from retrieval_jax.models import hf
+from retrieval_jax.models import bow_mlp, hf
 from retrieval_jax.models.config import EncoderConfig
 from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.models.pooling import PoolingConfig
@@ -40,9 +40,10 @@ class LoadedEncoder:
 
   `prepare`, when set, replaces plain tokenisation with the model's own input format
   (TCT-ColBERT's prefixes and [MASK] padding): (texts, max_length) -> ids, each at most
-  `max_length` long.
+  `max_length` long. `model` is a `TextEncoder` or a `BowMlp` (whose `encoder` is its
+  `BowConfig` and whose `pooling` is a masked mean).
   """
-  model: TextEncoder
+  model: TextEncoder | bow_mlp.BowMlp
   params: Any
   tokenizer: Any
   model_dir: pathlib.Path
@@ -65,7 +66,8 @@ class LoadedEncoder:
 
 def load_encoder(name_or_path: str | os.PathLike, pooling: str | PoolingConfig | None = None,
                  normalize: bool | None = None, dtype: Any = jnp.float32) -> LoadedEncoder:
-  """Loads a HF directory, hub id or `minilm` (the packaged all-MiniLM-L6-v2).
+  """Loads a HF directory, hub id or `minilm` (the packaged all-MiniLM-L6-v2), or a BoW-MLP
+  export (`bow_mlp.save`).
 
   Args:
     name_or_path: Model directory, hub id, or a packaged name.
@@ -75,6 +77,14 @@ def load_encoder(name_or_path: str | os.PathLike, pooling: str | PoolingConfig |
     dtype: Computation dtype (parameters stay float32).
   """
   model_dir = hf.resolve_model_dir(name_or_path)
+  if bow_mlp.is_saved(model_dir):
+    if pooling not in (None, "mean"):
+      raise ValueError(f"{model_dir} is a BoW-MLP, which averages its tokens: pooling "
+                       f"{pooling!r} does not apply")
+    overrides = {} if normalize is None else {"normalize": normalize}
+    config, params = bow_mlp.load(model_dir, dtype=dtype, **overrides)
+    return LoadedEncoder(bow_mlp.BowMlp(config), params, tok.load_tokenizer(model_dir),
+                         model_dir)
   config, params, declared = hf.load_pretrained(model_dir, dtype=dtype)
   if isinstance(pooling, PoolingConfig):
     pooling_config = pooling

@@ -1,8 +1,9 @@
 """Dual encoders trained with an in-batch softmax: the model, train state and step of DPR-style recipes.
 
-A `DualEncoder` is one `TextEncoder` architecture used as a query tower and a passage tower,
-either with separate parameters (`params = {"query": ..., "passage": ...}`, DPR) or one shared
-set (`params = {"shared": ...}`, ANCE, Contriever). The train state is a plain dict
+A `DualEncoder` is one architecture (a `TextEncoder`, or the `BowMlp` baseline of Chang et al.
+2020) used as a query tower and a passage tower, either with separate parameters
+(`params = {"query": ..., "passage": ...}`, DPR) or one shared set (`params = {"shared": ...}`,
+ANCE, Contriever). The train state is a plain dict
 
   {"params": ..., "opt_state": ..., "step": int32, "rng": uint32 key data}
 
@@ -30,8 +31,9 @@ import jax.numpy as jnp
 import optax
 
 from retrieval_jax import distributed, encode, files, grad_cache, losses
-from retrieval_jax.models import hf, registry
-from retrieval_jax.models.encoder import TextEncoder, abstract_params
+from retrieval_jax.models import bow_mlp, hf, registry
+from retrieval_jax.models import encoder as encoder_lib
+from retrieval_jax.models.encoder import TextEncoder
 from retrieval_jax.recipes import state as state_lib
 
 TOWERS = grad_cache.TOWERS
@@ -41,7 +43,7 @@ rng_stream = state_lib.rng_stream
 @dataclasses.dataclass(frozen=True)
 class DualEncoder:
   """A query tower and a passage tower of one architecture, shared or not."""
-  model: TextEncoder
+  model: TextEncoder | bow_mlp.BowMlp
   shared: bool
 
   @property
@@ -66,17 +68,24 @@ class DualEncoder:
                             rngs=None if rng is None else {"dropout": rng})
 
 
-ModelSpec = registry.TransformerSpec
+ModelSpec = registry.TransformerSpec | registry.BowMlpSpec
 
 
 def model_spec(model_config: Any, files_dir: str | None = None) -> ModelSpec:
-  """The encoder `config.model` names (the registry's `transformer` type); `files_dir`: a
-  run's `workdir/model` to read it from (`registry.build`)."""
+  """The tower `config.model` names (the registry's `transformer` or `bow_mlp` type);
+  `files_dir`: a run's `workdir/model` to read it from (`registry.build`)."""
   spec = registry.build(model_config, files_dir=files_dir)
   if not isinstance(spec, ModelSpec):
     raise ValueError(f"model.type={model_config.get('type')!r}: a dual encoder needs a "
-                     "'transformer' model")
+                     "'transformer' or 'bow_mlp' model")
   return spec
+
+
+def abstract_params(model: TextEncoder | bow_mlp.BowMlp) -> Any:
+  """One tower's boxed parameter shapes (each module type initialises its own way)."""
+  if isinstance(model, bow_mlp.BowMlp):
+    return bow_mlp.abstract_params(model)
+  return encoder_lib.abstract_params(model)
 
 
 def initial_tower_params(spec: ModelSpec, seed: int) -> Any:
@@ -184,7 +193,8 @@ def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokeniz
            max_seq_length: int, *, similarity: str | None = None,
            prompts: dict[str, str] | None = None) -> list[Any]:
   """HF + sentence-transformers directories: `encoder/`, or `query_encoder/` and
-  `passage_encoder/` for separate towers.
+  `passage_encoder/` for separate towers. A BoW-MLP tower has no HF architecture: its
+  directories hold `bow_mlp.save`'s safetensors, JSON config and tokenizer instead.
 
   Every process calls it (gathering parameters that span processes is a collective); process
   0 writes, and the others return an empty list.
@@ -209,6 +219,11 @@ def export(dual: DualEncoder, params: dict, out_dir: str | pathlib.Path, tokeniz
   for tower in dual.towers:
     host = distributed.host_local(params[tower])
     if jax.process_index() != 0:
+      continue
+    if isinstance(dual.model, bow_mlp.BowMlp):  # no HF architecture: its own format
+      written.append(bow_mlp.save(out_dir / names[tower], dual.model.config, host,
+                                  tokenizer_dir=tokenizer_dir, max_seq_length=max_seq_length,
+                                  similarity=similarity, prompts=prompts))
       continue
     written.append(hf.save_pretrained(out_dir / names[tower], dual.model.encoder, host,
                                       pooling=dual.model.pooling, tokenizer_dir=tokenizer_dir,
