@@ -60,7 +60,9 @@ def split_sentences(text: str, splitter: str = "blingfire") -> list[str]:
   if not text:
     return []
   if splitter == "blingfire":
-    pieces = blingfire.text_to_sentences(text).split("\n")
+    # BlingFire answers "" when its C call fails: keep the paragraph whole rather than lose it.
+    pieces = (blingfire.text_to_sentences(text) or text).split("\n")
   else:
     pieces = _pysbd_segmenter().segment(text)
-  return [" ".join(piece.split()) for piece in pieces if piece.strip()]
+  # The text is normalised already; BlingFire keeps it so, pySBD leaves the trailing space.
+  return [piece.strip() for piece in pieces if piece.strip()]
