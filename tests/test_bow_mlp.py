@@ -11,7 +11,6 @@
 
 import functools
 import json
-import pathlib
 import sys
 
 import flax.linen as nn
@@ -111,7 +110,8 @@ def test_parameters_carry_logical_axis_names():
   assert specs["hidden_0"]["kernel"] == P(None, "model")  # column-parallel
   assert specs["hidden_1"]["kernel"] == P("model", None)  # row-parallel
   assert specs["token_embeddings"]["embedding"] == P(None, None)
-  assert _SMALL.intermediate_size == 16  # what sharding.validate checks against mesh.model
+  # What sharding.validate checks against mesh.model: the column-parallel width, no heads.
+  assert (_SMALL.intermediate_size, _SMALL.num_heads) == (16, 0)
 
 
 def _pair_batch(rng, rows=8, group=2, length=8):

@@ -14,9 +14,10 @@ column- and row-parallel (Megatron): even layers split their output width over `
 layers their input width, so each pair needs one all-reduce and no mesh axis appears twice in
 one kernel.
 
-There is no Hugging Face architecture for this model: `save` writes `model.safetensors`
-(flax names and layouts, kernels [in, out]) and `bow_mlp.json` (the shape and how the towers
-score) beside the tokenizer files, and `load` reads them back.
+`BowMlpSpec` is what `registry.build` returns for `model.type='bow_mlp'`. There is no Hugging
+Face architecture for this model: `save` writes `model.safetensors` (flax names and layouts,
+kernels [in, out]) and `bow_mlp.json` (the shape and how the towers score) beside the
+tokenizer files, and `load` reads them back (`encode.load_encoder` does on such a directory).
 """
 
 from __future__ import annotations
@@ -99,9 +100,8 @@ class BowConfig:
 
   @property
   def num_heads(self) -> int:
-    """No attention heads: `sharding.validate` checks this against `mesh.model` too, so it
-    repeats the one width that must divide that axis."""
-    return self.intermediate_size
+    """No attention heads: nothing for `mesh.model` to split (`sharding.validate` reads it)."""
+    return 0
 
   @property
   def with_pooler(self) -> bool:
