@@ -90,6 +90,7 @@ def get_config(arg: str = ""):
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", pooling="cls", normalize="false",
                         projection_dim=16, shared_towers=True)
+    config.model.random.update(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)
     config.data.articles = "synthetic"
     config.train.update(batch_size=8, num_steps=4, query_max_length=16, passage_max_length=48,
                         pad_to_multiple_of=16, checkpoint_every_steps=2, log_every_steps=1,

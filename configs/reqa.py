@@ -54,11 +54,14 @@ def get_config(arg: str = ""):
   config.loss.update(scale=1.0, symmetric=False, in_batch=True)
   config.negatives = {"num": 0}
   reqa = common.reqa_eval()
-  reqa.data.update(path=config.data.get_ref("squad"),
-                   train_fraction=config.data.get_ref("train_fraction"),
-                   seed=config.data.get_ref("split_seed"))
-  reqa.update(max_length=config.train.get_ref("passage_max_length"),
-              query_max_length=config.train.get_ref("query_max_length"))
+  # The evaluator follows the run's data and lengths unless overridden on its own.
+  for node, key, ref in ((reqa.data, "path", config.data.get_ref("squad")),
+                         (reqa.data, "train_fraction", config.data.get_ref("train_fraction")),
+                         (reqa.data, "seed", config.data.get_ref("split_seed")),
+                         (reqa, "max_length", config.train.get_ref("passage_max_length")),
+                         (reqa, "query_max_length", config.train.get_ref("query_max_length"))):
+    del node[key]
+    node[key] = ref
   config.evals = {"reqa": reqa}
 
   if variant in ("cpu", "bow_cpu"):
@@ -71,7 +74,7 @@ def get_config(arg: str = ""):
     config.evals.reqa.data.update(train_fraction=0.8, candidates="test")
     config.evals.reqa.update(batch_size=256)
     if variant == "bow_cpu":
-      config.model.update(type="bow_mlp", projection_dim=None)
+      config.model.update(type="bow_mlp", pooling="auto", projection_dim=None)
       config.model.bow = dict(embed_dim=256, hidden_widths=(1024,), activation="tanh",
                               output_dim=512)
   elif variant == "smoke":

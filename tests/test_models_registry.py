@@ -21,7 +21,7 @@ def _model(**fields):
 
 
 def test_unknown_type_names_the_key_and_the_known_types():
-  with pytest.raises(ValueError, match=r"model\.type='bow'.*\['transformer'\]"):
+  with pytest.raises(ValueError, match=r"model\.type='bow'.*\['bow_mlp', 'transformer'\]"):
     registry.build(_model(type="bow"))
 
 
