@@ -1,4 +1,4 @@
-"""data/wikispeedia.py: the Wikispeedia articles as `Article`s, on the real data and on a small copy."""
+"""data/wikispeedia.py: Wikispeedia as `Article`s, on the real data and on a hand-made copy."""
 
 import collections
 import gzip
@@ -102,7 +102,8 @@ def test_small_directory_is_parsed(small):
   assert [p.sentences for p in alpha.paragraphs] == [
       ("Alpha is the first letter of the Greek alphabet.",
        "It came from the Phoenician letter aleph, and Beta follows it."),
-      ("The letter was borrowed by the Greeks.", "It gave rise to the Latin A and to the Cyrillic A."),
+      ("The letter was borrowed by the Greeks.",
+       "It gave rise to the Latin A and to the Cyrillic A."),
       ("In mathematics, alpha names an angle.", "See gamma for another letter."),
   ]
   # String-matched on the target's title or displayed title: "Beta" alone names neither.
