@@ -84,6 +84,33 @@ def maxsim_eval(split: str = "dev") -> ml_collections.ConfigDict:
   return entry
 
 
+def reqa_eval(split: str = "train") -> ml_collections.ConfigDict:
+  """A `reqa` evaluator entry (`retrieval_jax.evaluators.reqa`): ReQA SQuAD, Recall@k and MRR.
+
+  `data.train_fraction` None evaluates every question of the file; a fraction evaluates the
+  questions of the articles `retrieval_jax.data.reqa.split_by_article(n, fraction, seed)`
+  holds out.
+  """
+  return ml_collections.ConfigDict({
+      "type": "reqa",
+      "data": {
+          "path": "squad",        # a SQuAD v1.1 .json[.gz], a directory, or a data set name
+          "split": split,         # train | dev (the file of that name in a directory)
+          "train_fraction": ml_collections.FieldReference(None, field_type=float),
+          "seed": 0,
+          "candidates": "all",    # all: every candidate of the file | test: the test articles'
+          "max_questions": ml_collections.FieldReference(None, field_type=int),
+      },
+      "index": "exact",           # exact | bm25
+      "depth": 100,
+      "max_length": 256,          # candidate (sentence + paragraph) tokens
+      "query_max_length": 64,
+      "batch_size": 128,
+      "progress": True,
+      "bm25": {"k1": 0.9, "b": 0.4},
+  })
+
+
 def colbert_model_config() -> ml_collections.ConfigDict:
   """ColBERT's input format (`retrieval_jax.data.colbert_format`), under `config.model.colbert`."""
   return ml_collections.ConfigDict({

@@ -10,6 +10,8 @@ Metric names (k a positive integer):
   precision@k  trec_eval `P_k`
   map          trec_eval `map`
   map@k        trec_eval `map_cut_k`
+  success@k    trec_eval `success_k`: 1 when any relevant document is in the top k, else 0 (the
+               "recall@k" of ReQA, where a question counts as answered by any gold sentence)
   mrr          trec_eval `recip_rank`
   mrr@k        trec_eval `recip_rank` of the run truncated to each query's k best documents.
                trec_eval has no cut-off for recip_rank, so this is how MRR@k is defined here (the
@@ -34,11 +36,13 @@ Qrels = Mapping[str, Mapping[str, int]]
 Run = Mapping[str, Mapping[str, float]]
 
 DEFAULT_METRICS = ("ndcg@10", "mrr@10", "recall@10", "recall@100", "map")
-SUPPORTED_METRICS = "ndcg@k, recall@k, precision@k, map, map@k, mrr, mrr@k (k a positive integer)"
+SUPPORTED_METRICS = ("ndcg@k, recall@k, precision@k, success@k, map, map@k, mrr, mrr@k "
+                     "(k a positive integer)")
 
 # Our name -> trec_eval's measure family, for the names that take a cut-off.
-_CUT_MEASURES = {"ndcg": "ndcg_cut", "recall": "recall", "precision": "P", "map": "map_cut"}
-_METRIC_PATTERN = re.compile(r"^(ndcg|recall|precision|map|mrr)(?:@([1-9][0-9]*))?$")
+_CUT_MEASURES = {"ndcg": "ndcg_cut", "recall": "recall", "precision": "P", "map": "map_cut",
+                 "success": "success"}
+_METRIC_PATTERN = re.compile(r"^(ndcg|recall|precision|success|map|mrr)(?:@([1-9][0-9]*))?$")
 
 
 @dataclasses.dataclass(frozen=True)

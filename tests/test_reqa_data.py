@@ -217,23 +217,30 @@ def test_load_json_gz_and_directory(tmp_path):
   assert reqa.squad_file(tmp_path).name == "train-v1.1.json.gz"
 
 
-def test_random_squad_matches_the_script():
-  """Random paragraphs built from a few repeated sentences, questions from a few texts."""
-  rng = np.random.default_rng(0)
-  pool = [f"Fact number {i} holds." for i in range(12)] + ["Dr. Who agrees. It is so."]
+def random_squad(seed: int = 0, articles: int = 5, pool_size: int = 12) -> dict:
+  """Paragraphs of four sentences drawn from a small pool (so texts repeat across paragraphs),
+  three questions each with 1-3 answers, question texts drawn from a few (so they repeat)."""
+  rng = np.random.default_rng(seed)
+  pool = [f"Fact number {i} holds." for i in range(pool_size)] + ["Dr. Who agrees. It is so."]
   squad = {"data": []}
-  for a in range(5):
+  for a in range(articles):
     paragraphs = []
     for p in range(3):
       context = " ".join(rng.choice(pool, size=4))
       qas = []
       for q in range(3):
         starts = rng.choice(len(context), size=rng.integers(1, 4))
-        qas.append({"id": f"{a}-{p}-{q}", "question": f"Question {rng.integers(8)}?",
+        # Whitespace between sentences is in no sentence (the script would fail on it).
+        qas.append({"id": f"{a}-{p}-{q}", "question": f"Question {rng.integers(2 * articles)}?",
                     "answers": [{"answer_start": int(s), "text": ""} for s in starts
                                 if not context[s].isspace()]})
       paragraphs.append({"context": context, "qas": qas})
     squad["data"].append({"title": str(a), "paragraphs": paragraphs})
+  return squad
+
+
+def test_random_squad_matches_the_script():
+  squad = random_squad()
   data = reqa.ReqaData.from_squad(squad)
   _, master, _ = script_reference(squad)
   assert [(c.sentence, c.context) for c in data.candidates] == master
