@@ -1,6 +1,7 @@
 """data/wikipedia_dump.py: a MediaWiki XML dump to article JSONL, on a dump excerpt written here."""
 
 import bz2
+import collections
 import os
 import pathlib
 import subprocess
@@ -146,8 +147,9 @@ def dump(tmp_path, request):
 
 
 def test_dump_to_articles(dump, tmp_path):
-  out = tmp_path / "articles.jsonl.gz"
-  assert wikipedia_dump.convert(dump, out, progress=False) == 2
+  out, stats = tmp_path / "articles.jsonl.gz", collections.Counter()
+  assert wikipedia_dump.convert(dump, out, progress=False, stats=stats) == 2
+  assert stats == {"pages": 6, "redirect": 1, "other_namespace": 2, "disambiguation": 1}
   alpha, gamma = articles.read_jsonl(out)
   assert alpha.to_json() == _EXPECTED_ALPHA
   # Redirects, other namespaces and disambiguation pages are not articles.
@@ -208,7 +210,7 @@ def test_cli(tmp_path):
   out = tmp_path / "articles.jsonl.gz"
   done = _cli(f"--dump={path}", f"--out={out}", "--limit=5")
   assert done.returncode == 0, done.stderr
-  assert "2 articles written" in done.stdout
+  assert "2 articles written" in done.stdout and "from 6 pages" in done.stdout
   assert articles.read_jsonl(out)[0].to_json() == _EXPECTED_ALPHA
 
   failed = _cli(f"--dump={tmp_path / 'missing.xml'}", f"--out={out}")
@@ -222,3 +224,17 @@ def test_cli(tmp_path):
   assert len(failed.stderr.strip().splitlines()) == 1
   assert failed.stderr.startswith(f"error: {tmp_path / 'broken.xml'}, line ")
   assert "malformed XML" in failed.stderr
+
+
+def test_an_unparsable_page_is_skipped_and_counted(dump, tmp_path, monkeypatch):
+  parse = wikipedia_dump.mwparserfromhell.parse
+
+  def failing(text):
+    if "third letter" in text:
+      raise wikipedia_dump.mwparserfromhell.parser.ParserError("too deep")
+    return parse(text)
+
+  monkeypatch.setattr(wikipedia_dump.mwparserfromhell, "parse", failing)
+  stats = collections.Counter()
+  assert [a.title for a in wikipedia_dump.iter_articles(dump, stats=stats)] == ["Alpha"]
+  assert stats["unparsable"] == 1

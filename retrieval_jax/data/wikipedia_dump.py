@@ -36,6 +36,7 @@ One process converts about 900 short pages a second here (mwparserfromhell domin
 from __future__ import annotations
 
 import bz2
+import collections
 import dataclasses
 import gzip
 import html
@@ -275,24 +276,42 @@ def _article(title: str, code: mw_wikicode.Wikicode, splitter: str,
 
 
 def iter_articles(dump: str | os.PathLike, splitter: str = "blingfire",
-                  progress: tqdm.tqdm | None = None) -> Iterator[articles_lib.Article]:
-  """The articles of a dump (module docstring), in dump order."""
+                  progress: tqdm.tqdm | None = None,
+                  stats: collections.Counter | None = None) -> Iterator[articles_lib.Article]:
+  """The articles of a dump (module docstring), in dump order.
+
+  `stats`, when given, counts the `pages` read and why pages were skipped (`other_namespace`,
+  `redirect`, `disambiguation`, `no_paragraph`, `unparsable`: mwparserfromhell gave up).
+  """
   sentences_lib.check_splitter(splitter)
+  stats = collections.Counter() if stats is None else stats
   namespaces: set[str] = set()
   for page in iter_pages(dump, namespaces, progress):
+    stats["pages"] += 1
     if page.namespace != 0 or page.redirect:
+      stats["other_namespace" if page.namespace else "redirect"] += 1
       continue
-    code = mwparserfromhell.parse(page.text)
+    try:
+      code = mwparserfromhell.parse(page.text)
+    except (mwparserfromhell.parser.ParserError, RecursionError):
+      stats["unparsable"] += 1  # One odd page must not end a many-hour conversion.
+      continue
     if is_disambiguation(code):
+      stats["disambiguation"] += 1
       continue
     article = _article(page.title, code, splitter, namespaces)
-    if article.paragraphs:
-      yield article
+    if not article.paragraphs:
+      stats["no_paragraph"] += 1
+      continue
+    yield article
 
 
 def convert(dump: str | os.PathLike, out: str | os.PathLike, limit: int | None = None,
-            splitter: str = "blingfire", progress: bool = True) -> int:
+            splitter: str = "blingfire", progress: bool = True,
+            stats: collections.Counter | None = None) -> int:
   """Writes the articles of `dump` (at most `limit`) to `out` as JSONL; returns how many.
+
+  `stats` is as in `iter_articles`.
 
   The file is written under a temporary name and renamed when complete, so a dump that turns
   out malformed half-way leaves no truncated `out` behind.
@@ -305,7 +324,7 @@ def convert(dump: str | os.PathLike, out: str | os.PathLike, limit: int | None =
   try:
     with tqdm.tqdm(total=path.stat().st_size, unit="B", unit_scale=True, desc=path.name,
                    disable=not progress, delay=1.0) as bar:
-      articles = iter_articles(path, splitter, bar)
+      articles = iter_articles(path, splitter, bar, stats)
       if limit:
         articles = (article for _, article in zip(range(limit), articles))
       count = articles_lib.write_jsonl(partial, articles)
@@ -329,12 +348,15 @@ def main(argv) -> None:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if not FLAGS.dump or not FLAGS.out:
     raise app.UsageError("--dump and --out are required")
+  stats = collections.Counter()
   try:
-    count = convert(FLAGS.dump, FLAGS.out, FLAGS.limit, FLAGS.splitter)
+    count = convert(FLAGS.dump, FLAGS.out, FLAGS.limit, FLAGS.splitter, stats=stats)
   except (FileNotFoundError, DataError) as error:
     # Bad input: one line and status 1, no traceback.
     sys.exit(f"error: {error}")
-  print(f"{count} articles written to {FLAGS.out}")
+  skipped = ", ".join(f"{value} {key}" for key, value in sorted(stats.items()) if key != "pages")
+  print(f"{count} articles written to {FLAGS.out} from {stats['pages']} pages "
+        f"(skipped: {skipped or 'none'})")
 
 
 if __name__ == "__main__":
