@@ -61,7 +61,8 @@ _PAGES = [
     ("Template:Greek alphabet", 10, None, "[[Alpha]] and [[Beta]] are letters of the Greek."),
     ("Delta (disambiguation)", 0, None, "'''Delta''' may refer to:\n* [[Delta (letter)]]\n\n"
      "{{Disambiguation}}"),
-    ("Gamma", 0, None, "'''Gamma''' is the third letter.\n\nIt follows [[beta (letter)|beta]]."),
+    ("Gamma", 0, None, "'''Gamma''' is the third letter.\n\nIt follows [[beta (letter)|beta]] "
+     "in [[Ice: A Film]].[[fr:Gamma]]"),
 ]
 
 _EXPECTED_ALPHA = {
@@ -154,10 +155,11 @@ def test_dump_to_articles(dump, tmp_path):
   assert alpha.to_json() == _EXPECTED_ALPHA
   # Redirects, other namespaces and disambiguation pages are not articles.
   assert gamma.to_json() == {
-      "title": "Gamma", "links": ["Beta (letter)"],
+      "title": "Gamma", "links": ["Beta (letter)", "Ice: A Film"],
       "sections": [{"title": "", "paragraphs": [
           {"sentences": ["Gamma is the third letter."], "links": []},
-          {"sentences": ["It follows beta."], "links": ["Beta (letter)"]}]}]}
+          {"sentences": ["It follows beta in Ice: A Film."],
+           "links": ["Beta (letter)", "Ice: A Film"]}]}]}
   assert not list(tmp_path.glob(".partial-*"))
 
 
@@ -179,7 +181,7 @@ def test_limit_and_pages(dump, tmp_path):
     ("Category:Greek letters", None), (":Category:Greek letters", None), ("de:Alpha", None),
     ("wikt:alpha", None), ("Portal:Greece", None),
     ("Star Wars: Episode IV", "Star Wars: Episode IV"),
-    (":Alpha", "Alpha"),
+    (":Alpha", "Alpha"), ("Ice: A Film", "Ice: A Film"), ("ice: a film", None),
 ])
 def test_link_target(title, target):
   assert wikipedia_dump.link_target(title, {"portal"}) == target

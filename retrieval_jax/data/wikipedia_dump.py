@@ -178,12 +178,13 @@ def link_target(title: str, namespaces: frozenset[str] | set[str] = frozenset())
 
 def _is_removed_link(link: mw_nodes.Wikilink, namespaces) -> bool:
   """File, image, media and category links, and interlanguage links (no anchor text)."""
-  title = str(link.title).strip().replace("_", " ")
-  prefix, colon, _ = title.partition(":")
-  prefix = prefix.strip().lower()
-  return bool(colon) and (prefix in REMOVED_NAMESPACES
+  prefix, colon, _ = str(link.title).strip().replace("_", " ").partition(":")
+  prefix = prefix.strip()
+  # Interlanguage prefixes are written in lower case (`[[de:Alpha]]`): `[[Ice: A Film]]` is an
+  # article.
+  return bool(colon) and (prefix.lower() in REMOVED_NAMESPACES
                           or (link.text is None and (_LANGUAGE_PREFIX.match(prefix) is not None
-                                                     or prefix in namespaces)))
+                                                     or prefix.lower() in namespaces)))
 
 
 def _kept(node, namespaces) -> bool:
