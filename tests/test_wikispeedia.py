@@ -153,6 +153,13 @@ def test_texts_must_follow_articles_tsv(tmp_path):
   _write(tmp_path, {"Gamma": _GAMMA}, [], names=["Gamma", "Beta"])
   with pytest.raises(beir_readers.DataError, match=r"1 articles, but .* lists 2"):
     wikispeedia.read_articles(tmp_path)
+  _write(tmp_path, {"Gamma": _GAMMA, "Beta": _BETA}, [], names=["Gamma"])
+  with pytest.raises(beir_readers.DataError, match=r"line 2: article 'Beta' is not in"):
+    wikispeedia.read_articles(tmp_path)
+  with gzip.open(tmp_path / "plaintext_articles.jsonl.gz", "wt", encoding="utf-8") as f:
+    f.write(json.dumps({"article": "Gamma", "text": _GAMMA}) + "\n{not json\n")
+  with pytest.raises(beir_readers.DataError, match=r"jsonl.gz, line 2: not an article record"):
+    wikispeedia.read_articles(tmp_path)
 
 
 def test_paragraph_links_are_whole_word_mentions():

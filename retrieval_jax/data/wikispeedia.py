@@ -243,9 +243,9 @@ def paragraph_links(paragraphs: Sequence[str], targets: Sequence[str],
   return [tuple(sorted(f, key=order.__getitem__)) for f in found]
 
 
-def _data_lines(path: os.PathLike) -> Iterator[tuple[int, str]]:
+def _data_lines(path: paths.AnyPath) -> Iterator[tuple[int, str]]:
   """(line number, line) of a TSV file, without its `#` comments and blank lines."""
-  with open(path, encoding="utf-8") as f:
+  with path.open(encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       line = line.rstrip("\n")
       if line.strip() and not line.startswith("#"):
@@ -305,7 +305,7 @@ def read_articles(directory: str | os.PathLike = "wikispeedia", splitter: str = 
   return result
 
 
-def _read_links(path: os.PathLike, names: list[str]) -> list[list[str]]:
+def _read_links(path: paths.AnyPath, names: list[str]) -> list[list[str]]:
   """Each article's link targets (titles), in `links.tsv` order."""
   position = {name: i for i, name in enumerate(names)}
   targets: list[list[str]] = [[] for _ in names]
@@ -319,11 +319,12 @@ def _read_links(path: os.PathLike, names: list[str]) -> list[list[str]]:
   return targets
 
 
-def _read_texts(path: os.PathLike, names: list[tuple[int, str]],
-                names_path: os.PathLike) -> list[str]:
+def _read_texts(path: paths.AnyPath, names: list[tuple[int, str]],
+                names_path: paths.AnyPath) -> list[str]:
   """The article texts, checked to be those of `names` (line number, name), in order."""
   texts = []
-  with gzip.open(path, "rt", encoding="utf-8") as f:
+  # Through `path.open`: the directory may be remote (`gs://...`).
+  with path.open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as f:
     for number, line in enumerate(f, start=1):
       try:
         record = json.loads(line)
