@@ -1,4 +1,4 @@
-"""eval/reqa.py end to end on a tiny SQuAD file: BM25, a tiny random BERT, and its error lines."""
+"""eval/reqa.py end to end on a tiny SQuAD file: BM25, a training workdir, an HF dir, errors."""
 
 import json
 import os
@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tests import helpers
 from tests.test_reqa_data import TINY_SQUAD
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -38,17 +37,6 @@ def test_bm25_writes_metrics_and_prints_a_table(squad, tmp_path):
   assert "recall@100" in result.stdout and (tmp_path / "run.trec").exists()
 
 
-def test_dense_model_on_the_held_out_articles(squad, tmp_path, minilm_dir):
-  model, _, _ = helpers.write_tiny_bert(tmp_path / "bert", minilm_dir)
-  out = tmp_path / "out"
-  result = _run(f"--model={model}", f"--squad={squad}", f"--out={out}", "--train_fraction=0.5",
-                "--candidates=test", "--max_length=64", "--batch_size=8")
-  assert result.returncode == 0, result.stderr[-3000:]
-  metrics = json.loads((out / "metrics.json").read_text())
-  assert set(metrics) == KEYS and metrics["candidates"] < 10
-  assert json.loads((out / "eval_info.json").read_text())["settings"]["index"] == "exact"
-
-
 @pytest.mark.parametrize("args,message", [
     (["--model=bm25", "--squad={missing}"], "error: SQuAD file {missing} does not exist"),
     (["--model=bm25", "--squad={squad}", "--train_fraction=1.5"],
@@ -63,3 +51,24 @@ def test_bad_input_is_one_error_line(squad, tmp_path, args, message):
   lines = result.stderr.strip().splitlines()
   assert lines[-1].startswith(message.format(**names)), result.stderr[-2000:]
   assert "Traceback" not in result.stderr
+
+
+def test_a_training_workdir_and_its_export(squad, tmp_path):
+  """A DPR smoke run: its checkpoint through the recipe, then its exported tower as a HF dir."""
+  workdir = tmp_path / "dpr"
+  environ = {**os.environ, "XLA_FLAGS": ""}
+  trained = subprocess.run([sys.executable, "main.py", "--config=configs/dpr.py:smoke",
+                            f"--workdir={workdir}", "--config.train.progress=false"], cwd=REPO,
+                           capture_output=True, text=True, env=environ, timeout=300, check=False)
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  result = _run(f"--model={workdir}", f"--squad={squad}", "--max_length=64",
+                "--train_fraction=0.5", "--candidates=test")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert f"{workdir} step 6: 4 questions, 7 candidates" in result.stdout
+  metrics = json.loads((workdir / "eval" / "step_6" / "reqa" / "metrics.json").read_text())
+  assert set(metrics) == KEYS
+  out = tmp_path / "export_eval"
+  result = _run(f"--model={workdir / 'export' / 'passage_encoder'}", f"--squad={squad}",
+                "--max_length=64", "--batch_size=8", f"--out={out}")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((out / "eval_info.json").read_text())["settings"]["index"] == "exact"
