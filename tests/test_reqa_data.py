@@ -217,6 +217,17 @@ def test_load_json_gz_and_directory(tmp_path):
   assert reqa.squad_file(tmp_path).name == "train-v1.1.json.gz"
 
 
+def test_load_from_a_bucket(gcs_bucket):
+  """gs:// files and directories are read through etils.epath (the GCS emulator)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  root = epath.Path(gcs_bucket) / "squad"
+  (root / "train-v1.1.json.gz").write_bytes(gzip.compress(json.dumps(TINY_SQUAD).encode()))
+  (root / "dev-v1.1.json").write_text(json.dumps(TINY_SQUAD))
+  expected = reqa.ReqaData.from_squad(TINY_SQUAD)
+  assert reqa.load_reqa(str(root)) == expected == reqa.load_reqa(str(root), "dev")
+  assert reqa.load_reqa(f"{root}/train-v1.1.json.gz") == expected
+
+
 def random_squad(seed: int = 0, articles: int = 5, pool_size: int = 12) -> dict:
   """Paragraphs of four sentences drawn from a small pool (so texts repeat across paragraphs),
   three questions each with 1-3 answers, question texts drawn from a few (so they repeat)."""
