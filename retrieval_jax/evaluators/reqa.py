@@ -30,7 +30,7 @@ from typing import Any
 from etils import epath
 import jax
 
-from retrieval_jax import evaluation, metrics
+from retrieval_jax import evaluation, files, metrics
 from retrieval_jax.data import reqa
 from retrieval_jax.data.beir import BeirData
 
@@ -142,6 +142,7 @@ class ReqaEvaluator:
     values = _renamed(result.metrics)
     values.update(questions=len(data.query_ids), candidates=len(data.corpus_ids))
     if out_dir is not None and jax.process_index() == 0:
+      out_dir = files.as_path(out_dir)
       out_dir.mkdir(parents=True, exist_ok=True)
       search = dataclasses.asdict(self.settings)
       search["metrics"] = list(self.settings.metrics)
