@@ -339,5 +339,9 @@ def load_squad(path: str | os.PathLike, split: str = "train") -> dict:
 
 
 def load_reqa(path: str | os.PathLike = "squad", split: str = "train") -> ReqaData:
-  """`ReqaData.from_squad` of `load_squad(path, split)`."""
+  """`ReqaData.from_squad` of `load_squad(path, split)`; `synthetic`: a generated file
+  (`data.synthetic_wiki.synthetic_squad`, smoke runs)."""
+  if str(path) == "synthetic":
+    from retrieval_jax.data import synthetic_wiki  # pylint: disable=g-import-not-at-top
+    return ReqaData.from_squad(synthetic_wiki.synthetic_squad(), source="synthetic")
   return ReqaData.from_squad(load_squad(path, split), source=str(squad_file(path, split)))

@@ -157,8 +157,12 @@ class BM25Index:
     """Sorted numbers of the documents whose posting lists hold any of the tokens."""
     postings = self._retriever.scores
     starts, ends = postings["indptr"], postings["indptr"][1:]
-    lists = [postings["indices"][starts[t]:ends[t]] for t in set(token_ids)]
-    return np.unique(np.concatenate(lists)).astype(np.int64)
+    # A mark per document, not np.unique of the concatenated lists: a common term's list
+    # spans much of the corpus, and sorting it per query dominated search time.
+    marked = np.zeros(self.num_docs, bool)
+    for t in set(token_ids):
+      marked[postings["indices"][starts[t]:ends[t]]] = True
+    return np.flatnonzero(marked).astype(np.int64)
 
 
 def _top_k_lowest_index_first(scores: np.ndarray, k: int) -> np.ndarray:

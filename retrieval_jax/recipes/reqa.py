@@ -24,9 +24,6 @@ logger = logging.getLogger(__name__)
 
 def load_data(data: Any) -> reqa_data.ReqaData:
   """The ReQA candidates and questions `config.data.squad` names (`synthetic`: generated)."""
-  if data.squad == "synthetic":
-    from retrieval_jax.data import synthetic_wiki  # pylint: disable=g-import-not-at-top
-    return reqa_data.ReqaData.from_squad(synthetic_wiki.synthetic_squad(), "synthetic")
   return reqa_data.load_reqa(data.squad, str(data.get("split", "train")))
 
 
