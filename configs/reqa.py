@@ -71,7 +71,10 @@ def get_config(arg: str = ""):
                         checkpoint_every_steps=250, log_every_steps=25)
     config.train.max_steps = 500
     config.optim.update(lr=1e-4)
-    config.evals.reqa.data.update(train_fraction=0.8, candidates="test")
+    # One test set for every fraction: unlinked from data.train_fraction.
+    del config.evals.reqa.data["train_fraction"]
+    config.evals.reqa.data.train_fraction = 0.8
+    config.evals.reqa.data.candidates = "test"
     config.evals.reqa.update(batch_size=256)
     if variant == "bow_cpu":
       config.model.update(type="bow_mlp", pooling="auto", projection_dim=None)
