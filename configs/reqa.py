@@ -18,14 +18,15 @@ file. The article split is nested (1% ⊂ 5% ⊂ 80% for one `data.split_seed`).
 
 Variants:
   ``        the paper's setting (BERT-base-sized towers of `configs/chang.py`).
-  `cpu`     the `configs/chang.py:*_cpu` towers (2 layers, width 256, 512-d), batch 64, lr 1e-4,
-            10 epochs of the train questions capped at 500 steps (1%: about 130 steps). All
+  `cpu`     the `configs/chang.py:*_cpu` towers (2 layers, width 256, 512-d, mean pooling,
+            cosine / 0.05), batch 64, lr 1e-4,
+            10 epochs of the train questions capped at 300 steps (1%: 120 steps). All
             fractions are evaluated on the same questions: those of the articles the 80% split
             holds back (held back by every fraction), against the candidates of those articles
             (`evals.reqa.data.candidates=test`, about 18k of 92k: what 2 cores encode in a
             minute or two). `--config.evals.reqa.data.candidates=all` ranks against all.
   `bow_cpu` the BoW-MLP baseline with `cpu`'s training (token embeddings 256, one hidden layer
-            of 1024 with tanh, 512-d output).
+            of 1024 with tanh, 512-d output; `configs/chang.py:bow_mix_cpu` pre-trains it).
   `smoke`   a tiny random tower on a synthetic SQuAD file: seconds.
 """
 
@@ -69,17 +70,16 @@ def get_config(arg: str = ""):
     config.train.update(batch_size=64, num_steps=None, num_epochs=10, query_max_length=32,
                         passage_max_length=128, pad_to_multiple_of=16,
                         checkpoint_every_steps=250, log_every_steps=25)
-    config.train.max_steps = 500
+    config.train.max_steps = 300
     config.optim.update(lr=1e-4)
+    config.loss.scale = 20.0  # the towers' cosine / 0.05, as they were pre-trained
     # One test set for every fraction: unlinked from data.train_fraction.
     del config.evals.reqa.data["train_fraction"]
     config.evals.reqa.data.train_fraction = 0.8
     config.evals.reqa.data.candidates = "test"
     config.evals.reqa.update(batch_size=256)
     if variant == "bow_cpu":
-      config.model.update(type="bow_mlp", pooling="auto", projection_dim=None)
-      config.model.bow = dict(embed_dim=256, hidden_widths=(1024,), activation="tanh",
-                              output_dim=512)
+      chang.bow_cpu_model(config.model)
   elif variant == "smoke":
     config.model.update(name="random", tokenizer="minilm", projection_dim=16)
     config.model.random.update(hidden_size=32, num_layers=2, num_heads=4, intermediate_size=64)

@@ -5,7 +5,7 @@ Examples:
   python eval/reqa.py --model=bm25 --squad=squad --out=/tmp/reqa_bm25
   # The packaged all-MiniLM-L6-v2 on 1,000 of the questions (a CPU budget):
   python eval/reqa.py --model=minilm --max_questions=1000 --out=/tmp/reqa_minilm
-  # A training run (latest checkpoint, or --step=N), on the articles an 80% split holds out:
+  # A training run (latest checkpoint, or --step=N), on the articles the 0.8 split holds out:
   python eval/reqa.py --model=/tmp/ict_run --train_fraction=0.8 --seed=0 --out=/tmp/reqa_ict
 
 `--model` is a training workdir (config.json and checkpoints/: its query and passage towers are

@@ -161,7 +161,7 @@ def test_finetuning_pairs_come_only_from_train_articles():
 
 def test_cpu_budget_caps_the_steps():
   config = reqa_config.get_config("cpu")
-  assert reqa.total_steps(config, 13) == 130 and reqa.total_steps(config, 1100) == 500
+  assert reqa.total_steps(config, 13) == 130 and reqa.total_steps(config, 1100) == 300
   config.train.max_steps = None
   assert reqa.total_steps(config, 1100) == 11_000
 
