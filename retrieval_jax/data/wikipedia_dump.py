@@ -338,10 +338,15 @@ def convert(dump: str | os.PathLike, out: str | os.PathLike, limit: int | None =
 
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("dump", None, "The MediaWiki XML dump (.xml, .xml.bz2 or .xml.gz).")
-flags.DEFINE_string("out", None, "The article JSONL to write (gzip when it ends in .gz).")
-flags.DEFINE_integer("limit", None, "Stop after this many articles.", lower_bound=1)
-flags.DEFINE_enum("splitter", "blingfire", sentences_lib.SPLITTERS, "Sentence splitter.")
+
+
+def define_flags() -> None:
+  """The CLI's flags; defined only when run as a program, so importing this library module
+  never claims flag names (`--out`) that other programs define."""
+  flags.DEFINE_string("dump", None, "The MediaWiki XML dump (.xml, .xml.bz2 or .xml.gz).")
+  flags.DEFINE_string("out", None, "The article JSONL to write (gzip when it ends in .gz).")
+  flags.DEFINE_integer("limit", None, "Stop after this many articles.", lower_bound=1)
+  flags.DEFINE_enum("splitter", "blingfire", sentences_lib.SPLITTERS, "Sentence splitter.")
 
 
 def main(argv) -> None:
@@ -361,4 +366,5 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
