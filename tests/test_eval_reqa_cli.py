@@ -53,6 +53,7 @@ def test_bad_input_is_one_error_line(squad, tmp_path, args, message):
   assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow  # a training run of its own; tests/test_recipe_chang.py evaluates a workdir
 def test_a_training_workdir_and_its_export(squad, tmp_path):
   """A DPR smoke run: its checkpoint through the recipe, then its exported tower as a HF dir."""
   workdir = tmp_path / "dpr"

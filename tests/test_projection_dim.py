@@ -92,6 +92,7 @@ def test_model_files_round_trip(tmp_path, minilm_dir, fields):
       spec.abstract_params())
 
 
+@pytest.mark.slow  # tests/test_recipe_chang.py trains, restores and evaluates a projection too
 def test_a_smoke_run_restores_its_projection(tmp_path, minilm_dir):
   from retrieval_jax import recipes, train  # pylint: disable=g-import-not-at-top
 
