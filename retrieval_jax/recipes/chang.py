@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 import jax
+import tqdm
 
 from retrieval_jax.data import article_sources, chang_pairs
 from retrieval_jax.recipes import contrastive, two_tower
@@ -30,12 +31,15 @@ def pair_settings(data: Any) -> chang_pairs.PairSettings:
     raise ValueError(f"data.tasks / data.wlp_passage: {e}") from None
 
 
-def _tokenize(tokenizer):
+def _tokenize(tokenizer, progress: bool):
   def tokenize(texts):
     ids = []
-    for start in range(0, len(texts), 4096):  # bounded memory per call
-      ids.extend(tokenizer(list(texts[start:start + 4096]), add_special_tokens=False,
-                           truncation=False, verbose=False)["input_ids"])
+    with tqdm.tqdm(total=len(texts), desc="tokenizing sentences", unit=" texts", delay=2.0,
+                   disable=not progress) as bar:
+      for start in range(0, len(texts), 4096):  # bounded memory per call
+        ids.extend(tokenizer(list(texts[start:start + 4096]), add_special_tokens=False,
+                             truncation=False, verbose=False)["input_ids"])
+        bar.update(min(4096, len(texts) - start))
     return ids
   return tokenize
 
@@ -46,10 +50,12 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh):
 
   def make_batcher(spec, tokenizer):
     del spec
+    logger.info("chang: reading the articles of %s", config.data.articles)
     articles = article_sources.load_articles(
         config.data.articles, splitter=str(config.data.splitter),
         tfds_dir=config.data.get("tfds_dir"))
-    index = chang_pairs.ArticleIndex(articles, _tokenize(tokenizer),
+    progress = bool(config.train.get("progress", True)) and jax.process_index() == 0
+    index = chang_pairs.ArticleIndex(articles, _tokenize(tokenizer, progress),
                                      wlp_passage=settings.wlp_passage,
                                      bfs_other_passage=settings.bfs_other_passage)
     # A task asked for with nothing to draw is an error before compiling, not at step 0.
