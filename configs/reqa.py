@@ -20,7 +20,7 @@ Variants:
   ``        the paper's setting (BERT-base-sized towers of `configs/chang.py`).
   `cpu`     the `configs/chang.py:*_cpu` towers (2 layers, width 256, 512-d, mean pooling,
             cosine / 0.05), batch 64, lr 1e-4,
-            10 epochs of the train questions capped at 300 steps (1%: 120 steps). All
+            10 epochs of the train questions capped at 300 steps (1%: 100 steps). All
             fractions are evaluated on the same questions: those of the articles the 80% split
             holds back (held back by every fraction), against the candidates of those articles
             (`evals.reqa.data.candidates=test`, about 18k of 92k: what 2 cores encode in a
