@@ -137,12 +137,8 @@ def prepare(jsonl_path: str | os.PathLike,
             data_dir: str | os.PathLike | None = None) -> ArticlesBuilder:
   """Prepares the articles of `jsonl_path` in `data_dir` unless already done; the builder."""
   data_dir = beir_tfds.check_data_dir(data_dir)
-  builder = ArticlesBuilder(config=config_for(jsonl_path), data_dir=data_dir,
-                            file_format="array_record")
-  # Statistics would need TensorFlow, and nothing here reads them.
-  options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-  builder.download_and_prepare(download_config=options)
-  return builder
+  return beir_tfds.prepare_builder(ArticlesBuilder(config=config_for(jsonl_path), data_dir=data_dir,
+                                                   file_format="array_record"))
 
 
 def read_prepared(builder: tfds.core.DatasetBuilder) -> list[articles_lib.Article]:

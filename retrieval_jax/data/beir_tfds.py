@@ -179,16 +179,19 @@ def check_data_dir(data_dir: str | os.PathLike | None) -> str:
   return data_dir
 
 
+def prepare_builder(builder: tfds.core.DatasetBuilder, **kwargs) -> tfds.core.DatasetBuilder:
+  """`builder.download_and_prepare` without statistics (they would need TensorFlow, and
+  nothing here reads them); a prepared builder only opens its files. Returns `builder`."""
+  options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
+  builder.download_and_prepare(download_config=options, **kwargs)
+  return builder
+
+
 def _prepare(configs: dict[str, BeirConfig], data_dir: str) -> dict[str, BeirBuilder]:
   """Prepares each part unless it already is (then TFDS only opens the prepared files)."""
-  # Statistics would need TensorFlow, and nothing here reads them.
-  options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-  builders = {}
-  for part, config in configs.items():
-    builder = BeirBuilder(config=config, data_dir=data_dir, file_format="array_record")
-    builder.download_and_prepare(download_config=options)
-    builders[part] = builder
-  return builders
+  return {part: prepare_builder(BeirBuilder(config=config, data_dir=data_dir,
+                                            file_format="array_record"))
+          for part, config in configs.items()}
 
 
 def prepare_local(files: readers.BeirFiles,

@@ -141,12 +141,8 @@ def prepare(source: str | os.PathLike = "squad",
     FileNotFoundError: No SQuAD file at `source`.
   """
   data_dir = beir_tfds.check_data_dir(data_dir)
-  builder = SquadBuilder(config=source_config(source), data_dir=data_dir,
-                         file_format="array_record")
-  # Statistics would need TensorFlow, and nothing here reads them.
-  options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
-  builder.download_and_prepare(download_config=options)
-  return builder
+  return beir_tfds.prepare_builder(SquadBuilder(config=source_config(source), data_dir=data_dir,
+                                                file_format="array_record"))
 
 
 def _text(value: Any) -> str:

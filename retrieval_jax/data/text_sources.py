@@ -153,9 +153,8 @@ def _tfds(where: str, key: str, tfds_dir) -> list[str]:
   data_dir = beir_tfds.check_data_dir(tfds_dir)
   builder = _tfds_builder(tfds, name, data_dir, key)
   if not builder.is_prepared():
-    options = tfds.download.DownloadConfig(compute_stats=tfds.download.ComputeStatsMode.SKIP)
     try:
-      builder.download_and_prepare(file_format="array_record", download_config=options)
+      beir_tfds.prepare_builder(builder, file_format="array_record")
     except ImportError as error:
       raise ValueError(
           f"{key}: preparing TFDS {name} in {data_dir} needs a missing package ({error}); "
