@@ -22,11 +22,6 @@ from retrieval_jax.recipes import contrastive, two_tower
 logger = logging.getLogger(__name__)
 
 
-def load_data(data: Any) -> reqa_data.ReqaData:
-  """The ReQA candidates and questions `config.data.squad` names (`synthetic`: generated)."""
-  return reqa_data.load_reqa(data.squad, str(data.get("split", "train")))
-
-
 def training_pairs(data: reqa_data.ReqaData, train_fraction: float,
                    seed: int) -> pairs.PairDataset:
   """The train articles' questions with their answer candidates' documents as positives.
@@ -68,7 +63,7 @@ def build(config: Any, workdir, mesh: jax.sharding.Mesh):
 
   def make_batcher(spec, tokenizer):
     del spec
-    data = load_data(config.data)
+    data = reqa_data.load_reqa(config.data.squad, str(config.data.get("split", "train")))
     dataset = training_pairs(data, float(config.data.train_fraction), int(config.data.split_seed))
     facts.update(train_fraction=float(config.data.train_fraction),
                  train_questions=len(dataset.query_ids), train_documents=len(dataset.doc_texts))
