@@ -34,7 +34,9 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file[:v
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for results and checkpoints.")
 _MODE = flags.DEFINE_enum("mode", "train_and_eval", ["train", "eval", "train_and_eval"],
                           "What to run.")
-_STEP = flags.DEFINE_integer("step", None, "--mode=eval: the checkpoint step (default latest).")
+_STEP = flags.DEFINE_string(
+    "step", None, "--mode=eval: the checkpoint step, or 'best' (default: the best checkpoint "
+    "when the run selected one with train.select_best, else the latest).")
 _ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
     "allow_config_change", False,
     "Resume even when the config differs from the workdir's config.json in keys that change "
@@ -82,8 +84,13 @@ def main(argv):
   if _MODE.value == "train" and not recipes.trains(module):
     raise app.UsageError(f"recipe {config.recipe!r} has no training steps: use --mode=eval "
                          "or train_and_eval")
+  step = _STEP.value
+  if step is not None and step != "best":
+    if not step.isdigit():
+      raise app.UsageError(f"--step={step!r} must be a step number or 'best'")
+    step = int(step)
   try:
-    summary = train.run(config, workdir, _MODE.value, _STEP.value,
+    summary = train.run(config, workdir, _MODE.value, step,
                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)
   except run_config.InputError as error:  # a bad key or input (a changed config included)
     sys.exit(f"error: {error}")  # one line, status 1: not a usage mistake, no usage text
@@ -97,7 +104,10 @@ def main(argv):
   for report in summary.get("reports", []):
     print("\n" + report)
   if summary.get("eval"):
-    at = "" if summary["step"] is None else f" at step {summary['step']}"
+    shown = summary.get("eval_step", summary["step"])
+    at = "" if shown is None else f" at step {shown}"
+    if "best" in summary.get("info", {}):
+      at += f" (the best {config.train.select_best})"
     print(f"\n{config.recipe}{at}")
     print(evaluation.format_table(summary["eval"]))
   logging.info("summary: %s", json.dumps(summary, default=str))

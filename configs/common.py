@@ -111,6 +111,22 @@ def reqa_eval(split: str = "train") -> ml_collections.ConfigDict:
   })
 
 
+def sts_eval(split: str = "dev") -> ml_collections.ConfigDict:
+  """An `sts` evaluator entry (`retrieval_jax.evaluators.sts`): STS-B Spearman and Pearson."""
+  return ml_collections.ConfigDict({
+      "type": "sts",
+      # A directory, a data set name or `tfds:<directory or name>`; None: `stsb`, found
+      # like every data set.
+      "data": ml_collections.FieldReference(None, field_type=str),
+      "split": split,             # train | dev | test
+      "tfds_dir": ml_collections.FieldReference(None, field_type=str),
+      "role": "query",
+      "max_length": 128,
+      "batch_size": 128,
+      "progress": True,
+  })
+
+
 def colbert_model_config() -> ml_collections.ConfigDict:
   """ColBERT's input format (`retrieval_jax.data.colbert_format`), under `config.model.colbert`."""
   return ml_collections.ConfigDict({
@@ -151,6 +167,11 @@ def train_config() -> ml_collections.ConfigDict:
       "pad_to_multiple_of": 32,     # padded lengths are multiples: few compiled shapes
       "log_every_steps": 50,
       "eval_every_steps": 0,        # 0: run config.evals only at the end (train_and_eval)
+      "eval_at_start": False,       # also evaluate the starting model (step 0)
+      # "<evaluator>/<metric>": every evaluation that improves it saves the params apart
+      # (workdir/best_checkpoint); the run's final metrics, export and --mode=eval use them.
+      "select_best": ml_collections.FieldReference(None, field_type=str),
+      "select_mode": "max",         # max | min
       "checkpoint_every_steps": 1000,
       "keep_checkpoints": 3,
       "async_checkpoints": True,

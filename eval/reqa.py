@@ -72,15 +72,6 @@ def config_from_flags():
   return config
 
 
-def is_training_workdir(path: str) -> bool:
-  """Whether `path` is a `main.py` workdir (config.json and checkpoints/), not a HF directory."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  if path in ("minilm", "bm25") or ("://" not in path and not os.path.isdir(path)):
-    return False  # a packaged name or hub id: never ask a remote filesystem
-  root = epath.Path(path)
-  return (root / "config.json").is_file() and (root / "checkpoints").is_dir()
-
 
 def run_from_flags() -> dict:
   """Evaluates as the flags say, writes --out, prints a table, returns the metrics."""
@@ -91,7 +82,7 @@ def run_from_flags() -> dict:
   flag_config = config_from_flags()
   evaluator = evaluators.build(NAME, flag_config.evals[NAME])
   evaluator.eval_set  # pylint: disable=pointless-statement  # bad data fails before models load
-  if FLAGS.model != "bm25" and is_training_workdir(FLAGS.model):
+  if FLAGS.model != "bm25" and run_config.is_training_workdir(FLAGS.model):
     models, step = recipes.eval_models(run_config.load_config(FLAGS.model), FLAGS.model,
                                        FLAGS.step)
     out = FLAGS.out or os.path.join(FLAGS.model, "eval", f"step_{step}", NAME)

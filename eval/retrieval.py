@@ -116,15 +116,6 @@ def config_from_flags():
   return config
 
 
-def is_training_workdir(path: str) -> bool:
-  """Whether `path` is a `main.py` workdir (config.json and checkpoints/), not a HF directory."""
-  from etils import epath  # pylint: disable=g-import-not-at-top
-
-  if path in ("minilm",) or ("://" not in path and not os.path.isdir(path)):
-    return False  # a packaged name or hub id: never ask a remote filesystem
-  root = epath.Path(path)
-  return (root / "config.json").is_file() and (root / "checkpoints").is_dir()
-
 
 def run_from_flags() -> dict:
   """Evaluates as the flags say, writes --out, prints a table, returns the metrics.
@@ -139,7 +130,7 @@ def run_from_flags() -> dict:
   flag_config = config_from_flags()
   (entry,) = flag_config.evals.values()
   evaluator = evaluators.build(FLAGS.split, entry, flag_config.data)
-  if FLAGS.index != "bm25" and is_training_workdir(FLAGS.model):
+  if FLAGS.index != "bm25" and run_config.is_training_workdir(FLAGS.model):
     models, step = recipes.eval_models(run_config.load_config(FLAGS.model), FLAGS.model,
                                        FLAGS.step)
     out = FLAGS.out or os.path.join(FLAGS.model, "eval", f"step_{step}", FLAGS.split)

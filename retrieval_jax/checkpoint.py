@@ -7,6 +7,9 @@ The only Orbax user in the library. A workdir (local or `gs://bucket/run`) looks
       state/                     #   the state pytree (params, optimizer state, step, RNG)
       extra/                     #   a small JSON dict (data position, seeds, ...)
       host/                      #   optional host numpy arrays (ANCE's negatives in use)
+  workdir/best_checkpoint/<step>/  # with train.select_best: the params of the best evaluation
+      state/                     #   {"params", "step"} only
+      extra/                     #   the metric, its value and every metric of that evaluation
 
 A state is any pytree of arrays, e.g.
 
@@ -38,6 +41,9 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 CHECKPOINT_SUBDIR = "checkpoints"
+BEST_SUBDIR = "best_checkpoint"
+# The step name that selects the best checkpoint (`restore(BEST, ...)`, `main.py --step=best`).
+BEST = "best"
 
 
 def _is_sharding(x: Any) -> bool:
@@ -97,8 +103,11 @@ class Checkpointer:
     """
     # Orbax wants absolute paths (it also accepts gs:// via epath, which abspath would break).
     workdir = str(workdir)
-    self.directory = workdir if "://" in workdir else os.path.abspath(workdir)
-    self.directory = os.path.join(self.directory, CHECKPOINT_SUBDIR)
+    root = workdir if "://" in workdir else os.path.abspath(workdir)
+    self.directory = os.path.join(root, CHECKPOINT_SUBDIR)
+    self.best_directory = os.path.join(root, BEST_SUBDIR)
+    self._async = async_save
+    self._best_manager = None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=max_to_keep, save_interval_steps=save_interval_steps,
         enable_async_checkpointing=async_save)
@@ -136,6 +145,8 @@ class Checkpointer:
   def wait(self) -> None:
     """Blocks until every started save is on disk (and older steps are pruned)."""
     self._manager.wait_until_finished()
+    if self._best_manager is not None:
+      self._best_manager.wait_until_finished()
 
   def latest_step(self) -> int | None:
     """The newest saved step, or None when there is none."""
@@ -145,12 +156,13 @@ class Checkpointer:
     """The saved steps, ascending."""
     return sorted(self._manager.all_steps())
 
-  def restore(self, step: int | None = None, *, abstract_state: Any,
+  def restore(self, step: int | str | None = None, *, abstract_state: Any,
               shardings: Any = None, partial: bool = False) -> tuple[Any, dict[str, Any]]:
     """Reads a checkpoint directly onto the given shardings.
 
     Args:
-      step: The step to restore; None: the latest.
+      step: The step to restore; None: the latest; `BEST`: the best checkpoint
+        (`save_best`; params and step only, so `partial` must be set).
       abstract_state: The state's structure, shapes and dtypes (see `restore_targets`).
       shardings: Where each array goes (see `restore_targets`); may differ from the mesh
         that wrote the checkpoint.
@@ -165,10 +177,21 @@ class Checkpointer:
       ValueError: `step` was not saved (the message lists the saved steps).
     """
     self.wait()  # a step still being written is not yet listed, nor readable
-    steps = self.all_steps()
-    if not steps:
-      raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    step = steps[-1] if step is None else int(step)
+    directory = self.directory
+    if step == BEST:
+      if not partial:
+        raise ValueError("the best checkpoint holds only params and step: restore it with "
+                         "partial=True")
+      record = self.best_record()
+      if record is None:
+        raise FileNotFoundError(f"no best checkpoint in {self.best_directory} (the run "
+                                "selects none without train.select_best)")
+      directory, steps, step = self.best_directory, [record["step"]], record["step"]
+    else:
+      steps = self.all_steps()
+      if not steps:
+        raise FileNotFoundError(f"no checkpoint in {self.directory}")
+      step = steps[-1] if step is None else int(step)
     if step not in steps:
       raise ValueError(f"no checkpoint for step {step} in {self.directory}; saved steps: {steps}")
     targets = restore_targets(abstract_state, shardings)
@@ -182,7 +205,7 @@ class Checkpointer:
     if partial:
       # A manager that saved here has the standard handler bound to "state", which takes no
       # partial restore; a fresh reader binds the handler the arguments ask for.
-      with ocp.CheckpointManager(self.directory, item_names=self._item_names) as reader:
+      with ocp.CheckpointManager(directory, item_names=self._item_names) as reader:
         restored = reader.restore(step, args=args)
     else:
       restored = self._manager.restore(step, args=args)
@@ -199,9 +222,45 @@ class Checkpointer:
                                      args=ocp.args.Composite(host=ocp.args.StandardRestore()))
     return dict(restored["host"])
 
+  def _best(self) -> ocp.CheckpointManager:
+    if self._best_manager is None:
+      options = ocp.CheckpointManagerOptions(max_to_keep=1,
+                                             enable_async_checkpointing=self._async)
+      self._best_manager = ocp.CheckpointManager(self.best_directory, options=options,
+                                                 item_names=("state", "extra"))
+    return self._best_manager
+
+  def save_best(self, step: int, state: Any, record: dict[str, Any]) -> None:
+    """Replaces the best checkpoint with `state` (e.g. {"params", "step"}) at `step`.
+
+    Args:
+      step: The training step the state is of.
+      state: What evaluation needs: `restore(BEST, partial=True)` reads it back.
+      record: JSON facts kept beside it (the metric, its value, the evaluation's metrics);
+        `best_record` returns them with `step`.
+    """
+    _check_no_typed_keys(state)
+    items = dict(state=ocp.args.StandardSave(state),
+                 extra=ocp.args.JsonSave(dict(record, step=int(step))))
+    self._best().save(int(step), args=ocp.args.Composite(**items), force=True)
+
+  def best_record(self) -> dict[str, Any] | None:
+    """The record `save_best` kept with the best checkpoint (with its `step`), or None."""
+    if self._best_manager is None and not epath.Path(self.best_directory).exists():
+      return None  # nothing to read: do not create the directory
+    manager = self._best()
+    manager.wait_until_finished()
+    step = manager.latest_step()
+    if step is None:
+      return None
+    restored = manager.restore(step, args=ocp.args.Composite(extra=ocp.args.JsonRestore()))
+    return dict(restored["extra"] or {}, step=int(step))
+
   def close(self) -> None:
     """Waits for pending saves and releases Orbax's threads."""
     self._manager.close()
+    if self._best_manager is not None:
+      self._best_manager.close()
 
   def __enter__(self) -> Checkpointer:
     return self
@@ -217,3 +276,12 @@ def latest_step(workdir: str | os.PathLike) -> int | None:
     return None
   with Checkpointer(workdir, async_save=False) as ckpt:
     return ckpt.latest_step()
+
+
+def has_best(workdir: str | os.PathLike) -> bool:
+  """Whether `workdir` holds a best checkpoint (`Checkpointer.save_best`)."""
+  directory = epath.Path(workdir) / BEST_SUBDIR
+  if not directory.exists():
+    return False
+  with Checkpointer(workdir, async_save=False) as ckpt:
+    return ckpt.best_record() is not None

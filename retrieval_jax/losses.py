@@ -305,3 +305,133 @@ def late_interaction_loss(scores: jax.Array, group: int, mode: str
       "positive_logit_mean": jnp.mean(own[:, 0]),
   }
   return loss, metrics
+
+
+# --- SG-OPT / SG (Kim, Yoo & Lee, ACL 2021, arXiv 2106.07345; code: galsang/SG-BERT) -------------
+
+# torch.nn.CosineSimilarity's default eps: each vector's norm is clamped below at eps.
+_COSINE_EPS = 1e-8
+
+
+def _unit(x: jax.Array, eps: float = _COSINE_EPS) -> jax.Array:
+  """x / max(||x||, eps) over the last axis, in float32 (torch's `cosine_similarity` clamps
+  each norm at eps). sqrt(max(|x|^2, eps^2)) is the same value with a finite gradient at 0."""
+  x = x.astype(jnp.float32)
+  squared = jnp.sum(x * x, axis=-1, keepdims=True)
+  return x / jnp.sqrt(jnp.maximum(squared, eps * eps))
+
+
+def sg_opt_loss(anchors: jax.Array, views: jax.Array, temperature: float
+                ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """SG-OPT's redesigned NT-Xent: every layer's view a positive of its sentence's anchor.
+
+  Self-Guided Contrastive Learning (Kim, Yoo & Lee, ACL 2021), Sec. 3.2, the final objective
+  (L^opt3) and the released code's `NTXentLoss` (`loss.py`, used for `--obj SG-OPT`). With
+  g the cosine similarity, c_i the (projected) anchor of sentence i and h_{i,k} its (projected)
+  view from layer k, one row per (sentence i, layer k):
+
+    loss_{i,k} = -log  exp(g(c_i, h_{i,k}) / t)
+                       / (exp(g(c_i, h_{i,k}) / t) + sum_{j != i} sum_{n} exp(g(c_i, h_{j,n}) / t))
+
+  and the loss is the mean of the B * L rows (the code's `CrossEntropyLoss(reduction="sum")`
+  divided by `batch_size * num_layers`). Relative to SimCLR's NT-Xent (`nt_xent_loss`) the
+  views are never anchors and the anchors are never negatives (no c_i <-> c_j terms: the code
+  has them commented out); the other layers of sentence i are neither positives of row (i, k)
+  nor negatives; the negatives of sentence i, the views of every layer of every other
+  sentence, are shared by its L rows.
+
+  Only [B, B, L] similarities are formed (one logsumexp over the negatives per sentence), never
+  the code's [B * L, 1 + (B - 1) * L] logits. B >= 2 (with B = 1 there are no negatives).
+
+  Args:
+    anchors: [B, D] anchors c_i: the projected final-layer [CLS] of the tuned BERT.
+    views: [B, L, D] views h_{i,k}: the projected masked-mean hidden states of every layer
+      (embedding output included) of the fixed BERT.
+    temperature: t (0.01 in the paper and the code's default `--T`).
+
+  Returns:
+    (loss, metrics): float32 scalars; `accuracy` is the share of the B * L rows whose positive
+    has the largest logit (ties count as correct, as argmax with the positive first), and
+    `positive_cosine_mean` the mean of g(c_i, h_{i,k}).
+  """
+  if (anchors.ndim != 2 or views.ndim != 3
+      or views.shape[0] != anchors.shape[0] or views.shape[2] != anchors.shape[1]):
+    raise ValueError(f"anchors {anchors.shape} and views {views.shape} are not [B, D] and "
+                     "[B, L, D]")
+  num_sentences = anchors.shape[0]
+  cosines = jnp.einsum("id,jkd->ijk", _unit(anchors), _unit(views),
+                       precision=_PRECISION)  # [B, B, L]: g(c_i, h_{j,k})
+  logits = cosines / temperature
+  rows = jnp.arange(num_sentences)
+  positive = logits[rows, rows]  # [B, L]
+  other = (rows[:, None] != rows[None, :])[:, :, None]  # [B, B, 1]: j != i
+  negatives = jnp.where(other, logits, -jnp.inf)
+  negative_lse = jax.nn.logsumexp(negatives, axis=(1, 2))  # [B]
+  row_loss = jnp.logaddexp(positive, negative_lse[:, None]) - positive  # [B, L]
+  hardest_negative = jnp.max(negatives, axis=(1, 2))  # [B]
+  metrics = {
+      "accuracy": jnp.mean((positive >= hardest_negative[:, None]).astype(jnp.float32)),
+      "positive_cosine_mean": jnp.mean(cosines[rows, rows]),
+  }
+  return jnp.mean(row_loss), metrics
+
+
+def nt_xent_loss(anchors: jax.Array, views: jax.Array, temperature: float
+                 ) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """SimCLR's NT-Xent with cosine similarity: the objective of plain SG.
+
+  Self-Guided Contrastive Learning (Kim, Yoo & Lee, ACL 2021), Sec. 3.1, L^base (the code's
+  `NTXentLossOriginal`, used for `--obj SG`). Over the 2B vectors x = [h_1..h_B; c_1..c_B]
+  (one view per sentence: in SG a layer sampled uniformly per sentence, by the caller), each
+  vector x_m is an anchor whose positive is its partner mu(x_m) (c_i <-> h_i):
+
+    loss_m = -log exp(g(x_m, mu(x_m)) / t) / sum_{k != m} exp(g(x_m, x_k) / t)
+
+  and the loss is the mean over the 2B rows, as the paper's 1 / (2b) sum. The released
+  `NTXentLossOriginal.forward` cannot run as written: it builds 2B logit rows but passes
+  `labels = torch.zeros(batch_size)` (B labels), which `CrossEntropyLoss` rejects; with 2B
+  labels its `sum / batch_size` would be twice this mean. This follows the paper's equation.
+
+  Args:
+    anchors: [B, D] anchors c_i (projected [CLS] of the tuned BERT).
+    views: [B, D] the view h_i of each sentence (projected pooled layer of the fixed BERT).
+    temperature: t.
+
+  Returns:
+    (loss, metrics): float32 scalars; `accuracy` over the 2B rows (the partner has the largest
+    logit, ties counting as correct) and `positive_cosine_mean`, the mean of g(c_i, h_i).
+  """
+  if anchors.ndim != 2 or anchors.shape != views.shape:
+    raise ValueError(f"anchors {anchors.shape} and views {views.shape} are not both [B, D]")
+  num_sentences = anchors.shape[0]
+  vectors = jnp.concatenate([_unit(views), _unit(anchors)], axis=0)  # [2B, D], as the code
+  cosines = jnp.matmul(vectors, vectors.T, precision=_PRECISION)  # [2B, 2B]
+  index = jnp.arange(2 * num_sentences)
+  partner = (index + num_sentences) % (2 * num_sentences)
+  logits = jnp.where(index[:, None] == index[None, :], -jnp.inf, cosines / temperature)
+  positive = logits[index, partner]
+  loss = jnp.mean(jax.nn.logsumexp(logits, axis=-1) - positive)
+  metrics = {
+      "accuracy": jnp.mean((positive >= jnp.max(logits, axis=-1)).astype(jnp.float32)),
+      "positive_cosine_mean": jnp.mean(cosines[index[:num_sentences], partner[:num_sentences]]),
+  }
+  return loss, metrics
+
+
+def squared_distance(tree_a: Any, tree_b: Any) -> jax.Array:
+  """sum over all leaves of ||a - b||_2^2, in float32: SG's regulariser ||theta_T - theta_F||^2.
+
+  As SG-BERT's `Loss.compute_diff` (sum over the encoder's parameters of
+  `torch.norm(theta_F - theta_T, p=2) ** 2`, i.e. the sum of squared differences; the weight
+  lambda = 0.1 multiplies it outside). The two trees must have the same structure and shapes;
+  the frozen copy (theta_F) is the caller's constant (the code gives it no gradient). An empty
+  tree gives 0.
+  """
+  def leaf(a, b):
+    a, b = jnp.asarray(a, jnp.float32), jnp.asarray(b, jnp.float32)
+    if a.shape != b.shape:
+      raise ValueError(f"leaves of shapes {a.shape} and {b.shape} differ")
+    return jnp.sum(jnp.square(a - b))
+
+  differences = jax.tree_util.tree_map(leaf, tree_a, tree_b)
+  return sum(jax.tree_util.tree_leaves(differences), jnp.zeros((), jnp.float32))

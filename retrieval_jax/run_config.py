@@ -34,6 +34,9 @@ SAFE_TO_CHANGE = (
     "train.stop_at_step",
     "train.log_every_steps",
     "train.eval_every_steps",
+    "train.eval_at_start",
+    "train.select_best",
+    "train.select_mode",
     "train.checkpoint_every_steps",
     "train.keep_checkpoints",
     "train.async_checkpoints",
@@ -97,6 +100,15 @@ def _write_json(path: epath.Path, value: Any) -> None:
   tmp = path.with_name(path.name + ".tmp")
   tmp.write_text(text)
   os.replace(tmp, path)
+
+
+def is_training_workdir(path: str) -> bool:
+  """Whether `path` is a `main.py` workdir (config.json and checkpoints/), not a model
+  directory, a packaged name (`minilm`) or a hub id."""
+  if "://" not in path and not os.path.isdir(path):
+    return False  # a packaged name or hub id: never ask a remote filesystem
+  root = epath.Path(path)
+  return (root / CONFIG_FILE).is_file() and (root / "checkpoints").is_dir()
 
 
 def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:

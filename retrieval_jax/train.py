@@ -28,7 +28,11 @@ the evaluation. What the loop guarantees for every recipe:
   `workdir/eval/step_<N>/<name>/`, logged as `<name>/<metric>`; a HF export under
   `workdir/export/`;
 - the recipe's hooks (`recipes.base.Hook`, e.g. ANCE's negative refresh) run between steps,
-  log with the metrics and save what they hold in every checkpoint (restored on resume).
+  log with the metrics and save what they hold in every checkpoint (restored on resume);
+- model selection: with `train.select_best="<evaluator>/<metric>"` (`select_mode` max | min)
+  every evaluation (step 0 too, with `train.eval_at_start`) that improves the metric saves the
+  params to `workdir/best_checkpoint`; the run's final metrics are that evaluation's, the
+  export is of those params, and `--mode=eval` evaluates them unless a step is named.
 """
 
 from __future__ import annotations
@@ -159,7 +163,35 @@ def _set_up(config, workdir, allow_config_change: bool):
     if missing:
       raise ValueError(f"evals.{evaluator.name} needs the model roles {missing}; recipe "
                        f"{recipe.name!r} provides {list(recipe.eval_roles)}")
+  selection(config, evals)
   return recipe, evals, mesh
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+  """`train.select_best`: which evaluation metric picks the run's model, and its direction."""
+  metric: str
+  mode: str
+
+  def better(self, value: float, best: float | None) -> bool:
+    if best is None:
+      return True
+    return value > best if self.mode == "max" else value < best
+
+
+def selection(config: Any, evals: list) -> Selection | None:
+  """The run's `Selection`, or None; raises ValueError naming a bad `train.select_*` key."""
+  metric = config.train.get("select_best")
+  if not metric:
+    return None
+  mode = str(config.train.get("select_mode", "max"))
+  if mode not in ("max", "min"):
+    raise ValueError(f"train.select_mode={mode!r} is not 'max' or 'min'")
+  names = [evaluator.name for evaluator in evals]
+  if "/" not in metric or metric.split("/", 1)[0] not in names:
+    raise ValueError(f"train.select_best={metric!r} must be '<evaluator>/<metric>' with an "
+                     f"evaluator of config.evals ({names})")
+  return Selection(str(metric), mode)
 
 
 def train(config: Any, workdir: str | os.PathLike, *, final_eval: bool = True,
@@ -274,11 +306,24 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
     last_means = means
     interval_start = time.perf_counter()
 
+  select = selection(config, evals)
+  best = ckpt.best_record() if select else None  # a resumed run keeps its best so far
+
   def evaluate(step: int) -> dict[str, float]:
+    nonlocal best
     values = evaluators.run_all(evals, recipe.eval_models(state),
                                 workdir / "eval" / f"step_{step}", recipe=recipe.name)
     writer.write_scalars(step, values)
     logger.info("eval at step %d: %s", step, values)
+    if select is not None:
+      if select.metric not in values:
+        raise run_config.InputError(f"train.select_best={select.metric!r} is not a metric "
+                                    f"of the evaluation (it gave {sorted(values)})")
+      value = float(values[select.metric])
+      if select.better(value, None if best is None else best["value"]):
+        best = {"metric": select.metric, "value": value, "metrics": values, "step": step}
+        ckpt.save_best(step, {"params": state["params"], "step": state["step"]}, best)
+        logger.info("best %s=%.4f at step %d", select.metric, value, step)
     return values
 
   def save(step: int, force: bool = False) -> None:
@@ -303,6 +348,8 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
     writer.write_scalars(step, {"train/preemption_save_s": seconds})
     raise preemption.Preempted(step, seconds)
 
+  if start == 0 and train_config.get("eval_at_start") and evals:
+    evaluate(0)  # the starting point, a candidate for the best
   for step_index, local_batch in recipe.batcher.iterate(start, stop):
     batch = global_batch(local_batch, recipe.batch_sharding, host_keys)
     if step == start:  # the contract, by tracing once before the first compile
@@ -343,6 +390,12 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
   if not stopped_early:
     if final_eval and evals:
       eval_metrics = evaluate(step)
+    if select is not None and best is not None:
+      if final_eval and evals:
+        eval_metrics = dict(best["metrics"])
+      info["best"] = {"step": int(best["step"]), select.metric: float(best["value"])}
+      if int(best["step"]) != step:  # the selected params are what the run hands on
+        state = restore_best(ckpt, recipe, state)
     if train_config.export:  # every process: gathering sharded parameters is a collective
       written = recipe.export(state, str(workdir / "export"))
       if written:
@@ -352,8 +405,18 @@ def _train_loop(config, workdir, recipe, evals, mesh, ckpt, writer, final_eval,
                      frozen=frozen)
 
 
+def restore_best(ckpt: checkpoint.Checkpointer, recipe, state: dict) -> dict:
+  """`state` with the params (and step) of the best checkpoint, on the state's shardings."""
+  wanted = ("params", "step")
+  restored, _ = ckpt.restore(checkpoint.BEST,
+                             abstract_state={k: recipe.abstract_state[k] for k in wanted},
+                             shardings={k: recipe.state_shardings[k] for k in wanted},
+                             partial=True)
+  return dict(state, **restored)
+
+
 def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
-        step: int | None = None, *, allow_config_change: bool = False) -> dict[str, Any]:
+        step: int | str | None = None, *, allow_config_change: bool = False) -> dict[str, Any]:
   """`main.py`'s entry point: train, evaluate a checkpoint, or both.
 
   An evaluation-only recipe (`zeroshot`) evaluates in `eval` and `train_and_eval` modes, and
@@ -362,13 +425,15 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
   Args:
     config: The recipe config.
     workdir: The run directory.
-    mode: `train`, `eval` (the checkpoint at `step`, default the latest) or `train_and_eval`.
-    step: For `eval`: which checkpoint.
+    mode: `train`, `eval` (the checkpoint at `step`) or `train_and_eval`.
+    step: For `eval`: which checkpoint: a step, `best`, or None (the best checkpoint when the
+      run selected one, else the latest).
     allow_config_change: See `train`.
 
   Returns:
     A summary dict: `step`, and `train` / `eval` metrics (`<evaluator>/<metric>`) where they
-    ran, `reports` (the hooks' console tables).
+    ran, `eval_step` (the step the `eval` metrics are of: the best one with
+    `train.select_best`), `reports` (the hooks' console tables).
 
   Raises:
     run_config.InputError: An invalid mode, config or input, naming it.
@@ -391,4 +456,5 @@ def run(config: Any, workdir: str | os.PathLike, mode: str = "train_and_eval",
              "stopped_early": result.stopped_early, "reports": result.reports}
   if result.eval_metrics is not None:
     summary["eval"] = result.eval_metrics
+    summary["eval_step"] = result.info.get("best", {}).get("step", result.step)
   return summary

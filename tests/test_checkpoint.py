@@ -180,3 +180,29 @@ def test_partial_restore_reads_only_the_given_part(tmp_path, state):
     restored, _ = ckpt.restore(abstract_state=part, partial=True)
   assert set(restored) == set(part)
   _assert_identical(restored, {key: state[key] for key in part})
+
+
+def test_best_checkpoint_is_kept_apart_replaced_and_restored(tmp_path, state):
+  best = {"params": state["params"], "step": state["step"]}
+  abstract = _abstract(best)
+  assert not checkpoint.has_best(tmp_path)
+  with checkpoint.Checkpointer(tmp_path, max_to_keep=1) as ckpt:
+    assert ckpt.best_record() is None
+    with pytest.raises(FileNotFoundError, match="no best checkpoint"):
+      ckpt.restore(checkpoint.BEST, abstract_state=abstract, partial=True)
+    ckpt.save_best(2, best, {"metric": "dev/x", "value": 0.5})
+    later = jax.tree_util.tree_map(lambda x: x + 1, best)
+    ckpt.save_best(4, later, {"metric": "dev/x", "value": 0.7})
+    for step in (3, 5, 6):  # the periodic checkpoints prune only their own directory
+      ckpt.save(step, state, force=True)
+    ckpt.wait()
+    assert ckpt.all_steps() == [6]
+    assert ckpt.best_record() == {"metric": "dev/x", "value": 0.7, "step": 4}
+  assert checkpoint.has_best(tmp_path)
+  assert sorted(p.name for p in (tmp_path / checkpoint.BEST_SUBDIR).iterdir()) == ["4"]
+  with checkpoint.Checkpointer(tmp_path) as ckpt:  # a new reader, as evaluation opens one
+    restored, extra = ckpt.restore(checkpoint.BEST, abstract_state=abstract, partial=True)
+    assert extra["step"] == 4
+    with pytest.raises(ValueError, match="partial=True"):
+      ckpt.restore(checkpoint.BEST, abstract_state=abstract)
+  _assert_identical(restored, jax.device_get(later))

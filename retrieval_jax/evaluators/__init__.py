@@ -4,9 +4,9 @@
       "dev": {"type": "retrieval", "data": {"name": None, "split": "dev"}, "index": "exact", ...},
   }
 
-Each entry has a `type` from the registry (`retrieval`, `maxsim`, `reqa` (ReQA SQuAD); `sts`
-and `lamer` register with their recipes), its own data (`data.name` None: the run's `data.name`)
-and its own settings. An evaluator declares the model roles it needs (`EvalModels`: `query`,
+Each entry has a `type` from the registry (`retrieval`, `maxsim`, `reqa` (ReQA SQuAD), `sts`
+(STS-B Spearman); `lamer` registers with its recipe), its own data (`data.name` None: the
+run's `data.name`) and its own settings. An evaluator declares the model roles it needs (`EvalModels`: `query`,
 `passage`, ...); running it writes `metrics.json` under `<out_root>/<name>/` and its metrics
 come back as `<name>/<metric>`. `main.py --mode=eval`, the periodic and final evaluation of
 training, and `eval/retrieval.py` all go through here.
@@ -26,7 +26,8 @@ from retrieval_jax import files
 logger = logging.getLogger(__name__)
 
 # type -> module under retrieval_jax.evaluators whose `build(name, entry, defaults)` makes one.
-_TYPES: dict[str, str] = {"retrieval": "retrieval", "maxsim": "maxsim", "reqa": "reqa"}
+_TYPES: dict[str, str] = {"retrieval": "retrieval", "maxsim": "maxsim", "reqa": "reqa",
+                          "sts": "sts"}
 
 
 class Evaluator(Protocol):

@@ -89,13 +89,15 @@ class MLMHead(nn.Module):
 
 @dataclasses.dataclass(frozen=True)
 class MLPProjectionConfig:
-  """Widths of the MLP's layers (the last is the output); GELU between them."""
+  """Widths of the MLP's layers (the last is the output); GELU between them, and after the
+  last layer too with `final_activation` (SG-OPT's head ends in a GELU)."""
   widths: tuple[int, ...] = (768, 768)
   use_bias: bool = True
+  final_activation: bool = False
 
 
 class MLPProjection(nn.Module):
-  """[..., d] -> [..., widths[-1]]: Dense, GELU, ..., Dense (no activation after the last)."""
+  """[..., d] -> [..., widths[-1]]: Dense, GELU, ..., Dense (+ GELU with `final_activation`)."""
   config: MLPProjectionConfig
   dtype: jnp.dtype = jnp.float32
   param_dtype: jnp.dtype = jnp.float32
@@ -107,6 +109,6 @@ class MLPProjection(nn.Module):
       x = nn.Dense(width, use_bias=self.config.use_bias, dtype=self.dtype,
                    param_dtype=self.param_dtype, kernel_init=_init(("embed", "projection")),
                    bias_init=_zeros(("projection",)), name=f"dense_{i}")(x)
-      if i + 1 < len(widths):
+      if i + 1 < len(widths) or self.config.final_activation:
         x = gelu(x, approximate=False)
     return x.astype(jnp.float32)

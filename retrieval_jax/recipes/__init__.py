@@ -15,7 +15,7 @@ from typing import Any
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
 AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert",
              "tct_colbert": "tct_colbert", "contriever": "contriever", "retromae": "retromae",
-             "chang": "chang", "reqa": "reqa"}
+             "chang": "chang", "reqa": "reqa", "sgopt": "sgopt"}
 
 
 def register(name: str, module: str) -> None:
@@ -41,23 +41,32 @@ def trains(module) -> bool:
   return getattr(module, "TRAINS", True)
 
 
-def eval_models(config: Any, workdir: str | os.PathLike, step: int | None = None):
-  """(EvalModels, step or None): a trained recipe's checkpoint at `step` (default the latest),
-  or an evaluation-only recipe's models."""
+def eval_models(config: Any, workdir: str | os.PathLike, step: int | str | None = None):
+  """(EvalModels, step or None): a trained recipe's checkpoint at `step`, or an
+  evaluation-only recipe's models.
+
+  `step`: a number, `best` (the run's best checkpoint, `train.select_best`), or None: the best
+  checkpoint when the run kept one, else the latest.
+  """
+  from retrieval_jax import checkpoint  # pylint: disable=g-import-not-at-top
+
   module = get(config.recipe)
   if not trains(module):
     return module.eval_models(config), None
+  if step is None and checkpoint.has_best(workdir):
+    step = checkpoint.BEST
   return module.restore_eval_models(config, workdir, step)
 
 
-def evaluate(config: Any, workdir: str | os.PathLike, step: int | None = None, *,
+def evaluate(config: Any, workdir: str | os.PathLike, step: int | str | None = None, *,
              evals: Any = None, out_root: str | os.PathLike | None = None) -> dict:
   """Runs `config.evals` (or `evals`) on a checkpoint or an evaluation-only recipe's models.
 
   Args:
     config: The run's config (e.g. `checkpoint.load_config(workdir)`).
     workdir: The run directory (holding `checkpoints/` for a trained recipe).
-    step: The checkpoint step; None: the latest.
+    step: The checkpoint step, or `best`; None: the best checkpoint if the run kept one,
+      else the latest.
     evals: A `config.evals`-shaped mapping that replaces the config's.
     out_root: Where each evaluator's folder goes; default `workdir/eval/step_<N>` (trained)
       or `workdir/eval` (evaluation only).
