@@ -4,7 +4,8 @@ Examples:
   # The packaged all-MiniLM-L6-v2 before any training, [CLS] and mean pooling, on dev:
   python eval/sts.py --model=minilm --pooling=cls --split=dev --out=/tmp/sts_minilm_cls
   python eval/sts.py --model=minilm --pooling=mean --split=dev --out=/tmp/sts_minilm_mean
-  # A training run (latest checkpoint, or --step=N), with the pooling it was trained with:
+  # A training run (its best checkpoint when it kept one, else the latest; or --step=N),
+  # with the pooling it was trained with:
   python eval/sts.py --model=/tmp/sgopt_run --split=dev
   # Another copy of STS-B that also holds sts-test.csv, read through its TFDS builder:
   python eval/sts.py --model=minilm --pooling=mean --data=tfds:/data/stsb --split=test
@@ -35,7 +36,8 @@ from absl import app, flags
 FLAGS = flags.FLAGS
 flags.DEFINE_string("model", "minilm", "Training workdir, HF model directory, hub id or "
                     "`minilm` (packaged).")
-flags.DEFINE_integer("step", None, "With a training workdir: the checkpoint step (default latest).")
+flags.DEFINE_string("step", None, "With a training workdir: the checkpoint step or `best` "
+                    "(default: the best checkpoint when the run kept one, else the latest).")
 flags.DEFINE_enum("pooling", "auto", ["auto", "cls", "mean", "pooler"],
                   "Pooling; `auto` uses what the checkpoint's sentence-transformers files declare.")
 flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Computation dtype.")
@@ -75,6 +77,8 @@ def check_flags() -> None:
     raise ValueError(f"--split={FLAGS.split!r} is not one of {', '.join(stsb.SPLITS)}")
   if FLAGS.model == "bm25":
     raise ValueError("--model=bm25 has no sentence vectors: STS needs an encoder")
+  if FLAGS.step is not None and FLAGS.step != "best" and not FLAGS.step.isdigit():
+    raise ValueError(f"--step={FLAGS.step!r} must be a step number or 'best'")
   for name in ("max_length", "batch_size"):
     if FLAGS[name].value < 1:
       raise ValueError(f"--{name}={FLAGS[name].value} is below 1")
@@ -100,8 +104,8 @@ def run_from_flags() -> dict:
   evaluator = evaluators.build(NAME, flag_config.evals[NAME])
   pairs = evaluator.pairs  # bad data fails before models load
   if run_config.is_training_workdir(FLAGS.model):
-    models, step = recipes.eval_models(run_config.load_config(FLAGS.model), FLAGS.model,
-                                       FLAGS.step)
+    wanted = FLAGS.step if FLAGS.step in (None, "best") else int(FLAGS.step)
+    models, step = recipes.eval_models(run_config.load_config(FLAGS.model), FLAGS.model, wanted)
     evaluators.check_models(evaluator, models, "eval/sts.py")
     workdir_pooling_check(models.get(ROLE).pooling.mode)
     out = FLAGS.out or os.path.join(FLAGS.model, "eval", f"step_{step}", NAME)

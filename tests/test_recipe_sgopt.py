@@ -187,6 +187,15 @@ def test_main_evaluates_the_best_step_and_rejects_a_bad_one(smoke_run):
   assert bad.returncode != 0 and "--step='last' must be a step number or 'best'" in bad.stderr
 
 
+def test_eval_sts_takes_the_best_checkpoint_by_default(smoke_run, tmp_path):
+  workdir, result = smoke_run
+  run_python(["eval/sts.py", f"--model={workdir}", "--data=synthetic", "--noprogress",
+              f"--out={tmp_path}"])
+  metrics = json.loads((tmp_path / "metrics.json").read_text())
+  assert metrics["step"] == result.info["best"]["step"]
+  assert metrics["spearman"] == pytest.approx(result.info["best"]["sts_dev/spearman"], abs=1e-6)
+
+
 @pytest.mark.parametrize("overrides, key", [
     ({"loss.type": "simcse"}, "loss.type"),
     ({"loss.temperature": 0.0}, "loss.temperature"),
