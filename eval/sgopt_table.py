@@ -14,9 +14,13 @@ import json
 import pathlib
 import re
 import statistics
-import sys
 
 from absl import app, flags
+
+if __package__:
+  from . import run_tables  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import run_tables  # pylint: disable=g-import-not-at-top
 
 _RUNS = flags.DEFINE_string("runs", "runs/sgopt_table", "The directory eval/sgopt_table.sh wrote.")
 _OUT = flags.DEFINE_string("out", None, "Write the table as JSON here too.")
@@ -87,15 +91,7 @@ def markdown(result: dict) -> str:
 
 def main(argv):
   del argv
-  runs = pathlib.Path(_RUNS.value)
-  if not runs.is_dir():
-    print(f"error: --runs={runs} is not a directory", file=sys.stderr)
-    return 1
-  result = collect(runs)
-  print(markdown(result))
-  if _OUT.value:
-    pathlib.Path(_OUT.value).write_text(json.dumps(result, indent=2))
-  return 0
+  return run_tables.print_table(_RUNS.value, _OUT.value, collect, markdown)
 
 
 if __name__ == "__main__":
