@@ -5,8 +5,9 @@ transformers' `output_hidden_states` (the packaged MiniLM in PyTorch) and the vi
 masked means; a step's loss equals the SG-OPT / SG loss recomputed from the model's outputs,
 and a (4, 2) mesh equals one device; the frozen copy is bit-identical after training and
 outside the state, the embedding layer unchanged (not even a parameter); the best dev
-checkpoint is selected among the evaluations (step 0 included), reported, exported, and what
-`--mode=eval` evaluates; invalid keys rejected before compiling.
+checkpoint is selected among the evaluations (step 0 included), reported, exported, kept
+across a resume, and what `--mode=eval` and `eval/sts.py` evaluate; invalid keys rejected
+before compiling.
 """
 
 import json
@@ -175,6 +176,15 @@ def test_the_best_evaluation_is_kept_reported_and_evaluated(smoke_run):
   assert evaluated["metrics"]["sts_dev/spearman"] == pytest.approx(scores[best_step], abs=1e-6)
   last = recipes.evaluate(_smoke(), workdir, 6, out_root=workdir / "last")
   assert last["metrics"]["sts_dev/spearman"] == pytest.approx(scores[6], abs=1e-6)
+
+
+def test_a_resumed_run_keeps_its_best_and_ends_as_an_uninterrupted_one(smoke_run, tmp_path):
+  _, uninterrupted = smoke_run
+  first = train.train(_smoke(**{"train.stop_at_step": 3}), tmp_path)
+  assert first.stopped_early and checkpoint.has_best(tmp_path)
+  resumed = train.train(_smoke(), tmp_path)
+  assert resumed.info["best"] == uninterrupted.info["best"]
+  assert resumed.eval_metrics == uninterrupted.eval_metrics
 
 
 def test_main_evaluates_the_best_step_and_rejects_a_bad_one(smoke_run):
