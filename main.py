@@ -57,6 +57,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  step = _STEP.value
+  if step is not None and step != "best":
+    if not step.isdigit():
+      raise app.UsageError(f"--step={step!r} must be a step number or 'best'")
+    step = int(step)
   # Imported here: nothing may touch a JAX device before jax.distributed is initialised.
   from retrieval_jax import distributed  # pylint: disable=g-import-not-at-top
 
@@ -84,11 +89,6 @@ def main(argv):
   if _MODE.value == "train" and not recipes.trains(module):
     raise app.UsageError(f"recipe {config.recipe!r} has no training steps: use --mode=eval "
                          "or train_and_eval")
-  step = _STEP.value
-  if step is not None and step != "best":
-    if not step.isdigit():
-      raise app.UsageError(f"--step={step!r} must be a step number or 'best'")
-    step = int(step)
   try:
     summary = train.run(config, workdir, _MODE.value, step,
                         allow_config_change=_ALLOW_CONFIG_CHANGE.value)

@@ -7,12 +7,7 @@
 cd "$(dirname "$0")/.."
 R=${1:-runs/sgopt_table}; SEEDS=${2:-0 1 2}; mkdir -p $R
 T=$R/times.tsv
-run() {  # name, then the command
-  name=$1; shift
-  if [ -f $R/$name.done ]; then return; fi
-  start=$(date +%s)
-  "$@" > $R/$name.log 2>&1 && { echo -e "$name\t$(( $(date +%s) - start ))" >> $T; touch $R/$name.done; } || echo -e "$name\tFAILED" >> $T
-}
+source eval/run_queue.sh
 for pooling in cls mean; do
   run minilm_$pooling python eval/sts.py --model=minilm --pooling=$pooling --split=dev --out=$R/minilm_$pooling --noprogress
 done

@@ -3,10 +3,12 @@
 import json
 
 from absl import flags
+import pytest
 
 from eval import bench_contriever
 
 
+@pytest.mark.slow  # compiles three training steps of the script: a minute on 2 cores
 def test_smoke_benchmark_writes_the_schema(tmp_path, capsys):
   flag_values = flags.FlagValues()
   bench_contriever.define_flags(flag_values)

@@ -187,16 +187,18 @@ def test_a_resumed_run_keeps_its_best_and_ends_as_an_uninterrupted_one(smoke_run
   assert resumed.eval_metrics == uninterrupted.eval_metrics
 
 
-def test_main_evaluates_the_best_step_and_rejects_a_bad_one(smoke_run):
+def test_eval_mode_takes_the_best_step_and_main_rejects_a_bad_one(smoke_run):
   workdir, result = smoke_run
-  ok = run_python(["main.py", "--config=configs/sgopt.py:smoke", f"--workdir={workdir}",
-                   "--mode=eval", "--step=best"])
-  assert f"at step {result.info['best']['step']}" in ok.stdout
+  summary = train.run(_smoke(), workdir, "eval", "best")
+  assert summary["step"] == result.info["best"]["step"]
+  assert summary["eval"]["sts_dev/spearman"] == pytest.approx(
+      result.info["best"]["sts_dev/spearman"], abs=1e-6)
   bad = run_python(["main.py", "--config=configs/sgopt.py:smoke", f"--workdir={workdir}",
                     "--mode=eval", "--step=last"], check=False)
   assert bad.returncode != 0 and "--step='last' must be a step number or 'best'" in bad.stderr
 
 
+@pytest.mark.slow  # a subprocess: `recipes.evaluate` (above) covers the default in-process
 def test_eval_sts_takes_the_best_checkpoint_by_default(smoke_run, tmp_path):
   workdir, result = smoke_run
   run_python(["eval/sts.py", f"--model={workdir}", "--data=synthetic", "--noprogress",
