@@ -6,12 +6,7 @@
 cd "$(dirname "$0")/.."
 R=${1:-runs/chang_table}; mkdir -p $R
 T=$R/times.tsv
-run() {  # name, then the command
-  name=$1; shift
-  if [ -f $R/$name.done ]; then return; fi
-  start=$(date +%s)
-  "$@" > $R/$name.log 2>&1 && { echo -e "$name\t$(( $(date +%s) - start ))" >> $T; touch $R/$name.done; } || echo -e "$name\tFAILED" >> $T
-}
+source eval/run_queue.sh
 pre() { run pre_$1 python main.py --config=configs/chang.py:$2 --workdir=$R/pre_$1; }
 fine() {  # row, fraction tag, fraction, variant, init
   init=""; [ -n "$5" ] && init="--config.init=$R/pre_$5"
