@@ -26,14 +26,12 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import logging
 import os
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from retrieval_jax import distributed, encode, files, losses, optim, sharding
 from retrieval_jax.data import sentence_batches, stsb
@@ -44,8 +42,6 @@ from retrieval_jax.models.heads import MLPProjectionConfig
 from retrieval_jax.models.transformer import TransformerEncoder
 from retrieval_jax.recipes import base, contrastive
 from retrieval_jax.recipes import state as state_lib
-
-logger = logging.getLogger(__name__)
 
 LOSSES = ("sg_opt", "sg")
 FROZEN = "copy"
