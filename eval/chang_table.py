@@ -71,7 +71,8 @@ def collect(runs: pathlib.Path) -> dict:
     row = {"row": label, "cells": {}, "seconds": {}}
     for tag, _ in FRACTIONS:
       name = "bm25" if key == "bm25" else f"ft_{key}_{tag}"
-      row["cells"][tag] = final_metrics(runs / name)
+      row["cells"][tag] = (final_metrics(runs / name) if run_tables.finished(runs, name)
+                           else None)
       row["seconds"][tag] = times.get(name)
     if pretraining:
       row["pretraining"] = {"seconds": times.get(f"pre_{pretraining}"),

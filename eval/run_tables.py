@@ -8,6 +8,12 @@ import sys
 from typing import Callable
 
 
+def finished(runs: pathlib.Path, name: str) -> bool:
+  """Whether the queue (`eval/run_queue.sh`) finished run `name`: it leaves `<name>.done`, so
+  a run still training (or killed) never enters a table with its partial evaluations."""
+  return (runs / f"{name}.done").exists()
+
+
 def print_table(runs: str, out: str | None, collect: Callable[[pathlib.Path], dict],
                 markdown: Callable[[dict], str]) -> int:
   """Prints `markdown(collect(runs))`, writes the collected table as JSON to `out` if given;

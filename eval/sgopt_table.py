@@ -5,7 +5,8 @@ deviation over seeds.
   python eval/sgopt_table.py --runs=runs/sgopt_table --out=runs/sgopt_table/table.json
 
 A trained run contributes its best dev evaluation (the checkpoint the run keeps: selected on
-dev, so an optimistic number) and its last step's (no selection). Missing runs print as "–".
+dev, so an optimistic number) and its last step's (no selection). Missing runs print as "–";
+only runs the queue finished count (a run in progress is named under the table).
 """
 
 from __future__ import annotations
@@ -47,16 +48,20 @@ def _summary(values: list[float]) -> dict | None:
 
 
 def collect(runs: pathlib.Path) -> dict:
-  rows = []
+  rows, in_progress = [], []
   for name, label in BASELINES:
     path = runs / name / "metrics.json"
-    value = json.loads(path.read_text())["spearman"] if path.exists() else None
+    done = run_tables.finished(runs, name) and path.exists()
+    value = json.loads(path.read_text())["spearman"] if done else None
     rows.append({"row": label, "best": _summary([value] if value is not None else []),
                  "last": None, "seeds": {}})
   for prefix, label in TRAINED:
     seeds = {}
     for workdir in sorted(runs.glob(f"{prefix}_s*")):
       if not workdir.is_dir():
+        continue
+      if not run_tables.finished(runs, workdir.name):
+        in_progress.append(workdir.name)
         continue
       found = evaluations(workdir)
       if not found:
@@ -68,7 +73,7 @@ def collect(runs: pathlib.Path) -> dict:
     rows.append({"row": label, "seeds": seeds,
                  "best": _summary([s["best"] for s in seeds.values()]),
                  "last": _summary([s["last"] for s in seeds.values()])})
-  return {"runs": str(runs), "rows": rows}
+  return {"runs": str(runs), "rows": rows, "in_progress": in_progress}
 
 
 def _cell(summary: dict | None) -> str:
@@ -86,6 +91,8 @@ def markdown(result: dict) -> str:
   for row in result["rows"]:
     steps = ", ".join(str(s["best_step"]) for s in row["seeds"].values()) or "–"
     lines.append(f"| {row['row']} | {_cell(row['best'])} | {_cell(row['last'])} | {steps} |")
+  if result["in_progress"]:
+    lines.append(f"\nNot finished, left out: {', '.join(result['in_progress'])}")
   return "\n".join(lines)
 
 

@@ -13,10 +13,13 @@ def test_table_from_runs(tmp_path):
   runs = tmp_path / "runs"
   (runs / "bm25").mkdir(parents=True)
   (runs / "bm25" / "metrics.json").write_text(json.dumps(_metrics(runs, 0.5)))
-  for step, value in ((100, 0.1), (300, 0.4)):  # the last evaluated step counts
-    out = runs / "ft_mix_1" / "eval" / f"step_{step}" / "reqa"
-    out.mkdir(parents=True)
-    (out / "metrics.json").write_text(json.dumps(_metrics(runs, value)))
+  for run in ("ft_mix_1", "ft_mix_80"):  # the last evaluated step of a finished run counts
+    for step, value in ((100, 0.1), (300, 0.4)):
+      out = runs / run / "eval" / f"step_{step}" / "reqa"
+      out.mkdir(parents=True)
+      (out / "metrics.json").write_text(json.dumps(_metrics(runs, value)))
+  for run in ("bm25", "ft_mix_1"):  # ft_mix_80 is still training: no marker
+    (runs / f"{run}.done").touch()
   log = runs / "pre_mix" / "tensorboard"
   log.mkdir(parents=True)
   log.joinpath("metrics.jsonl").write_text("\n".join(
