@@ -56,6 +56,11 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | None], ...] = (
     ("projection", None),
     # Contriever's MoCo queue of keys: its rows over `data`, so no device holds all of it.
     ("queue", DATA_AXIS),
+    # The causal LM (LameR): its scanned layer axis stays whole on every device, and the
+    # key/value heads of grouped-query attention are few (3 in SmolLM2-135M), rarely a
+    # multiple of the model axis, so their projections are replicated.
+    ("layers", None),
+    ("kv_heads", None),
 )
 
 

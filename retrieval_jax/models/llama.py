@@ -1,0 +1,208 @@
+"""A Llama-family causal language model in Flax linen, numerically equal to Hugging Face's.
+
+RMSNorm (in float32, as `LlamaRMSNorm`), rotary position embeddings (the half-split
+rotation of HF's checkpoints), grouped-query attention, a SwiGLU MLP and optionally tied
+input/output embeddings: `LlamaForCausalLM`'s forward pass. The layers are one `nn.scan`
+over a stacked parameter tree (one compiled layer, however deep the model), and attention
+reads and writes an explicit key/value cache, so prefill and one-token decoding are the same
+call: `Llama(ids, positions, key_mask, cache, index)` writes the new keys and values at
+`index` and attends over the cache slots `key_mask` marks valid and not in the future.
+
+Parameters carry logical axis names (`vocab`, `embed`, `heads`, `kv`, `mlp`, `layers`).
+Key/value projections use `kv_heads`, which `sharding.LOGICAL_AXIS_RULES` leaves
+replicated: grouped-query models have few key/value heads (3 in SmolLM2-135M), rarely a
+multiple of the model axis.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+_INIT_STD = 0.02  # Llama's initializer_range.
+
+
+@dataclasses.dataclass(frozen=True)
+class LlamaConfig:
+  """The shape of a Llama-family model (HF `LlamaConfig` names in the comments)."""
+  vocab_size: int
+  hidden_size: int
+  intermediate_size: int
+  num_layers: int          # num_hidden_layers
+  num_heads: int           # num_attention_heads
+  num_kv_heads: int        # num_key_value_heads
+  head_dim: int
+  rope_theta: float = 10000.0
+  rms_norm_eps: float = 1e-5
+  tie_word_embeddings: bool = True
+  dtype: Any = jnp.float32
+  param_dtype: Any = jnp.float32
+
+  def __post_init__(self):
+    if self.num_heads % self.num_kv_heads:
+      raise ValueError(f"num_heads={self.num_heads} is not a multiple of "
+                       f"num_kv_heads={self.num_kv_heads}")
+    if self.head_dim % 2:
+      raise ValueError(f"head_dim={self.head_dim} must be even for rotary embeddings")
+
+
+class KVCache(NamedTuple):
+  """Keys and values of every layer: [layers, batch, slots, kv_heads, head_dim] each."""
+  keys: jax.Array
+  values: jax.Array
+
+
+def init_cache(config: LlamaConfig, batch: int, slots: int, dtype=None) -> KVCache:
+  """An empty cache of `slots` positions for `batch` sequences."""
+  shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+  dtype = dtype or config.dtype
+  return KVCache(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+def _init(names, initializer=None):
+  return nn.with_logical_partitioning(initializer or nn.initializers.normal(_INIT_STD), names)
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * weight, computed in float32 and cast back, as `LlamaRMSNorm`."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+    weight = self.param("weight", _init(("embed",), nn.initializers.ones_init()),
+                        (cfg.hidden_size,), cfg.param_dtype)
+    x32 = x.astype(jnp.float32)
+    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + cfg.rms_norm_eps)
+    return weight.astype(cfg.dtype) * normed.astype(cfg.dtype)
+
+
+def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotates x [b, l, heads, d] by its positions [b, l] (HF's `rotate_half` layout)."""
+  half = x.shape[-1] // 2
+  inv_freq = 1.0 / (theta ** (jnp.arange(0, half, dtype=jnp.float32) * 2.0 / x.shape[-1]))
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [b, l, half]
+  cos = jnp.cos(angles)[:, :, None, :]
+  sin = jnp.sin(angles)[:, :, None, :]
+  x1, x2 = x[..., :half].astype(jnp.float32), x[..., half:].astype(jnp.float32)
+  rotated = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return rotated.astype(x.dtype)
+
+
+class Attention(nn.Module):
+  """Grouped-query self-attention that writes this call's keys and values into the cache."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, positions, key_mask, keys, values, index):
+    cfg = self.config
+
+    def project(name, heads, names):
+      return nn.DenseGeneral((heads, cfg.head_dim), use_bias=False, dtype=cfg.dtype,
+                             param_dtype=cfg.param_dtype, kernel_init=_init(names),
+                             name=name)(x)
+
+    q = rotary(project("q_proj", cfg.num_heads, ("embed", "heads", "kv")), positions,
+               cfg.rope_theta)
+    k = rotary(project("k_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv")), positions,
+               cfg.rope_theta)
+    v = project("v_proj", cfg.num_kv_heads, ("embed", "kv_heads", "kv"))
+    keys = jax.lax.dynamic_update_slice(keys, k.astype(keys.dtype), (0, index, 0, 0))
+    values = jax.lax.dynamic_update_slice(values, v.astype(values.dtype), (0, index, 0, 0))
+
+    batch, length = x.shape[:2]
+    group = cfg.num_heads // cfg.num_kv_heads
+    q = q.reshape(batch, length, cfg.num_kv_heads, group, cfg.head_dim)
+    scores = jnp.einsum("blkgd,btkd->bkglt", q, keys.astype(cfg.dtype),
+                        preferred_element_type=jnp.float32) * (cfg.head_dim ** -0.5)
+    # A slot is visible when it holds a real token and is not after the query's own slot.
+    slots = jnp.arange(keys.shape[1])
+    causal = slots[None, :] <= (index + jnp.arange(length))[:, None]  # [l, t]
+    visible = causal[None] & key_mask[:, None, :].astype(bool)        # [b, l, t]
+    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
+    weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+    out = jnp.einsum("bkglt,btkd->blkgd", weights, values.astype(cfg.dtype))
+    out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
+    out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
+                          param_dtype=cfg.param_dtype,
+                          kernel_init=_init(("heads", "kv", "embed")), name="o_proj")(out)
+    return out, keys, values
+
+
+class MLP(nn.Module):
+  """down(silu(gate(x)) * up(x))."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x):
+    cfg = self.config
+
+    def dense(width, names, name):
+      return nn.Dense(width, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                      kernel_init=_init(names), name=name)
+
+    hidden = nn.silu(dense(cfg.intermediate_size, ("embed", "mlp"), "gate_proj")(x))
+    hidden = hidden * dense(cfg.intermediate_size, ("embed", "mlp"), "up_proj")(x)
+    return dense(cfg.hidden_size, ("mlp", "embed"), "down_proj")(hidden)
+
+
+class DecoderLayer(nn.Module):
+  """Pre-norm attention and MLP with residuals; the scan body (carry x, one layer's cache)."""
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, x, layer_cache, positions, key_mask, index):
+    keys, values = layer_cache
+    attended, keys, values = Attention(self.config, name="self_attn")(
+        RMSNorm(self.config, name="input_layernorm")(x), positions, key_mask, keys, values,
+        index)
+    x = x + attended
+    x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
+    return x, (keys, values)
+
+
+class Llama(nn.Module):
+  """`LlamaForCausalLM`: token ids -> next-token logits, reading and writing a KV cache.
+
+  Call with `input_ids` [b, l], their `positions` [b, l] (left padding: count real tokens
+  only), `key_mask` [b, slots] (1 where a cache slot holds a real token once this call's
+  tokens are written), the `cache` and the slot `index` of `input_ids[:, 0]`. Returns the
+  logits ([b, l, vocab], or [b, vocab] of the last position with `last_only`) and the new cache.
+  """
+  config: LlamaConfig
+
+  @nn.compact
+  def __call__(self, input_ids, positions, key_mask, cache: KVCache, index,
+               last_only: bool = False):
+    cfg = self.config
+    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
+                     param_dtype=cfg.param_dtype, embedding_init=_init(("vocab", "embed")),
+                     name="embed_tokens")
+    x = embed(input_ids)
+    layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
+                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                     length=cfg.num_layers,
+                     metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
+    x, (keys, values) = layers(x, (cache.keys, cache.values), positions, key_mask, index)
+    x = RMSNorm(cfg, name="norm")(x)
+    if last_only:
+      x = x[:, -1]
+    if cfg.tie_word_embeddings:
+      logits = embed.attend(x)
+    else:
+      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
+                        param_dtype=cfg.param_dtype, kernel_init=_init(("embed", "vocab")),
+                        name="lm_head")(x)
+    return logits.astype(jnp.float32), KVCache(keys, values)
+
+
+def forward(model: Llama, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
+  """Logits [b, l, vocab] of a whole (left- or right-padded) batch with no cache kept."""
+  positions = jnp.maximum(jnp.cumsum(attention_mask, axis=-1) - 1, 0)
+  cache = init_cache(model.config, input_ids.shape[0], input_ids.shape[1])
+  logits, _ = model.apply({"params": params}, input_ids, positions, attention_mask, cache, 0)
+  return logits

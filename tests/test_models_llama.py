@@ -1,0 +1,133 @@
+"""`models/llama.py` and `models/llama_weights.py` against transformers' `LlamaForCausalLM`."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from retrieval_jax.models import llama, llama_weights
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+def _tiny_hf(tmp_path, tie: bool, seed: int = 0):
+  """A random 3-layer grouped-query Llama saved as safetensors; returns (dir, torch model)."""
+  torch.manual_seed(seed)
+  config = transformers.LlamaConfig(
+      vocab_size=97, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+      num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+      rope_theta=500.0, rms_norm_eps=1e-5, tie_word_embeddings=tie)
+  model = transformers.LlamaForCausalLM(config).eval()
+  with torch.no_grad():  # norms away from 1 so a misplaced norm weight shows
+    for name, p in model.named_parameters():
+      if "norm" in name:
+        p.uniform_(0.5, 1.5)
+  model.save_pretrained(tmp_path)
+  return tmp_path, model
+
+
+def _left_padded(seed=1):
+  rng = np.random.default_rng(seed)
+  ids = rng.integers(3, 97, size=(3, 9))
+  mask = np.ones_like(ids)
+  mask[1, :4] = 0  # left padding, as batched generation uses
+  mask[2, :1] = 0
+  ids[mask == 0] = 0
+  return ids, mask
+
+
+def _torch_logits(model, ids, mask):
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  with torch.no_grad():
+    out = model(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask),
+                position_ids=torch.tensor(positions))
+  return out.logits.numpy()
+
+
+@pytest.mark.parametrize("tie", [True, False])
+def test_logits_equal_transformers_on_a_left_padded_batch(tmp_path, tie):
+  path, reference = _tiny_hf(tmp_path, tie)
+  config, params = llama_weights.load_hf_dir(path)
+  assert config.num_kv_heads == 2 and config.tie_word_embeddings == tie
+  ids, mask = _left_padded()
+  ours = np.asarray(llama.forward(llama.Llama(config), params, jnp.asarray(ids),
+                                  jnp.asarray(mask)))
+  theirs = _torch_logits(reference, ids, mask)
+  real = mask.astype(bool)
+  worst = np.abs(ours[real] - theirs[real]).max()
+  print(f"[measured] tiny Llama (tie={tie}) logits max abs diff vs transformers: {worst:.1e}")
+  assert worst <= 1e-5
+
+
+def test_cached_decoding_equals_the_full_forward(tmp_path):
+  """Prefill of a prefix and then one token at a time gives the full forward's logits."""
+  path, _ = _tiny_hf(tmp_path, tie=True)
+  config, params = llama_weights.load_hf_dir(path)
+  model = llama.Llama(config)
+  ids, mask = _left_padded()
+  full = np.asarray(llama.forward(model, params, jnp.asarray(ids), jnp.asarray(mask)))
+  prefix, slots = 5, ids.shape[1]
+  cache = llama.init_cache(config, ids.shape[0], slots)
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  key_mask = np.zeros((ids.shape[0], slots), np.int32)
+  key_mask[:, :prefix] = mask[:, :prefix]
+  logits, cache = model.apply({"params": params}, ids[:, :prefix], positions[:, :prefix],
+                              key_mask, cache, 0, last_only=True)
+  steps = [np.asarray(logits)]
+  for t in range(prefix, slots):
+    key_mask[:, t] = mask[:, t]
+    logits, cache = model.apply({"params": params}, ids[:, t:t + 1], positions[:, t:t + 1],
+                                key_mask, cache, t, last_only=True)
+    steps.append(np.asarray(logits))
+  stepped = np.stack(steps, axis=1)  # the logits at positions prefix-1 .. slots-1
+  np.testing.assert_allclose(stepped, full[:, prefix - 1:], atol=2e-5)
+
+
+def _llama_cpp_permute(weights, heads):
+  """llama.cpp's `convert_hf_to_gguf.py` LlamaModel.permute, as written there."""
+  return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])
+          .swapaxes(1, 2).reshape(weights.shape))
+
+
+def test_unpermute_inverts_llama_cpp_permutation():
+  weight = np.random.default_rng(0).normal(size=(3 * 8, 5))
+  permuted = _llama_cpp_permute(weight, 3)
+  assert not np.array_equal(permuted, weight)
+  np.testing.assert_array_equal(llama_weights.unpermute_rotary_rows(permuted, 3), weight)
+
+
+def test_config_rejects_what_it_cannot_run():
+  with pytest.raises(ValueError, match="num_kv_heads"):
+    llama.LlamaConfig(vocab_size=8, hidden_size=8, intermediate_size=8, num_layers=1,
+                      num_heads=3, num_kv_heads=2, head_dim=4)
+  with pytest.raises(ValueError, match="rope parameters"):
+    llama_weights.config_from_hf({"model_type": "llama", "num_attention_heads": 2,
+                                  "rope_parameters": {"rope_type": "llama3"}})
+  with pytest.raises(ValueError, match="model_type='bert'"):
+    llama_weights.config_from_hf({"model_type": "bert"})
+
+
+def test_missing_weight_names_the_tensor(tmp_path):
+  path, model = _tiny_hf(tmp_path, tie=True)
+  config, _ = llama_weights.load_hf_dir(path)
+  state = {k: v.numpy() for k, v in model.state_dict().items()}
+  del state["model.layers.1.mlp.up_proj.weight"]
+  with pytest.raises(KeyError, match="model.layers.1.mlp.up_proj.weight"):
+    llama_weights.params_from_state(state, config)
+
+
+def test_params_carry_logical_axes_and_init_matches_loaded_shapes(tmp_path):
+  path, _ = _tiny_hf(tmp_path, tie=False)
+  config, loaded = llama_weights.load_hf_dir(path)
+  cache = llama.init_cache(config, 1, 4)
+  boxed = jax.eval_shape(lambda: llama.Llama(config).init(
+      jax.random.key(0), jnp.zeros((1, 4), jnp.int32), jnp.zeros((1, 4), jnp.int32),
+      jnp.ones((1, 4), jnp.int32), cache, 0))["params"]
+  names = jax.tree_util.tree_map(lambda p: p.names, boxed,
+                                 is_leaf=lambda p: hasattr(p, "names"))
+  assert names["layers"]["self_attn"]["k_proj"]["kernel"] == ("layers", "embed", "kv_heads", "kv")
+  assert names["layers"]["mlp"]["gate_proj"]["kernel"] == ("layers", "embed", "mlp")
+  shapes = jax.tree_util.tree_map(lambda p: p.value.shape, boxed,
+                                  is_leaf=lambda p: hasattr(p, "names"))
+  assert shapes == jax.tree_util.tree_map(lambda a: a.shape, loaded)
