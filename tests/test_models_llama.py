@@ -131,3 +131,33 @@ def test_params_carry_logical_axes_and_init_matches_loaded_shapes(tmp_path):
   shapes = jax.tree_util.tree_map(lambda p: p.value.shape, boxed,
                                   is_leaf=lambda p: hasattr(p, "names"))
   assert shapes == jax.tree_util.tree_map(lambda a: a.shape, loaded)
+
+
+def test_greedy_generation_equals_transformers_generate(tmp_path):
+  """Left-padded batched greedy decoding gives transformers' tokens, row for row, and a row
+  ends at its first stop token while the others go on."""
+  from retrieval_jax.generation import decode  # pylint: disable=g-import-not-at-top
+  path, reference = _tiny_hf(tmp_path, tie=True, seed=3)
+  config, params = llama_weights.load_hf_dir(path)
+  ids, mask = _left_padded(seed=4)
+  keys = decode.row_keys(0, np.zeros(3), np.zeros(3))
+
+  def ours(stop):
+    tokens, lengths = decode.generate(llama.Llama(config), params, jnp.asarray(ids),
+                                      jnp.asarray(mask), keys, jnp.asarray([stop]),
+                                      max_new_tokens=12)
+    return np.asarray(tokens), np.asarray(lengths)
+
+  free, _ = ours(-1)
+  stop = int(free[0, 4])  # row 0 now ends at its 5th token (or earlier)
+  tokens, lengths = ours(stop)
+  print(f"generated lengths with stop id {stop}: {lengths.tolist()}")
+  assert lengths[0] <= 5 and lengths.max() == 12
+  for row in range(ids.shape[0]):
+    prompt = ids[row][mask[row] == 1]
+    with torch.no_grad():
+      out = reference.generate(torch.tensor(prompt[None]), max_new_tokens=12, do_sample=False,
+                               eos_token_id=stop, pad_token_id=0)
+    expected = out[0, len(prompt):].numpy()
+    assert list(tokens[row, :lengths[row]]) == list(expected), row
+    assert (tokens[row, lengths[row]:] == -1).all()

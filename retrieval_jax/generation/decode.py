@@ -1,0 +1,103 @@
+"""Batched autoregressive decoding of `models/llama.Llama` under one `jax.jit`.
+
+Prompts are left-padded to one length, prefilled in one call, then decoded one token per
+`lax.while_loop` iteration against the key/value cache, until every row has produced a stop
+token or `max_new_tokens`. Sampling is greedy at temperature 0, else temperature and nucleus
+(top-p) sampling; each row draws from its own key (`row_keys`), so a prompt's completions do
+not depend on which other prompts share its batch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from retrieval_jax.models import llama
+
+
+def sample_token(logits: jax.Array, key: jax.Array, temperature: float,
+                 top_p: float) -> jax.Array:
+  """One token id per row of `logits` [b, vocab]; `key` is [b] keys (one per row).
+
+  Temperature 0 is greedy (argmax, ties to the lowest id, as `torch.argmax`). Otherwise the
+  logits are divided by the temperature and, with top_p < 1, restricted to the smallest set
+  of most likely tokens whose probability reaches top_p (the token that crosses it kept),
+  as transformers' `TopPLogitsWarper`.
+  """
+  if temperature == 0.0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  scaled = logits.astype(jnp.float32) / temperature
+  if top_p < 1.0:
+    ordered = jnp.sort(scaled, axis=-1)[:, ::-1]
+    probs = jax.nn.softmax(ordered, axis=-1)
+    before = jnp.cumsum(probs, axis=-1) - probs  # mass of the more likely tokens
+    kept = before < top_p
+    threshold = jnp.min(jnp.where(kept, ordered, jnp.inf), axis=-1, keepdims=True)
+    scaled = jnp.where(scaled >= threshold, scaled, -jnp.inf)
+  return jax.vmap(jax.random.categorical)(key, scaled).astype(jnp.int32)
+
+
+def row_keys(seed: int, prompt_hashes: np.ndarray, sample_index: np.ndarray) -> jax.Array:
+  """Per-row keys from the seed, a stable hash of the row's prompt and its sample number."""
+  base = jax.random.key(seed)
+  return jax.vmap(lambda h, i: jax.random.fold_in(jax.random.fold_in(base, h), i))(
+      jnp.asarray(prompt_hashes, jnp.uint32), jnp.asarray(sample_index, jnp.uint32))
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature",
+                                             "top_p"))
+def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax.Array,
+             keys: jax.Array, stop_ids: jax.Array, *, max_new_tokens: int,
+             temperature: float = 0.0, top_p: float = 1.0):
+  """Generates up to `max_new_tokens` after each left-padded prompt.
+
+  Args:
+    model: The module (static: its config is hashable).
+    params: Its params.
+    prompt_ids: [b, p] token ids, left-padded.
+    prompt_mask: [b, p] 1 on real tokens.
+    keys: [b] PRNG keys, one per row (`row_keys`); unused when greedy.
+    stop_ids: [k] token ids that end a row (the stop token is kept in the output).
+    max_new_tokens: The most tokens a row generates.
+    temperature: 0 for greedy decoding.
+    top_p: Nucleus sampling mass (1: off).
+
+  Returns:
+    (tokens [b, max_new_tokens] with -1 after a row's end, lengths [b] of generated tokens
+    including the stop token).
+  """
+  batch, prompt_length = prompt_ids.shape
+  slots = prompt_length + max_new_tokens
+  cache = llama.init_cache(model.config, batch, slots)
+  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
+  key_mask = jnp.zeros((batch, slots), jnp.int32).at[:, :prompt_length].set(prompt_mask)
+  logits, cache = model.apply({"params": params}, prompt_ids, positions, key_mask, cache, 0,
+                              last_only=True)
+  next_position = positions[:, -1] + 1
+  tokens = jnp.full((batch, max_new_tokens), -1, jnp.int32)
+
+  def not_finished(carry):
+    step, _, _, _, _, done, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done)
+
+  def body(carry):
+    step, logits, cache, key_mask, tokens, done, lengths = carry
+    step_keys = jax.vmap(lambda k: jax.random.fold_in(k, step))(keys)
+    token = sample_token(logits, step_keys, temperature, top_p)
+    tokens = tokens.at[:, step].set(jnp.where(done, -1, token))
+    lengths = lengths + (~done).astype(jnp.int32)
+    done = done | jnp.isin(token, stop_ids)
+    slot = prompt_length + step
+    key_mask = key_mask.at[:, slot].set(1)
+    logits, cache = model.apply({"params": params}, token[:, None],
+                                (next_position + step)[:, None], key_mask, cache, slot,
+                                last_only=True)
+    return step + 1, logits, cache, key_mask, tokens, done, lengths
+
+  carry = (jnp.int32(0), logits, cache, key_mask, tokens, jnp.zeros(batch, bool),
+           jnp.zeros(batch, jnp.int32))
+  _, _, _, _, tokens, _, lengths = jax.lax.while_loop(not_finished, body, carry)
+  return tokens, lengths
