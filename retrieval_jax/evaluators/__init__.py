@@ -5,9 +5,9 @@
   }
 
 Each entry has a `type` from the registry (`retrieval`, `maxsim`, `reqa` (ReQA SQuAD), `sts`
-(STS-B Spearman); `lamer` registers with its recipe), its own data (`data.name` None: the
-run's `data.name`) and its own settings. An evaluator declares the model roles it needs (`EvalModels`: `query`,
-`passage`, ...); running it writes `metrics.json` under `<out_root>/<name>/` and its metrics
+(STS-B Spearman), `lamer` (LameR and HyDE: BM25 and a generator)), its own data (`data.name`
+None: the run's `data.name`) and its own settings. An evaluator declares the model roles it
+needs (`EvalModels`: `query`, `passage`, `generator`, ...); running it writes `metrics.json` under `<out_root>/<name>/` and its metrics
 come back as `<name>/<metric>`. `main.py --mode=eval`, the periodic and final evaluation of
 training, and `eval/retrieval.py` all go through here.
 """
@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 # type -> module under retrieval_jax.evaluators whose `build(name, entry, defaults)` makes one.
 _TYPES: dict[str, str] = {"retrieval": "retrieval", "maxsim": "maxsim", "reqa": "reqa",
-                          "sts": "sts"}
+                          "sts": "sts", "lamer": "lamer"}
 
 
 class Evaluator(Protocol):

@@ -33,7 +33,8 @@ class JaxBackend:
     max_prompt_tokens: Longer rendered prompts are an error (the caller shortens them).
     length_multiple: Prompt lengths are padded up to a multiple of this.
     mesh: Optional device mesh; the batch goes over its `data` axis.
-    progress: Called with the number of rows finished after each batch.
+    progress: Called after each batch with the prompts it finished (a fraction when a
+      prompt's samples span batches).
   """
 
   def __init__(self, lm: CausalLM, batch_size: int = 8, max_prompt_tokens: int = 2048,
@@ -56,6 +57,8 @@ class JaxBackend:
     tokenizer = self.lm.tokenizer
     if isinstance(prompt, str):
       return tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    if tokenizer.chat_template is None:
+      raise ValueError(f"model {self.lm.name} has no chat template: give string prompts")
     text = tokenizer.apply_chat_template(list(prompt), tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -106,7 +109,7 @@ class JaxBackend:
       chunk = rows[start:start + self.batch_size]
       texts = self._decode_batch([(rendered[p], hashes[p], i) for p, i in chunk], sampling)
       out.update(zip(chunk, texts))
-      if self.progress:
-        self.progress(len(chunk))
+      if self.progress:  # in prompts: a prompt's N samples count as one
+        self.progress(len(chunk) / draws)
     return [[out[(p, i if draws > 1 else 0)] for i in range(sampling.n)]
             for p in range(len(prompts))]

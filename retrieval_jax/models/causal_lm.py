@@ -22,9 +22,11 @@ import os
 import pathlib
 from typing import Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
-from retrieval_jax.models import llama, llama_weights
+from retrieval_jax.models import hf, llama, llama_weights
 
 logger = logging.getLogger(__name__)
 
@@ -106,8 +108,40 @@ def stop_ids(tokenizer, model_eos: set[int] = frozenset()) -> tuple[int, ...]:
   return tuple(sorted(ids))
 
 
-def load(name: str, dtype=jnp.float32) -> CausalLM:
-  """`smollm2`, a `.gguf` file, a HF directory with safetensors, or a hub id."""
+PLAIN_CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                       "{% if add_generation_prompt %}assistant:{% endif %}")
+# The shape of `random` (smoke runs and tests): two tiny layers, grouped-query attention.
+RANDOM_SHAPE = {"hidden_size": 32, "intermediate_size": 64, "num_layers": 2, "num_heads": 4,
+                "num_kv_heads": 2, "head_dim": 8}
+
+
+def random_lm(tokenizer_name: str, seed: int = 0, dtype=jnp.float32) -> CausalLM:
+  """A randomly initialised tiny Llama over `tokenizer_name`'s vocabulary (an encoder's
+  tokenizer works: its [SEP] ends a reply); for smoke runs, never for results."""
+  import transformers  # pylint: disable=g-import-not-at-top
+  path = (hf.packaged_model_dir(tokenizer_name) if tokenizer_name in hf.PACKAGED_MODELS
+          else tokenizer_name)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+  if tokenizer.chat_template is None:  # an encoder's tokenizer: a plain one, for chat prompts
+    tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+  config = llama.LlamaConfig(vocab_size=len(tokenizer), dtype=dtype, param_dtype=dtype,
+                             **RANDOM_SHAPE)
+  ids = jnp.zeros((1, 4), jnp.int32)
+  params = llama.Llama(config).init(jax.random.key(seed), ids, ids, jnp.ones_like(ids),
+                                    llama.init_cache(config, 1, 4), 0)["params"]
+  params = nn.meta.unbox(params)
+  eos = {tokenizer.sep_token_id} if tokenizer.sep_token_id is not None else set()
+  return CausalLM(f"random:{tokenizer_name}:{seed}", config, params, tokenizer,
+                  stop_ids(tokenizer, eos))
+
+
+def load(name: str, dtype=jnp.float32, tokenizer: str | None = None) -> CausalLM:
+  """`smollm2`, a `.gguf` file, a HF directory with safetensors, a hub id, or `random`
+  (a tiny random model over `tokenizer`'s vocabulary)."""
+  if name == "random":
+    if not tokenizer:
+      raise ValueError("a random causal LM needs a tokenizer (a directory, hub id or minilm)")
+    return random_lm(tokenizer, dtype=dtype)
   if name in PACKAGED_LMS:
     path = packaged_gguf(name)
   else:

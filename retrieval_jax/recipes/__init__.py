@@ -2,7 +2,7 @@
 
 A trained recipe module provides `build(config, workdir, mesh) -> base.Recipe` and
 `restore_eval_models(config, workdir, step) -> (base.EvalModels, step)`. An evaluation-only
-recipe (no training steps: `zeroshot`, later BM25-based LameR) sets `TRAINS = False` and
+recipe (no training steps: `zeroshot`, `lamer`) sets `TRAINS = False` and
 provides `eval_models(config) -> base.EvalModels`. See `recipes/base.py`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 # recipe name (config.recipe) -> module (under retrieval_jax.recipes, or a full dotted path)
 AVAILABLE = {"dpr": "dpr", "ance": "ance", "zeroshot": "zeroshot", "colbert": "colbert",
              "tct_colbert": "tct_colbert", "contriever": "contriever", "retromae": "retromae",
-             "chang": "chang", "reqa": "reqa", "sgopt": "sgopt"}
+             "chang": "chang", "reqa": "reqa", "sgopt": "sgopt", "lamer": "lamer"}
 
 
 def register(name: str, module: str) -> None:
