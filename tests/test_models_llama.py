@@ -161,3 +161,37 @@ def test_greedy_generation_equals_transformers_generate(tmp_path):
     expected = out[0, len(prompt):].numpy()
     assert list(tokens[row, :lengths[row]]) == list(expected), row
     assert (tokens[row, lengths[row]:] == -1).all()
+
+
+def test_a_shared_prefill_equals_a_prefill_per_sample(tmp_path):
+  """`samples=3`: one prefill per prompt copied to its 3 rows gives the tokens of 3 separate
+  prefills of the same prompt with the same row keys (sampled at temperature 1)."""
+  from retrieval_jax.generation import decode  # pylint: disable=g-import-not-at-top
+  path, _ = _tiny_hf(tmp_path, tie=True, seed=5)
+  config, params = llama_weights.load_hf_dir(path)
+  ids, mask = _left_padded(seed=6)
+  keys = decode.row_keys(3, np.repeat(np.arange(3), 3), np.tile(np.arange(3), 3))
+  kwargs = dict(max_new_tokens=6, temperature=1.0, top_p=0.95)
+  shared = decode.generate(llama.Llama(config), params, jnp.asarray(ids), jnp.asarray(mask),
+                           keys, jnp.asarray([-1]), samples=3, **kwargs)
+  separate = decode.generate(llama.Llama(config), params, jnp.asarray(np.repeat(ids, 3, 0)),
+                             jnp.asarray(np.repeat(mask, 3, 0)), keys, jnp.asarray([-1]),
+                             **kwargs)
+  np.testing.assert_array_equal(np.asarray(shared[0]), np.asarray(separate[0]))
+  assert len({tuple(row) for row in np.asarray(shared[0])[:3]}) > 1  # the samples differ
+
+
+def test_top_p_samples_only_from_the_nucleus_and_greedy_is_argmax():
+  """NumPy nucleus: the most likely tokens until their mass reaches top_p (the crossing one
+  kept), as transformers' TopPLogitsWarper; 2,000 draws never leave it and cover it."""
+  from retrieval_jax.generation import decode  # pylint: disable=g-import-not-at-top
+  logits = np.log(np.array([0.05, 0.4, 0.3, 0.15, 0.1], np.float32))
+  probs = np.exp(logits) / np.exp(logits).sum()
+  order = np.argsort(-probs)
+  before = np.cumsum(probs[order]) - probs[order]
+  nucleus = set(order[before < 0.8].tolist())  # {1, 2, 3}: 0.4 + 0.3 < 0.8 <= + 0.15
+  keys = jax.random.split(jax.random.key(0), 2000)
+  draws = decode.sample_token(jnp.tile(logits, (2000, 1)), keys, 1.0, 0.8)
+  assert set(np.asarray(draws).tolist()) == nucleus == {1, 2, 3}
+  greedy = decode.sample_token(jnp.asarray(logits)[None], keys[:1], 0.0, 1.0)
+  assert int(greedy[0]) == 1

@@ -48,34 +48,44 @@ def row_keys(seed: int, prompt_hashes: np.ndarray, sample_index: np.ndarray) -> 
 
 
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature",
-                                             "top_p"))
+                                             "top_p", "samples"))
 def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax.Array,
              keys: jax.Array, stop_ids: jax.Array, *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0):
-  """Generates up to `max_new_tokens` after each left-padded prompt.
+             temperature: float = 0.0, top_p: float = 1.0, samples: int = 1):
+  """Generates up to `max_new_tokens` after each left-padded prompt, `samples` times each.
+
+  A prompt is prefilled once; its cache is then copied to its `samples` rows (row
+  `i * samples + j` is sample j of prompt i), which saves (samples - 1) prefills: the long
+  part of a LameR prompt.
 
   Args:
     model: The module (static: its config is hashable).
     params: Its params.
-    prompt_ids: [b, p] token ids, left-padded.
-    prompt_mask: [b, p] 1 on real tokens.
-    keys: [b] PRNG keys, one per row (`row_keys`); unused when greedy.
+    prompt_ids: [n, p] token ids, left-padded.
+    prompt_mask: [n, p] 1 on real tokens.
+    keys: [n * samples] PRNG keys, one per row (`row_keys`); unused when greedy.
     stop_ids: [k] token ids that end a row (the stop token is kept in the output).
     max_new_tokens: The most tokens a row generates.
     temperature: 0 for greedy decoding.
     top_p: Nucleus sampling mass (1: off).
+    samples: Rows per prompt.
 
   Returns:
-    (tokens [b, max_new_tokens] with -1 after a row's end, lengths [b] of generated tokens
-    including the stop token).
+    (tokens [n * samples, max_new_tokens] with -1 after a row's end, lengths [n * samples]
+    of generated tokens including the stop token).
   """
-  batch, prompt_length = prompt_ids.shape
+  prompts, prompt_length = prompt_ids.shape
+  batch = prompts * samples
   slots = prompt_length + max_new_tokens
-  cache = llama.init_cache(model.config, batch, slots)
+  cache = llama.init_cache(model.config, prompts, slots)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-  key_mask = jnp.zeros((batch, slots), jnp.int32).at[:, :prompt_length].set(prompt_mask)
+  key_mask = jnp.zeros((prompts, slots), jnp.int32).at[:, :prompt_length].set(prompt_mask)
   logits, cache = model.apply({"params": params}, prompt_ids, positions, key_mask, cache, 0,
                               last_only=True)
+  if samples > 1:
+    copy = functools.partial(jnp.repeat, repeats=samples, total_repeat_length=batch)
+    logits, key_mask, positions = (copy(x, axis=0) for x in (logits, key_mask, positions))
+    cache = llama.KVCache(copy(cache.keys, axis=1), copy(cache.values, axis=1))
   next_position = positions[:, -1] + 1
   tokens = jnp.full((batch, max_new_tokens), -1, jnp.int32)
 

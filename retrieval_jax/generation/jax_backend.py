@@ -4,7 +4,8 @@ Prompts are rendered with the tokenizer's chat template (chat prompts) or taken 
 (strings), sorted by length and decoded in fixed-size batches whose prompt length is rounded
 up to a multiple of `length_multiple`, so a long run compiles a handful of shapes, not one
 per batch. With a mesh the batch is split over its `data` axis and the params replicated.
-At temperature 0 the N completions of a prompt are one decoding, copied.
+A prompt is prefilled once for its N samples; at temperature 0 the N completions are one
+decoding, copied.
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ class JaxBackend:
 
   Args:
     lm: The loaded model (`causal_lm.load`).
-    batch_size: Rows decoded at once (a multiple of the mesh's data axis).
+    batch_size: Rows decoded at once (a multiple of the mesh's data axis): with N samples,
+      batch_size // N prompts, each prefilled once and copied to its N rows.
     max_prompt_tokens: Longer rendered prompts are an error (the caller shortens them).
     length_multiple: Prompt lengths are padded up to a multiple of this.
     mesh: Optional device mesh; the batch goes over its `data` axis.
-    progress: Called after each batch with the prompts it finished (a fraction when a
-      prompt's samples span batches).
+    progress: Called after each batch with the number of prompts it finished.
   """
 
   def __init__(self, lm: CausalLM, batch_size: int = 8, max_prompt_tokens: int = 2048,
@@ -63,35 +64,43 @@ class JaxBackend:
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-  def _decode_batch(self, rows: list[tuple[list[int], int, int]], sampling: Sampling):
-    """rows: (prompt ids, prompt hash, sample index) -> generated texts."""
-    count = len(rows)
-    rows = rows + [rows[-1]] * (self.batch_size - count)  # a fixed batch shape
-    longest = max(len(ids) for ids, _, _ in rows)
+  def prompts_per_batch(self, draws: int) -> int:
+    """Prompts decoded together: each brings its `draws` rows (one prefill, copied)."""
+    return max(1, self.batch_size // draws)
+
+  def _decode_batch(self, prompts: list[tuple[list[int], int]], draws: int,
+                    sampling: Sampling) -> list[list[str]]:
+    """prompts: (token ids, prompt hash) -> `draws` texts each."""
+    count = len(prompts)
+    prompts = prompts + [prompts[-1]] * (self.prompts_per_batch(draws) - count)  # fixed shape
+    longest = max(len(ids) for ids, _ in prompts)
     length = -(-longest // self.length_multiple) * self.length_multiple
-    ids = np.zeros((self.batch_size, length), np.int32)
-    mask = np.zeros((self.batch_size, length), np.int32)
-    for r, (tokens, _, _) in enumerate(rows):
+    ids = np.zeros((len(prompts), length), np.int32)
+    mask = np.zeros((len(prompts), length), np.int32)
+    for r, (tokens, _) in enumerate(prompts):
       ids[r, length - len(tokens):] = tokens  # left padding
       mask[r, length - len(tokens):] = 1
-    keys = decode.row_keys(sampling.seed, np.array([h for _, h, _ in rows], np.uint32),
-                           np.array([i for _, _, i in rows], np.uint32))
+    hashes = np.repeat(np.array([h for _, h in prompts], np.uint32), draws)
+    keys = decode.row_keys(sampling.seed, hashes,
+                           np.tile(np.arange(draws, dtype=np.uint32), len(prompts)))
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     if self.mesh is not None:
-      batch = NamedSharding(self.mesh, P("data"))
-      ids, mask, keys = (jax.device_put(x, batch) for x in (ids, mask, keys))
+      rows = NamedSharding(self.mesh, P("data"))
+      keys = jax.device_put(keys, rows)
+      if len(prompts) % self.mesh.shape["data"] == 0:  # else the prompts stay replicated
+        ids, mask = (jax.device_put(x, rows) for x in (ids, mask))
     tokens, lengths = decode.generate(
         self.lm.module, self.params, ids, mask, keys, jnp.asarray(self.lm.stop_ids, jnp.int32),
         max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-        top_p=sampling.top_p)
+        top_p=sampling.top_p, samples=draws)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     texts = []
-    for r in range(count):
+    for r in range(count * draws):
       text = self.lm.tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True)
       for stop in sampling.stop:  # stop strings end the text where they first appear
         text = text.split(stop, 1)[0]
       texts.append(text)
-    return texts
+    return [texts[i * draws:(i + 1) * draws] for i in range(count)]
 
   def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[str]]:
     rendered = [self.render(p) for p in prompts]
@@ -100,16 +109,15 @@ class JaxBackend:
         raise ValueError(f"prompt {p} has {len(ids)} tokens, more than max_prompt_tokens="
                          f"{self.max_prompt_tokens}; shorten it (fewer or shorter passages)")
     draws = 1 if sampling.temperature == 0 else sampling.n
-    rows = [(p, i) for p in range(len(prompts)) for i in range(draws)]
-    rows.sort(key=lambda row: len(rendered[row[0]]))  # similar lengths share a batch
+    order = sorted(range(len(prompts)), key=lambda p: len(rendered[p]))  # similar lengths
     # A stable per-prompt number (the seed itself is folded in by `row_keys`).
     hashes = [sample_seed(Sampling(seed=0), prompts[p], 0) for p in range(len(prompts))]
-    out: dict[tuple[int, int], str] = {}
-    for start in range(0, len(rows), self.batch_size):
-      chunk = rows[start:start + self.batch_size]
-      texts = self._decode_batch([(rendered[p], hashes[p], i) for p, i in chunk], sampling)
+    out: dict[int, list[str]] = {}
+    step = self.prompts_per_batch(draws)
+    for start in range(0, len(order), step):
+      chunk = order[start:start + step]
+      texts = self._decode_batch([(rendered[p], hashes[p]) for p in chunk], draws, sampling)
       out.update(zip(chunk, texts))
-      if self.progress:  # in prompts: a prompt's N samples count as one
-        self.progress(len(chunk) / draws)
-    return [[out[(p, i if draws > 1 else 0)] for i in range(sampling.n)]
-            for p in range(len(prompts))]
+      if self.progress:
+        self.progress(len(chunk))
+    return [out[p] * (sampling.n if draws == 1 else 1) for p in range(len(prompts))]
