@@ -86,6 +86,8 @@ def get_config(arg: str = ""):
   if variant in ("cpu", "hyde_cpu"):
     config.generator.backend = "jax"
     config.generator.model = "smollm2"
+    # 4 prompts a batch, each prefilled once for its 5 (HyDE: 8) samples.
+    config.generator.batch_size = 40 if mode == "hyde" else 20
   elif variant == "smoke":
     config.data.name = "synthetic"
     config.generator.backend = "jax"

@@ -68,7 +68,7 @@ class CachedBackend:
     hits, misses: Prompts answered from the cache and by the backend so far.
   """
 
-  def __init__(self, backend: Backend, cache: CompletionCache, chunk_size: int = 64,
+  def __init__(self, backend: Backend, cache: CompletionCache, chunk_size: int = 16,
                progress: Callable[[int], None] | None = None):
     self.backend = backend
     self.cache = cache
