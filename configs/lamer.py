@@ -88,6 +88,7 @@ def get_config(arg: str = ""):
     config.generator.model = "smollm2"
     # 4 prompts a batch, each prefilled once for its 5 (HyDE: 8) samples.
     config.generator.batch_size = 40 if mode == "hyde" else 20
+    config.generator.max_prompt_tokens = 4096  # 10 candidates of 128 words: ~2,100 tokens
   elif variant == "smoke":
     config.data.name = "synthetic"
     config.generator.backend = "jax"
