@@ -114,14 +114,14 @@ class LamerEvaluator(SplitEvaluator):
   def run(self, models: Any, out_dir: epath.Path | None) -> dict[str, float]:
     s, data = self.settings, self.data
     timings = {}
+    docs = data.doc_strings()
     start = time.perf_counter()
-    index = BM25Index.build(data.doc_strings(), k1=s.k1, b=s.b)
+    index = BM25Index.build(docs, k1=s.k1, b=s.b)
     depth = min(s.depth, len(data.corpus_ids))
     scores, indices = index.search(data.query_texts, depth)
     timings["bm25_s"] = time.perf_counter() - start
     bm25_run = metrics.run_from_topk(data.query_ids, data.corpus_ids, scores, indices)
 
-    docs = data.doc_strings()
     if s.mode == "lamer":
       prompts = [expansion.lamer_prompt(q, [docs[i] for i in row[:s.candidates] if i >= 0],
                                         s.prompt, max_words=s.max_passage_words)

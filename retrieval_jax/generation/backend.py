@@ -45,6 +45,11 @@ def prompt_key(prompt: Prompt) -> str:
                     sort_keys=True)
 
 
+def prompt_hash(prompt: Prompt) -> int:
+  """A stable 32-bit number of a prompt (the same in every process and run)."""
+  return int.from_bytes(hashlib.sha256(prompt_key(prompt).encode()).digest()[:4], "little")
+
+
 def sample_seed(sampling: Sampling, prompt: Prompt, index: int) -> int:
   """The 31-bit seed of completion `index` of `prompt` (for servers that take a seed)."""
   text = f"{sampling.seed}\0{prompt_key(prompt)}\0{index}".encode()

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from retrieval_jax.generation import decode
-from retrieval_jax.generation.backend import Prompt, Sampling, sample_seed
+from retrieval_jax.generation.backend import Prompt, Sampling, prompt_hash
 from retrieval_jax.models.causal_lm import CausalLM
 
 logger = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ class JaxBackend:
                          f"{self.max_prompt_tokens}; shorten it (fewer or shorter passages)")
     draws = 1 if sampling.temperature == 0 else sampling.n
     order = sorted(range(len(prompts)), key=lambda p: len(rendered[p]))  # similar lengths
-    # A stable per-prompt number (the seed itself is folded in by `row_keys`).
-    hashes = [sample_seed(Sampling(seed=0), prompts[p], 0) for p in range(len(prompts))]
+    hashes = [prompt_hash(p) for p in prompts]  # the seed is folded in by `row_keys`
     out: dict[int, list[str]] = {}
     step = self.prompts_per_batch(draws)
     for start in range(0, len(order), step):

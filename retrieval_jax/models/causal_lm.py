@@ -119,9 +119,8 @@ def random_lm(tokenizer_name: str, seed: int = 0, dtype=jnp.float32) -> CausalLM
   """A randomly initialised tiny Llama over `tokenizer_name`'s vocabulary (an encoder's
   tokenizer works: its [SEP] ends a reply); for smoke runs, never for results."""
   import transformers  # pylint: disable=g-import-not-at-top
-  path = (hf.packaged_model_dir(tokenizer_name) if tokenizer_name in hf.PACKAGED_MODELS
-          else tokenizer_name)
-  tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+  tokenizer = transformers.AutoTokenizer.from_pretrained(
+      str(hf.resolve_model_dir(tokenizer_name)))
   if tokenizer.chat_template is None:  # an encoder's tokenizer: a plain one, for chat prompts
     tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
   config = llama.LlamaConfig(vocab_size=len(tokenizer), dtype=dtype, param_dtype=dtype,

@@ -15,6 +15,7 @@ import json
 import pathlib
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -82,13 +83,7 @@ def params_from_state(state: Mapping[str, np.ndarray], config: LlamaConfig) -> d
             "layers": layers, "norm": {"weight": get("model.norm.weight")}}
   if not c.tie_word_embeddings:
     params["lm_head"] = {"kernel": get("lm_head.weight").T}
-  return _cast(params, c.param_dtype)
-
-
-def _cast(tree, dtype):
-  if isinstance(tree, dict):
-    return {k: _cast(v, dtype) for k, v in tree.items()}
-  return jnp.asarray(tree, dtype=dtype)
+  return jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype=c.param_dtype), params)
 
 
 def load_hf_dir(path: str | pathlib.Path, dtype=jnp.float32) -> tuple[LlamaConfig, dict]:
