@@ -158,6 +158,12 @@ def test_string_prompts_use_completions_and_n_samples_have_their_own_seeds(serve
   assert path == "/v1/completions" and body["stop"] == ["\n"] and body["top_p"] == 0.9
 
 
+def test_greedy_sends_one_request_per_prompt_and_copies_it(server):
+  s = server()
+  (texts,) = _client(s.url).generate(["Once"], backend_lib.Sampling(n=4, temperature=0.0))
+  assert len(s.requests) == 1 and len(texts) == 4 and len(set(texts)) == 1
+
+
 def test_concurrency_is_bounded(server):
   s = server(delay=0.2)
   _client(s.url, concurrency=3).generate([[{"role": "user", "content": f"q{i}"}]

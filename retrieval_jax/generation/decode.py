@@ -54,9 +54,10 @@ def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax
              temperature: float = 0.0, top_p: float = 1.0, samples: int = 1):
   """Generates up to `max_new_tokens` after each left-padded prompt, `samples` times each.
 
-  A prompt is prefilled once; its cache is then copied to its `samples` rows (row
-  `i * samples + j` is sample j of prompt i), which saves (samples - 1) prefills: the long
-  part of a LameR prompt.
+  A prompt is prefilled once and its cache kept once, as the read-only prefix of its
+  `samples` rows (row `i * samples + j` is sample j of prompt i); each row caches only what
+  it generates. A LameR prompt is long and its answers short, so this saves (samples - 1)
+  prefills and keeps one copy of the long cache instead of `samples`.
 
   Args:
     model: The module (static: its config is hashable).
@@ -76,16 +77,14 @@ def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax
   """
   prompts, prompt_length = prompt_ids.shape
   batch = prompts * samples
-  slots = prompt_length + max_new_tokens
-  cache = llama.init_cache(model.config, prompts, slots)
+  prefix = llama.init_cache(model.config, prompts, prompt_length)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-  key_mask = jnp.zeros((prompts, slots), jnp.int32).at[:, :prompt_length].set(prompt_mask)
-  logits, cache = model.apply({"params": params}, prompt_ids, positions, key_mask, cache, 0,
-                              last_only=True)
-  if samples > 1:
-    copy = functools.partial(jnp.repeat, repeats=samples, total_repeat_length=batch)
-    logits, key_mask, positions = (copy(x, axis=0) for x in (logits, key_mask, positions))
-    cache = llama.KVCache(copy(cache.keys, axis=1), copy(cache.values, axis=1))
+  logits, prefix = model.apply({"params": params}, prompt_ids, positions, prompt_mask, prefix,
+                               0, last_only=True)
+  copy = functools.partial(jnp.repeat, repeats=samples, total_repeat_length=batch, axis=0)
+  logits, positions = copy(logits), copy(positions)
+  cache = llama.init_cache(model.config, batch, max_new_tokens)
+  key_mask = jnp.zeros((batch, max_new_tokens), jnp.int32)
   next_position = positions[:, -1] + 1
   tokens = jnp.full((batch, max_new_tokens), -1, jnp.int32)
 
@@ -100,11 +99,10 @@ def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax
     tokens = tokens.at[:, step].set(jnp.where(done, -1, token))
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | jnp.isin(token, stop_ids)
-    slot = prompt_length + step
-    key_mask = key_mask.at[:, slot].set(1)
+    key_mask = key_mask.at[:, step].set(1)
     logits, cache = model.apply({"params": params}, token[:, None],
-                                (next_position + step)[:, None], key_mask, cache, slot,
-                                last_only=True)
+                                (next_position + step)[:, None], key_mask, cache, step,
+                                last_only=True, prefix=prefix, prefix_mask=prompt_mask)
     return step + 1, logits, cache, key_mask, tokens, done, lengths
 
   carry = (jnp.int32(0), logits, cache, key_mask, tokens, jnp.zeros(batch, bool),

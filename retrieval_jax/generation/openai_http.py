@@ -2,8 +2,10 @@
 
 Chat prompts go to `/v1/chat/completions`, string prompts to `/v1/completions`. Each of a
 prompt's N completions is one request with its own seed (`backend.sample_seed`): servers
-differ in whether they honour `n`, all of them take `seed`. Requests run on a bounded thread
-pool; a timeout, a dropped connection, 429 or 5xx is retried with exponential backoff and
+differ in whether they honour `n`, all of them take `seed`. At temperature 0 a prompt is one
+request whose answer is copied N times, as the in-process backend does: greedy decoding has
+one answer, and a local server would otherwise prefill a long prompt N times. Requests run
+on a bounded thread pool; a timeout, a dropped connection, 429 or 5xx is retried with exponential backoff and
 jitter (a `Retry-After` header is honoured), any other status fails at once with the
 server's message. The API key is read from the environment variable named by
 `api_key_env` and never logged or put in an error.
@@ -110,8 +112,10 @@ class OpenAIBackend:
                             f"{json.dumps(reply)[:300]}") from None
 
   def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[str]]:
-    jobs = [(p, i) for p in range(len(prompts)) for i in range(sampling.n)]
+    draws = 1 if sampling.temperature == 0 else sampling.n
+    jobs = [(p, i) for p in range(len(prompts)) for i in range(draws)]
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
       texts = list(pool.map(lambda job: self._complete(prompts[job[0]], sampling, job[1]),
                             jobs))
-    return [texts[p * sampling.n:(p + 1) * sampling.n] for p in range(len(prompts))]
+    copies = sampling.n // draws
+    return [texts[p * draws:(p + 1) * draws] * copies for p in range(len(prompts))]

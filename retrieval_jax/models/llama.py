@@ -94,11 +94,18 @@ def rotary(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
 
 
 class Attention(nn.Module):
-  """Grouped-query self-attention that writes this call's keys and values into the cache."""
+  """Grouped-query self-attention that writes this call's keys and values into the cache.
+
+  With a `prefix` (keys and values [p, t, kv_heads, head_dim] of p prompts, read only), the
+  b = p * s rows are s continuations of each prompt (row i * s + j continues prompt i): every
+  row attends to its prompt's prefix, then to its own cache. The prompt is stored once, not
+  s times, which is what makes sampling N answers to a long prompt cheap.
+  """
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, positions, key_mask, keys, values, index):
+  def __call__(self, x, positions, key_mask, keys, values, index, prefix=None,
+               prefix_mask=None):
     cfg = self.config
 
     def project(name, heads, names):
@@ -117,15 +124,36 @@ class Attention(nn.Module):
     batch, length = x.shape[:2]
     group = cfg.num_heads // cfg.num_kv_heads
     q = q.reshape(batch, length, cfg.num_kv_heads, group, cfg.head_dim)
+    scale = cfg.head_dim ** -0.5
+    lowest = jnp.finfo(jnp.float32).min
     scores = jnp.einsum("blkgd,btkd->bkglt", q, keys.astype(cfg.dtype),
-                        preferred_element_type=jnp.float32) * (cfg.head_dim ** -0.5)
+                        preferred_element_type=jnp.float32) * scale
     # A slot is visible when it holds a real token and is not after the query's own slot.
     slots = jnp.arange(keys.shape[1])
     causal = slots[None, :] <= (index + jnp.arange(length))[:, None]  # [l, t]
     visible = causal[None] & key_mask[:, None, :].astype(bool)        # [b, l, t]
-    scores = jnp.where(visible[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
-    out = jnp.einsum("bkglt,btkd->blkgd", weights, values.astype(cfg.dtype))
+    scores = jnp.where(visible[:, None, None], scores, lowest)
+    if prefix is None:
+      weights = jax.nn.softmax(scores, axis=-1).astype(cfg.dtype)
+      out = jnp.einsum("bkglt,btkd->blkgd", weights, values.astype(cfg.dtype))
+    else:
+      prefix_keys, prefix_values = prefix
+      prompts = prefix_keys.shape[0]
+      per_prompt = q.reshape(prompts, batch // prompts, *q.shape[1:])
+      prefix_scores = jnp.einsum("pslkgd,ptkd->pskglt", per_prompt,
+                                 prefix_keys.astype(cfg.dtype),
+                                 preferred_element_type=jnp.float32) * scale
+      prefix_scores = jnp.where(prefix_mask[:, None, None, None, None, :].astype(bool),
+                                prefix_scores, lowest).reshape(*scores.shape[:-1], -1)
+      prefix_length = prefix_scores.shape[-1]
+      weights = jax.nn.softmax(jnp.concatenate([prefix_scores, scores], axis=-1),
+                               axis=-1).astype(cfg.dtype)
+      prefix_weights = weights[..., :prefix_length].reshape(
+          prompts, batch // prompts, *weights.shape[1:-1], prefix_length)
+      out = jnp.einsum("pskglt,ptkd->pslkgd", prefix_weights,
+                       prefix_values.astype(cfg.dtype)).reshape(q.shape)
+      out = out + jnp.einsum("bkglt,btkd->blkgd", weights[..., prefix_length:],
+                             values.astype(cfg.dtype))
     out = out.reshape(batch, length, cfg.num_heads, cfg.head_dim)
     out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), use_bias=False, dtype=cfg.dtype,
                           param_dtype=cfg.param_dtype,
@@ -155,11 +183,11 @@ class DecoderLayer(nn.Module):
   config: LlamaConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, key_mask, index):
+  def __call__(self, x, layer_cache, layer_prefix, positions, key_mask, prefix_mask, index):
     keys, values = layer_cache
     attended, keys, values = Attention(self.config, name="self_attn")(
         RMSNorm(self.config, name="input_layernorm")(x), positions, key_mask, keys, values,
-        index)
+        index, layer_prefix, prefix_mask)
     x = x + attended
     x = x + MLP(self.config, name="mlp")(RMSNorm(self.config, name="post_attention_layernorm")(x))
     return x, (keys, values)
@@ -172,22 +200,30 @@ class Llama(nn.Module):
   only), `key_mask` [b, slots] (1 where a cache slot holds a real token once this call's
   tokens are written), the `cache` and the slot `index` of `input_ids[:, 0]`. Returns the
   logits ([b, l, vocab], or [b, vocab] of the last position with `last_only`) and the new cache.
+
+  With a `prefix` cache of p prompts (read only; `prefix_mask` [p, t] marks its real tokens),
+  the b rows are b / p continuations of each, and every row attends to its prompt's prefix
+  before its own cache (see `Attention`); `positions` then count on from the prefix.
   """
   config: LlamaConfig
 
   @nn.compact
   def __call__(self, input_ids, positions, key_mask, cache: KVCache, index,
-               last_only: bool = False):
+               last_only: bool = False, prefix: KVCache | None = None,
+               prefix_mask: jax.Array | None = None):
     cfg = self.config
     embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
                      param_dtype=cfg.param_dtype, embedding_init=_init(("vocab", "embed")),
                      name="embed_tokens")
     x = embed(input_ids)
     layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                     in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast,
+                              nn.broadcast),
                      length=cfg.num_layers,
                      metadata_params={nn.PARTITION_NAME: "layers"})(cfg, name="layers")
-    x, (keys, values) = layers(x, (cache.keys, cache.values), positions, key_mask, index)
+    layer_prefix = None if prefix is None else (prefix.keys, prefix.values)
+    x, (keys, values) = layers(x, (cache.keys, cache.values), layer_prefix, positions,
+                               key_mask, prefix_mask, index)
     x = RMSNorm(cfg, name="norm")(x)
     if last_only:
       x = x[:, -1]
