@@ -84,6 +84,27 @@ def test_cached_decoding_equals_the_full_forward(tmp_path):
   np.testing.assert_allclose(stepped, full[:, prefix - 1:], atol=2e-5)
 
 
+@pytest.mark.parametrize("chunk", [2, 4, 9])
+def test_chunked_prefill_equals_the_full_forward(tmp_path, chunk):
+  """`decode.prefill` in chunks that each read only the slots up to their end gives the full
+  forward's last logits and the same cache (left padding included)."""
+  from retrieval_jax.generation import decode  # pylint: disable=g-import-not-at-top
+  path, _ = _tiny_hf(tmp_path, tie=True)
+  config, params = llama_weights.load_hf_dir(path)
+  model = llama.Llama(config)
+  ids, mask = _left_padded()
+  full = np.asarray(llama.forward(model, params, jnp.asarray(ids), jnp.asarray(mask)))
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  logits, cache = decode.prefill(model, params, jnp.asarray(ids), jnp.asarray(positions),
+                                 jnp.asarray(mask), chunk)
+  np.testing.assert_allclose(np.asarray(logits), full[:, -1], atol=2e-5)
+  whole = model.apply({"params": params}, ids, positions, mask,
+                      llama.init_cache(config, *ids.shape), 0)[1]
+  real = mask.astype(bool)  # a padding slot holds masked garbage that depends on the chunks
+  np.testing.assert_allclose(np.asarray(cache.keys)[:, real], np.asarray(whole.keys)[:, real],
+                             atol=1e-5)
+
+
 def _llama_cpp_permute(weights, heads):
   """llama.cpp's `convert_hf_to_gguf.py` LlamaModel.permute, as written there."""
   return (weights.reshape(heads, 2, weights.shape[0] // heads // 2, *weights.shape[1:])

@@ -47,11 +47,29 @@ def row_keys(seed: int, prompt_hashes: np.ndarray, sample_index: np.ndarray) -> 
       jnp.asarray(prompt_hashes, jnp.uint32), jnp.asarray(sample_index, jnp.uint32))
 
 
+def prefill(model: llama.Llama, params, prompt_ids: jax.Array, positions: jax.Array,
+            prompt_mask: jax.Array, chunk: int) -> tuple[jax.Array, llama.KVCache]:
+  """The prompts' cache and last logits, `chunk` tokens at a time.
+
+  Chunk c attends to the slots up to its own end only, so a long prompt skips most of the
+  attention scores the causal mask would discard, and the score tensor stays [chunk, slots].
+  """
+  prompts, length = prompt_ids.shape
+  cache = llama.init_cache(model.config, prompts, length)
+  for start in range(0, length, chunk):
+    end = min(start + chunk, length)
+    logits, cache = model.apply({"params": params}, prompt_ids[:, start:end],
+                                positions[:, start:end], prompt_mask, cache, start,
+                                last_only=True, attend_slots=end)
+  return logits, cache
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature",
-                                             "top_p", "samples"))
+                                             "top_p", "samples", "prefill_chunk"))
 def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax.Array,
              keys: jax.Array, stop_ids: jax.Array, *, max_new_tokens: int,
-             temperature: float = 0.0, top_p: float = 1.0, samples: int = 1):
+             temperature: float = 0.0, top_p: float = 1.0, samples: int = 1,
+             prefill_chunk: int = 256):
   """Generates up to `max_new_tokens` after each left-padded prompt, `samples` times each.
 
   A prompt is prefilled once and its cache kept once, as the read-only prefix of its
@@ -70,6 +88,7 @@ def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax
     temperature: 0 for greedy decoding.
     top_p: Nucleus sampling mass (1: off).
     samples: Rows per prompt.
+    prefill_chunk: Prompt tokens prefilled per call (`prefill`).
 
   Returns:
     (tokens [n * samples, max_new_tokens] with -1 after a row's end, lengths [n * samples]
@@ -77,10 +96,8 @@ def generate(model: llama.Llama, params, prompt_ids: jax.Array, prompt_mask: jax
   """
   prompts, prompt_length = prompt_ids.shape
   batch = prompts * samples
-  prefix = llama.init_cache(model.config, prompts, prompt_length)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=-1) - 1, 0)
-  logits, prefix = model.apply({"params": params}, prompt_ids, positions, prompt_mask, prefix,
-                               0, last_only=True)
+  logits, prefix = prefill(model, params, prompt_ids, positions, prompt_mask, prefill_chunk)
   copy = functools.partial(jnp.repeat, repeats=samples, total_repeat_length=batch, axis=0)
   logits, positions = copy(logits), copy(positions)
   cache = llama.init_cache(model.config, batch, max_new_tokens)
