@@ -215,3 +215,20 @@ def test_sampling_settings_are_checked():
     backend_lib.Sampling(top_p=0.0)
   with pytest.raises(ValueError, match="n=0"):
     backend_lib.Sampling(n=0)
+
+
+class _Batched(_Counting):
+  """A backend that decodes a fixed number of prompts at once, as `JaxBackend`."""
+
+  def prompts_per_batch(self, rows):
+    return 12 // rows
+
+
+def test_cache_chunks_are_whole_batches_of_a_fixed_batch_backend(tmp_path):
+  store = cache_lib.CompletionCache(tmp_path / "gen.sqlite")
+  inner = _Batched()
+  cached = cache_lib.CachedBackend(inner, store, chunk_size=16)
+  cached.generate([f"p{i}" for i in range(30)], backend_lib.Sampling(n=2, temperature=0.0))
+  assert [len(c) for c in inner.calls] == [24, 6]  # 12 greedy prompts a batch
+  cached.generate([f"s{i}" for i in range(30)], backend_lib.Sampling(n=4, temperature=1.0))
+  assert [len(c) for c in inner.calls[2:]] == [18, 12]  # 3 prompts of 4 samples a batch

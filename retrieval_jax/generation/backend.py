@@ -37,6 +37,11 @@ class Sampling:
                        "in (0, 1]")
 
 
+def draws(sampling: Sampling) -> int:
+  """Completions decoded per prompt: one when greedy (it is copied N times), else N."""
+  return 1 if sampling.temperature == 0 else sampling.n
+
+
 def prompt_key(prompt: Prompt) -> str:
   """A canonical JSON text of a prompt (what hashes and cache keys are made from)."""
   if isinstance(prompt, str):

@@ -15,7 +15,7 @@ import sqlite3
 import threading
 from typing import Callable, Sequence
 
-from retrieval_jax.generation.backend import Backend, Prompt, Sampling, prompt_key
+from retrieval_jax.generation.backend import Backend, Prompt, Sampling, draws, prompt_key
 
 
 def entry_key(model_id: str, prompt: Prompt, sampling: Sampling) -> str:
@@ -77,6 +77,15 @@ class CachedBackend:
     self.model_id = backend.model_id
     self.hits = self.misses = 0
 
+  def _chunk(self, sampling: Sampling) -> int:
+    """Prompts per backend call: `chunk_size`, rounded up to whole batches of a backend
+    that decodes a fixed number of prompts at once (a part batch would be padding)."""
+    per_batch = getattr(self.backend, "prompts_per_batch", None)
+    if per_batch is None:
+      return self.chunk_size
+    batch = per_batch(draws(sampling))
+    return -(-self.chunk_size // batch) * batch
+
   def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[str]]:
     keys = [entry_key(self.model_id, p, sampling) for p in prompts]
     results: list[list[str] | None] = [self.cache.get(k) for k in keys]
@@ -84,8 +93,9 @@ class CachedBackend:
     self.hits += len(prompts) - len(missing)
     if self.progress and len(prompts) > len(missing):
       self.progress(len(prompts) - len(missing))
-    for start in range(0, len(missing), self.chunk_size):
-      chunk = missing[start:start + self.chunk_size]
+    step = self._chunk(sampling)
+    for start in range(0, len(missing), step):
+      chunk = missing[start:start + step]
       texts = self.backend.generate([prompts[i] for i in chunk], sampling)
       self.cache.put_many([(keys[i], self.model_id, prompts[i], t)
                            for i, t in zip(chunk, texts)])

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from retrieval_jax.generation import decode
-from retrieval_jax.generation.backend import Prompt, Sampling, prompt_hash
+from retrieval_jax.generation.backend import Prompt, Sampling, draws, prompt_hash
 from retrieval_jax.models.causal_lm import CausalLM
 
 logger = logging.getLogger(__name__)
@@ -64,15 +64,15 @@ class JaxBackend:
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
-  def prompts_per_batch(self, draws: int) -> int:
-    """Prompts decoded together: each brings its `draws` rows (one prefill, copied)."""
-    return max(1, self.batch_size // draws)
+  def prompts_per_batch(self, rows: int) -> int:
+    """Prompts decoded together: each brings its `rows` rows (one prefill, copied)."""
+    return max(1, self.batch_size // rows)
 
-  def _decode_batch(self, prompts: list[tuple[list[int], int]], draws: int,
+  def _decode_batch(self, prompts: list[tuple[list[int], int]], rows: int,
                     sampling: Sampling) -> list[list[str]]:
-    """prompts: (token ids, prompt hash) -> `draws` texts each."""
+    """prompts: (token ids, prompt hash) -> `rows` texts each."""
     count = len(prompts)
-    prompts = prompts + [prompts[-1]] * (self.prompts_per_batch(draws) - count)  # fixed shape
+    prompts = prompts + [prompts[-1]] * (self.prompts_per_batch(rows) - count)  # fixed shape
     longest = max(len(ids) for ids, _ in prompts)
     length = -(-longest // self.length_multiple) * self.length_multiple
     ids = np.zeros((len(prompts), length), np.int32)
@@ -80,27 +80,27 @@ class JaxBackend:
     for r, (tokens, _) in enumerate(prompts):
       ids[r, length - len(tokens):] = tokens  # left padding
       mask[r, length - len(tokens):] = 1
-    hashes = np.repeat(np.array([h for _, h in prompts], np.uint32), draws)
+    hashes = np.repeat(np.array([h for _, h in prompts], np.uint32), rows)
     keys = decode.row_keys(sampling.seed, hashes,
-                           np.tile(np.arange(draws, dtype=np.uint32), len(prompts)))
+                           np.tile(np.arange(rows, dtype=np.uint32), len(prompts)))
     ids, mask = jnp.asarray(ids), jnp.asarray(mask)
     if self.mesh is not None:
-      rows = NamedSharding(self.mesh, P("data"))
-      keys = jax.device_put(keys, rows)
+      by_row = NamedSharding(self.mesh, P("data"))
+      keys = jax.device_put(keys, by_row)
       if len(prompts) % self.mesh.shape["data"] == 0:  # else the prompts stay replicated
-        ids, mask = (jax.device_put(x, rows) for x in (ids, mask))
+        ids, mask = (jax.device_put(x, by_row) for x in (ids, mask))
     tokens, lengths = decode.generate(
         self.lm.module, self.params, ids, mask, keys, jnp.asarray(self.lm.stop_ids, jnp.int32),
         max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
-        top_p=sampling.top_p, samples=draws)
+        top_p=sampling.top_p, samples=rows)
     tokens, lengths = np.asarray(tokens), np.asarray(lengths)
     texts = []
-    for r in range(count * draws):
+    for r in range(count * rows):
       text = self.lm.tokenizer.decode(tokens[r, :lengths[r]].tolist(), skip_special_tokens=True)
       for stop in sampling.stop:  # stop strings end the text where they first appear
         text = text.split(stop, 1)[0]
       texts.append(text)
-    return [texts[i * draws:(i + 1) * draws] for i in range(count)]
+    return [texts[i * rows:(i + 1) * rows] for i in range(count)]
 
   def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[str]]:
     rendered = [self.render(p) for p in prompts]
@@ -108,15 +108,15 @@ class JaxBackend:
       if len(ids) > self.max_prompt_tokens:
         raise ValueError(f"prompt {p} has {len(ids)} tokens, more than max_prompt_tokens="
                          f"{self.max_prompt_tokens}; shorten it (fewer or shorter passages)")
-    draws = 1 if sampling.temperature == 0 else sampling.n
+    count = draws(sampling)
     order = sorted(range(len(prompts)), key=lambda p: len(rendered[p]))  # similar lengths
     hashes = [prompt_hash(p) for p in prompts]  # the seed is folded in by `row_keys`
     out: dict[int, list[str]] = {}
-    step = self.prompts_per_batch(draws)
+    step = self.prompts_per_batch(count)
     for start in range(0, len(order), step):
       chunk = order[start:start + step]
-      texts = self._decode_batch([(rendered[p], hashes[p]) for p in chunk], draws, sampling)
+      texts = self._decode_batch([(rendered[p], hashes[p]) for p in chunk], count, sampling)
       out.update(zip(chunk, texts))
       if self.progress:
         self.progress(len(chunk))
-    return [out[p] * (sampling.n if draws == 1 else 1) for p in range(len(prompts))]
+    return [out[p] * (sampling.n // count) for p in range(len(prompts))]

@@ -24,7 +24,7 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
-from retrieval_jax.generation.backend import Prompt, Sampling, sample_seed
+from retrieval_jax.generation.backend import Prompt, Sampling, draws, sample_seed
 
 logger = logging.getLogger(__name__)
 
@@ -112,10 +112,10 @@ class OpenAIBackend:
                             f"{json.dumps(reply)[:300]}") from None
 
   def generate(self, prompts: Sequence[Prompt], sampling: Sampling) -> list[list[str]]:
-    draws = 1 if sampling.temperature == 0 else sampling.n
-    jobs = [(p, i) for p in range(len(prompts)) for i in range(draws)]
+    count = draws(sampling)
+    jobs = [(p, i) for p in range(len(prompts)) for i in range(count)]
     with concurrent.futures.ThreadPoolExecutor(self.concurrency) as pool:
       texts = list(pool.map(lambda job: self._complete(prompts[job[0]], sampling, job[1]),
                             jobs))
-    copies = sampling.n // draws
-    return [texts[p * draws:(p + 1) * draws] * copies for p in range(len(prompts))]
+    return [texts[p * count:(p + 1) * count] * (sampling.n // count)
+            for p in range(len(prompts))]
