@@ -86,8 +86,9 @@ def get_config(arg: str = ""):
   if variant in ("cpu", "hyde_cpu"):
     config.generator.backend = "jax"
     config.generator.model = "smollm2"
-    # 4 prompts a batch, each prefilled once for its 5 (HyDE: 8) samples.
-    config.generator.batch_size = 40 if mode == "hyde" else 20
+    # Rows decoded at once: LameR 8 prompts x 5 samples (greedy: 40 prompts), HyDE 10 x 8.
+    # Each prompt is prefilled and cached once for all its samples.
+    config.generator.batch_size = 80 if mode == "hyde" else 40
     config.generator.max_prompt_tokens = 4096  # 10 candidates of 128 words: ~2,100 tokens
   elif variant == "smoke":
     config.data.name = "synthetic"
