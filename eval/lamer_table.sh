@@ -37,16 +37,17 @@ http() {
       --config.generator.concurrency=2 --config.generator.timeout=600
 }
 
+# In process first (an hour on 2 cores), then llama.cpp (hours: its float32 prefill is slow).
 run lamer_jax_greedy python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax_greedy $CACHE $GREEDY
+run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
+run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
+run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 [ -f $R/smollm2-f32.gguf ] || python eval/llama_cpp_f32.py --model=smollm2 --out=$R/smollm2-f32.gguf
 if [ ! -f $R/lamer_llamacpp_f32_greedy.done ]; then
   # A float32 KV cache too (type 0): llama.cpp's default float16 cache moves logits by ~0.02.
   serve smollm2-f32 $R/smollm2-f32.gguf --type_k 0 --type_v 0 && http lamer_llamacpp_f32_greedy smollm2-f32
   stop_server
 fi
-run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
-run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
-run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 if [ ! -f $R/lamer_llamacpp_q41_greedy.done ]; then
   Q41=$(python -c "from retrieval_jax.models import causal_lm; print(causal_lm.packaged_gguf('smollm2'))")
   serve smollm2-q4_1 $Q41 && http lamer_llamacpp_q41_greedy smollm2-q4_1
