@@ -69,6 +69,8 @@ def generator_config() -> ml_collections.ConfigDict:
       "timeout": 120.0,
       "max_retries": 6,
       "concurrency": 8,
+      # A JSON object added to every request: a server's own sampling fields.
+      "extra_body": ml_collections.FieldReference(None, field_type=str),
       "batch_size": 8,
       "max_prompt_tokens": 2048,
       "cache": ml_collections.FieldReference(None, field_type=str),

@@ -30,11 +30,13 @@ serve() {
 stop_server() { kill $SERVER 2>/dev/null; wait $SERVER 2>/dev/null; }
 trap stop_server EXIT
 
-# http RUN ALIAS: LameR greedy through the HTTP backend against the running server.
+# http RUN ALIAS: LameR greedy through the HTTP backend against the running server, its own
+# repetition penalty, top-k and min-p off (it applies them by default, even at temperature 0).
 http() {
   run $1 python main.py --config=configs/lamer.py --workdir=$R/$1 $CACHE $GREEDY \
       --config.generator.base_url=http://127.0.0.1:$PORT --config.generator.model=$2 \
-      --config.generator.concurrency=2 --config.generator.timeout=600
+      --config.generator.concurrency=2 --config.generator.timeout=600 \
+      --config.generator.extra_body='{"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}'
 }
 
 # In process first (an hour on 2 cores), then llama.cpp (hours: its float32 prefill is slow).

@@ -8,8 +8,10 @@ import pytest
 from configs import lamer as lamer_config
 from retrieval_jax import train
 from retrieval_jax.evaluators import lamer as lamer_eval
+from retrieval_jax.generation import backend as backend_lib
 from retrieval_jax.generation import expansion
 from retrieval_jax.recipes import base
+from retrieval_jax.recipes import lamer as lamer_recipe_module
 
 DOCS = {"d1": "cats purr and sleep on warm sofas all afternoon",
         "d2": "the stock market fell sharply on monday morning",
@@ -160,3 +162,24 @@ def test_configs():
   assert hyde.evals.dev.sampling.temperature == 0.7
   with pytest.raises(ValueError, match="unknown variant 'gpu'"):
     lamer_config.get_config("gpu")
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("{repeat_penalty: 1}", r"generator.extra_body=.* is not JSON"),
+    ("[1]", r"generator.extra_body=.* is not a JSON object"),
+])
+def test_bad_extra_body_names_the_key(extra, message):
+  generator = lamer_config.generator_config()
+  generator.base_url, generator.extra_body, generator.cache = "http://127.0.0.1:1", extra, "off"
+  with pytest.raises(ValueError, match=message):
+    lamer_recipe_module.make_generator(generator)
+
+
+def test_extra_body_goes_into_every_request_and_the_cache_id():
+  generator = lamer_config.generator_config()
+  generator.base_url, generator.cache = "http://127.0.0.1:1", "off"
+  generator.extra_body = '{"repeat_penalty": 1.0}'
+  backend = lamer_recipe_module.make_generator(generator)
+  _, body = backend._body([{"role": "user", "content": "q"}], backend_lib.Sampling(), 0)
+  assert body["repeat_penalty"] == 1.0
+  assert backend.model_id.endswith('{"repeat_penalty": 1.0}')

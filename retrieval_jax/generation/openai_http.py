@@ -47,15 +47,22 @@ class OpenAIBackend:
     max_retries: Retries per request after the first attempt.
     backoff: The first retry's delay in seconds; doubled at each further retry (jittered).
     concurrency: Requests in flight at once.
+    extra_body: Fields added to every request, for a server's own sampling settings (part
+      of the cache's model id). llama.cpp's server applies `repeat_penalty` 1.1, `top_k` 40
+      and `min_p` 0.05 unless told otherwise, even at temperature 0; `{"repeat_penalty": 1,
+      "top_k": 0, "min_p": 0}` makes it sample as the OpenAI API and our backend do.
   """
 
   def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY",
                timeout: float = 120.0, max_retries: int = 6, backoff: float = 1.0,
-               concurrency: int = 8):
+               concurrency: int = 8, extra_body: dict | None = None):
     root = base_url.rstrip("/")
     self.v1 = root if root.endswith("/v1") else root + "/v1"
     self.model = model
+    self.extra_body = dict(extra_body or {})
     self.model_id = f"{model}@{self.v1}"
+    if self.extra_body:
+      self.model_id += " " + json.dumps(self.extra_body, sort_keys=True)
     self.api_key_env = api_key_env
     self.timeout, self.max_retries, self.backoff = timeout, max_retries, backoff
     self.concurrency = concurrency
@@ -64,7 +71,7 @@ class OpenAIBackend:
   def _body(self, prompt: Prompt, sampling: Sampling, index: int) -> tuple[str, dict]:
     body = {"model": self.model, "max_tokens": sampling.max_new_tokens,
             "temperature": sampling.temperature, "top_p": sampling.top_p,
-            "seed": sample_seed(sampling, prompt, index)}
+            "seed": sample_seed(sampling, prompt, index), **self.extra_body}
     if sampling.stop:
       body["stop"] = list(sampling.stop)
     if isinstance(prompt, str):

@@ -11,12 +11,15 @@ evaluator also gets `config.model`'s encoder as its `query` role.
   tokenizer          for `random` only: the vocabulary (e.g. `minilm`)
   batch_size, max_prompt_tokens            jax: rows decoded at once, the prompt cap
   base_url, api_key_env, timeout, max_retries, concurrency   http
+  extra_body         http: a JSON object of fields added to every request (a server's own
+                     sampling settings, e.g. llama.cpp's `{"repeat_penalty": 1}`)
   cache              the SQLite file of completions (None: `$RETRIEVAL_JAX_CACHE`, default
                      `~/.cache/retrieval_jax`, `/generations.sqlite`); `off` for none
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -48,6 +51,8 @@ def make_generator(generator: Any, mesh=None):
     if not generator.get("base_url"):
       raise ValueError("generator.base_url is not set (the backend is http)")
     backend = OpenAIBackend(generator.base_url, generator.model,
+                            extra_body=_json_object(generator.get("extra_body"),
+                                                    "generator.extra_body"),
                             api_key_env=generator.get("api_key_env", "OPENAI_API_KEY"),
                             timeout=generator.get("timeout", 120.0),
                             max_retries=generator.get("max_retries", 6),
@@ -61,6 +66,19 @@ def make_generator(generator: Any, mesh=None):
   store = cache_lib.CompletionCache(path)
   logger.info("completions cached in %s (%d entries)", path, len(store))
   return cache_lib.CachedBackend(backend, store)
+
+
+def _json_object(text: str | None, key: str) -> dict:
+  """`text` as a JSON object ({} when empty); ValueError naming `key` otherwise."""
+  if not text:
+    return {}
+  try:
+    value = json.loads(text)
+  except json.JSONDecodeError as e:
+    raise ValueError(f"{key}={text!r} is not JSON: {e}") from None
+  if not isinstance(value, dict):
+    raise ValueError(f"{key}={text!r} is not a JSON object")
+  return value
 
 
 def eval_models(config: Any) -> base.EvalModels:
