@@ -92,3 +92,10 @@ def test_packaged_model_missing_names_the_install(monkeypatch):
     causal_lm.load("smollm2")
   with pytest.raises(FileNotFoundError, match="no such GGUF file"):
     causal_lm.load("/nonexistent/model.gguf")
+
+
+def test_a_last_part_batch_is_padded_to_a_power_of_two_only(tiny):
+  lm, _ = tiny
+  backend = JaxBackend(lm, batch_size=40)
+  assert [backend.batch_prompts(n, 1) for n in (40, 14, 5, 1)] == [40, 16, 8, 1]
+  assert [backend.batch_prompts(n, 5) for n in (8, 6, 3)] == [8, 8, 4]

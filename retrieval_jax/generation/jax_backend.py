@@ -1,9 +1,9 @@
 """The in-process generation backend: a `causal_lm.CausalLM` decoded with `decode.generate`.
 
 Prompts are rendered with the tokenizer's chat template (chat prompts) or taken as they are
-(strings), sorted by length and decoded in fixed-size batches whose prompt length is rounded
-up to a multiple of `length_multiple`, so a long run compiles a handful of shapes, not one
-per batch. With a mesh the batch is split over its `data` axis and the params replicated.
+(strings), sorted by length and decoded in fixed-size batches (a last part batch: the next
+power of two) whose prompt length is rounded up to a multiple of `length_multiple`, so a
+long run compiles a handful of shapes, not one per batch. With a mesh the batch is split over its `data` axis and the params replicated.
 A prompt is prefilled once for its N samples; at temperature 0 the N completions are one
 decoding, copied.
 """
@@ -68,11 +68,19 @@ class JaxBackend:
     """Prompts decoded together: each brings its `rows` rows (one prefill, copied)."""
     return max(1, self.batch_size // rows)
 
+  def batch_prompts(self, count: int, rows: int) -> int:
+    """Prompts in the decoded batch for `count` prompts: a full batch (one shape, one
+    compile), or for a last part batch the next power of two, so little is padding."""
+    full = self.prompts_per_batch(rows)
+    if count >= full or self.mesh is not None:  # a mesh needs whole batches of rows
+      return full
+    return min(full, 1 << max(count - 1, 0).bit_length())
+
   def _decode_batch(self, prompts: list[tuple[list[int], int]], rows: int,
                     sampling: Sampling) -> list[list[str]]:
     """prompts: (token ids, prompt hash) -> `rows` texts each."""
     count = len(prompts)
-    prompts = prompts + [prompts[-1]] * (self.prompts_per_batch(rows) - count)  # fixed shape
+    prompts = prompts + [prompts[-1]] * (self.batch_prompts(count, rows) - count)
     longest = max(len(ids) for ids, _ in prompts)
     length = -(-longest // self.length_multiple) * self.length_multiple
     ids = np.zeros((len(prompts), length), np.int32)
