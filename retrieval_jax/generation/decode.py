@@ -61,8 +61,8 @@ def prefill(model: llama.Llama, params, prompt_ids: jax.Array, positions: jax.Ar
   Chunk c attends to the slots up to its own end only, so a long prompt skips most of the
   attention scores the causal mask would discard, and the score tensor stays [chunk, slots].
   Each chunk is its own compiled call that updates the cache in place (donated): compiled as
-  one program, XLA kept every chunk's temporaries at once (3.2 GB for 4 prompts of 2,112
-  tokens).
+  one program, XLA kept every chunk's temporaries alive at once, which grew with the square
+  of the prompt length (WORKSPACE, "LameR").
   """
   prompts, length = prompt_ids.shape
   cache = llama.init_cache(model.config, prompts, length)

@@ -3,7 +3,8 @@
 Prompts are rendered with the tokenizer's chat template (chat prompts) or taken as they are
 (strings), sorted by length and decoded in fixed-size batches (a last part batch: the next
 power of two) whose prompt length is rounded up to a multiple of `length_multiple`, so a
-long run compiles a handful of shapes, not one per batch. With a mesh the batch is split over its `data` axis and the params replicated.
+long run compiles a handful of shapes, not one per batch. With a mesh the batch is split
+over its `data` axis and the params replicated.
 A prompt is prefilled once for its N samples; at temperature 0 the N completions are one
 decoding, copied.
 """
