@@ -106,11 +106,13 @@ OTHER_ENVIRONMENTS = ("eval/pylate_worker.py",)
 
 
 def test_every_eval_script_import_is_declared(install_requires, extras):
-  """eval/ may also use the `bench` extra (torch and sentence-transformers references)."""
+  """eval/ may also use the `bench` extra (torch and sentence-transformers references) and
+  the `llama_cpp` one (llama.cpp, LameR's generation reference)."""
   modules = _third_party_imports(REPO / "eval")
   modules = {name: files - set(OTHER_ENVIRONMENTS) for name, files in modules.items()}
   modules = {name: files for name, files in modules.items() if files}
-  assert not _undeclared(modules, set(install_requires) | set(extras["bench"]))
+  assert not _undeclared(modules, set(install_requires) | set(extras["bench"])
+                         | set(extras["llama_cpp"]))
 
 
 def test_install_requires_pulls_no_torch(install_requires, extras):
