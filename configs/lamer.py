@@ -73,6 +73,7 @@ def generator_config() -> ml_collections.ConfigDict:
       "extra_body": ml_collections.FieldReference(None, field_type=str),
       "batch_size": 8,
       "max_prompt_tokens": 2048,
+      "max_batch_prompts": ml_collections.FieldReference(None, field_type=int),
       "cache": ml_collections.FieldReference(None, field_type=str),
   })
 
@@ -92,6 +93,7 @@ def get_config(arg: str = ""):
     # Each prompt is prefilled and cached once for all its samples.
     config.generator.batch_size = 80 if mode == "hyde" else 40
     config.generator.max_prompt_tokens = 4096  # 10 candidates of 128 words: ~2,100 tokens
+    config.generator.max_batch_prompts = 16  # greedy: 16 such prompts, not 40, a batch
   elif variant == "smoke":
     config.data.name = "synthetic"
     config.generator.backend = "jax"

@@ -99,3 +99,14 @@ def test_a_last_part_batch_is_padded_to_a_power_of_two_only(tiny):
   backend = JaxBackend(lm, batch_size=40)
   assert [backend.batch_prompts(n, 1) for n in (40, 14, 5, 1)] == [40, 16, 8, 1]
   assert [backend.batch_prompts(n, 5) for n in (8, 6, 3)] == [8, 8, 4]
+
+
+def test_max_batch_prompts_caps_a_greedy_batch(tiny):
+  lm, _ = tiny
+  capped = JaxBackend(lm, batch_size=40, max_batch_prompts=16)
+  assert capped.prompts_per_batch(1) == 16 and capped.prompts_per_batch(5) == 8
+  mesh = sharding.make_mesh(data=8, model=1, devices=jax.devices()[:8])
+  on_mesh = JaxBackend(lm, batch_size=40, max_batch_prompts=12, mesh=mesh)
+  assert on_mesh.prompts_per_batch(1) == 8 and on_mesh.prompts_per_batch(5) == 8
+  with pytest.raises(ValueError, match="max_batch_prompts=6"):
+    JaxBackend(lm, batch_size=40, max_batch_prompts=6, mesh=mesh).prompts_per_batch(1)

@@ -35,14 +35,18 @@ class JaxBackend:
       batch_size // N prompts, each prefilled once and copied to its N rows.
     max_prompt_tokens: Longer rendered prompts are an error (the caller shortens them).
     length_multiple: Prompt lengths are padded up to a multiple of this.
+    max_batch_prompts: At most this many prompts a batch (None: no cap). Each prompt is
+      prefilled and cached whole, so this bounds a batch's memory when greedy decoding
+      would otherwise put `batch_size` long prompts in one batch.
     mesh: Optional device mesh; the batch goes over its `data` axis.
     progress: Called after each batch with the number of prompts it finished.
   """
 
   def __init__(self, lm: CausalLM, batch_size: int = 8, max_prompt_tokens: int = 2048,
-               length_multiple: int = 64, mesh: Mesh | None = None,
-               progress: Callable[[int], None] | None = None):
+               length_multiple: int = 64, max_batch_prompts: int | None = None,
+               mesh: Mesh | None = None, progress: Callable[[int], None] | None = None):
     self.lm = lm
+    self.max_batch_prompts = max_batch_prompts
     self.model_id = f"jax:{lm.name}"
     self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
     self.length_multiple, self.mesh, self.progress = length_multiple, mesh, progress
@@ -67,7 +71,15 @@ class JaxBackend:
 
   def prompts_per_batch(self, rows: int) -> int:
     """Prompts decoded together: each brings its `rows` rows (one prefill, copied)."""
-    return max(1, self.batch_size // rows)
+    prompts = max(1, self.batch_size // rows)
+    if not self.max_batch_prompts or prompts <= self.max_batch_prompts:
+      return prompts
+    devices = 1 if self.mesh is None else self.mesh.shape["data"]
+    for capped in range(self.max_batch_prompts, 0, -1):
+      if (capped * rows) % devices == 0:  # the rows split evenly over the data axis
+        return capped
+    raise ValueError(f"max_batch_prompts={self.max_batch_prompts}: no batch of at most that "
+                     f"many prompts x {rows} rows splits over the mesh's {devices} devices")
 
   def batch_prompts(self, count: int, rows: int) -> int:
     """Prompts in the decoded batch for `count` prompts: a full batch (one shape, one

@@ -10,6 +10,7 @@ evaluator also gets `config.model`'s encoder as its `query` role.
                      http: the server's model name
   tokenizer          for `random` only: the vocabulary (e.g. `minilm`)
   batch_size, max_prompt_tokens            jax: rows decoded at once, the prompt cap
+  max_batch_prompts  jax: at most this many prompts a batch (memory: each is cached whole)
   base_url, api_key_env, timeout, max_retries, concurrency   http
   extra_body         http: a JSON object of fields added to every request (a server's own
                      sampling settings, e.g. llama.cpp's `{"repeat_penalty": 1}`)
@@ -46,7 +47,8 @@ def make_generator(generator: Any, mesh=None):
     logger.info("generator %s in process: %d layers, %d heads (%d key/value)", lm.name,
                 lm.config.num_layers, lm.config.num_heads, lm.config.num_kv_heads)
     backend = JaxBackend(lm, batch_size=generator.get("batch_size", 8),
-                         max_prompt_tokens=generator.get("max_prompt_tokens", 2048), mesh=mesh)
+                         max_prompt_tokens=generator.get("max_prompt_tokens", 2048),
+                         max_batch_prompts=generator.get("max_batch_prompts"), mesh=mesh)
   elif kind == "http":
     if not generator.get("base_url"):
       raise ValueError("generator.base_url is not set (the backend is http)")
