@@ -89,8 +89,8 @@ def get_config(arg: str = ""):
   if variant in ("cpu", "hyde_cpu"):
     config.generator.backend = "jax"
     config.generator.model = "smollm2"
-    # Rows decoded at once: LameR 8 prompts x 5 samples (greedy: 40 prompts), HyDE 10 x 8.
-    # Each prompt is prefilled and cached once for all its samples.
+    # Rows decoded at once: LameR 8 prompts x 5 samples, HyDE 10 x 8 (greedy: one row a
+    # prompt, at most max_batch_prompts). Each prompt is prefilled and cached once.
     config.generator.batch_size = 80 if mode == "hyde" else 40
     config.generator.max_prompt_tokens = 4096  # 10 candidates of 128 words: ~2,100 tokens
     config.generator.max_batch_prompts = 16  # greedy: 16 such prompts, not 40, a batch

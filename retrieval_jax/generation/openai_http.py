@@ -5,9 +5,9 @@ prompt's N completions is one request with its own seed (`backend.sample_seed`):
 differ in whether they honour `n`, all of them take `seed`. At temperature 0 a prompt is one
 request whose answer is copied N times, as the in-process backend does: greedy decoding has
 one answer, and a local server would otherwise prefill a long prompt N times. Requests run
-on a bounded thread pool; a timeout, a dropped connection, 429 or 5xx is retried with exponential backoff and
-jitter (a `Retry-After` header is honoured), any other status fails at once with the
-server's message. The API key is read from the environment variable named by
+on a bounded thread pool; a timeout, a dropped connection, 429 or 5xx is retried with
+exponential backoff and jitter (a `Retry-After` header is honoured), any other status fails
+at once with the server's message. The API key is read from the environment variable named by
 `api_key_env` and never logged or put in an error.
 """
 
