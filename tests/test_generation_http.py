@@ -43,6 +43,7 @@ class _Server:
           behaviour = outer.script.pop(0) if outer.script else "ok"
           outer.in_flight += 1
           outer.max_in_flight = max(outer.max_in_flight, outer.in_flight)
+        self.counted = True
         try:
           if isinstance(behaviour, tuple) and behaviour[0] == "stall":
             time.sleep(behaviour[1])
@@ -59,10 +60,18 @@ class _Server:
         except (BrokenPipeError, ConnectionResetError):
           pass
         finally:
-          with outer.lock:
+          self._done()
+
+      def _done(self):
+        with outer.lock:
+          if self.counted:
             outer.in_flight -= 1
+            self.counted = False
 
       def _reply(self, status, payload, headers=None):
+        # Done before the reply leaves: the client may send its next request as soon as it
+        # has read this one, and that must not count as one more in flight.
+        self._done()
         data = json.dumps(payload).encode()
         self.send_response(status)
         for k, v in (headers or {}).items():
