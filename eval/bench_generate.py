@@ -41,9 +41,10 @@ from retrieval_jax.generation.jax_backend import JaxBackend
 from retrieval_jax.models import causal_lm
 
 if __package__:
-  from . import llama_cpp_f32  # pylint: disable=g-import-not-at-top
+  from . import llama_cpp_f32, step_timing  # pylint: disable=g-import-not-at-top
 else:  # Run as a script: eval/ is first on sys.path.
   import llama_cpp_f32  # pylint: disable=g-import-not-at-top
+  import step_timing  # pylint: disable=g-import-not-at-top
 
 ENGINES = ("jax", "llama_cpp", "llama_cpp_f32", "transformers")
 FLAGS = flags.FLAGS
@@ -215,20 +216,10 @@ def run(model: str, engines: Sequence[str], data: str, prompts: int, candidates:
   if "jax" in summary:
     for name in summary:
       summary[name]["time_vs_jax"] = summary[name]["seconds"] / summary["jax"]["seconds"]
-  return {"cpu": cpu_model(), "machine": platform.machine(), "model": model,
+  return {"cpu": step_timing.cpu_model(), "machine": platform.machine(), "model": model,
           "prompts": len(work.prompts), "prompt_tokens": [len(p) for p in work.prompts],
           "samples": samples, "max_new_tokens": max_new_tokens, "rounds": rounds,
           "threads": threads, "times": times, "summary": summary, "skipped": skipped}
-
-
-def cpu_model() -> str:
-  try:
-    for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
 
 
 def format_table(result: dict) -> str:
