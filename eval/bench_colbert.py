@@ -66,24 +66,19 @@ import gc
 import json
 import os
 import pathlib
-import platform
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from typing import Any, Callable, Sequence
 
 from absl import app
 from absl import flags
 import numpy as np
 
-if __package__:
-  from . import step_timing  # pylint: disable=g-import-not-at-top
-else:  # Run as a script: eval/ is first on sys.path.
-  import step_timing  # pylint: disable=g-import-not-at-top
+from eval import bench_harness
 
 FLAGS = flags.FLAGS
 WORKER = pathlib.Path(__file__).resolve().with_name("pylate_worker.py")
@@ -138,40 +133,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
 
 
 # ----------------------------------------------------------------------------- environment
-
-
-def default_threads() -> int:
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-
-
-def our_versions() -> dict[str, str | None]:
-  found = {"python": platform.python_version()}
-  for name in ("retrieval_jax", "jax", "jaxlib", "flax", "scann", "numpy", "transformers",
-               "tokenizers", "pytrec_eval-terrier"):
-    try:
-      found[name] = metadata.version(name)
-    except metadata.PackageNotFoundError:
-      found[name] = None
-  return found
-
-
-def busy_processes(min_cpu: float = 20.0) -> list[dict[str, Any]]:
-  """Other processes using at least `min_cpu` % of a core (`ps`), to read timings by."""
-  try:
-    lines = subprocess.run(["ps", "-eo", "pid,ppid,pcpu,args", "--no-headers"], check=True,
-                           capture_output=True, text=True, timeout=10).stdout.splitlines()
-  except (OSError, subprocess.SubprocessError):
-    return []
-  busy = []
-  for line in lines:
-    pid, ppid, cpu, command = (line.split(None, 3) + [""])[:4]
-    if int(pid) != os.getpid() and int(ppid) != os.getpid() and float(cpu) >= min_cpu:
-      busy.append({"pid": int(pid), "cpu_percent": float(cpu), "command": command[:120]})
-  return sorted(busy, key=lambda p: -p["cpu_percent"])
-
-
-def load_now() -> list[float]:
-  return [round(x, 2) for x in os.getloadavg()]
 
 
 def venv_python(venv: str | os.PathLike) -> pathlib.Path:
@@ -610,7 +571,7 @@ def bench_ours(encoder, corpus: Corpus, *, k: int, token_depth: int, batch_size:
   from retrieval_jax import encode_tokens  # pylint: disable=g-import-not-at-top
   from retrieval_jax.index import ScannConfig, maxsim  # pylint: disable=g-import-not-at-top
 
-  out: dict[str, Any] = {"system": OURS, "load": load_now()}
+  out: dict[str, Any] = {"system": OURS, "load": bench_harness.load()}
   with compile_clock.CompileClock() as clock:
     out["encode_corpus_s"], tokens = _timed(lambda: encode_tokens.encode_documents(
         encoder, corpus.doc_texts, batch_size=batch_size, progress=False))
@@ -668,7 +629,7 @@ def bench_pylate(python, model_dir, index: str, corpus: Corpus, *, k: int, token
   """One round of a PyLate index in a fresh worker process; returns (figures, top-k rows)."""
   inputs = {"queries": corpus.query_texts, "documents": corpus.doc_texts,
             "document_ids": corpus.doc_ids}
-  load = load_now()
+  load = bench_harness.load()
   got, wall = run_worker(python, model_dir, inputs, work_dir, f"retrieve_{index}_{round_}",
                          ["--mode=retrieve", f"--index={index}", f"--k={k}",
                           f"--k_token={token_depth}", f"--batch_size={batch_size}",
@@ -703,7 +664,7 @@ def bench_exact(queries: np.ndarray, store, corpus: Corpus, *, k: int
   seconds, (scores, rows) = _timed(lambda: maxsim.brute_force(
       queries, store, min(k, store.num_docs)))
   out = {"system": EXACT, "search_s": seconds, "queries_per_s": len(queries) / seconds,
-         "num_tokens": store.num_tokens, "load": load_now()}
+         "num_tokens": store.num_tokens, "load": bench_harness.load()}
   out.update(evaluate_run(corpus, scores, rows))
   return out, rows
 
@@ -851,12 +812,13 @@ def run(*, out_dir: pathlib.Path, model: str | None = None, seed: int = 0,
   import jax  # pylint: disable=g-import-not-at-top
 
   started = time.perf_counter()
-  threads = threads or default_threads()
+  threads = threads or bench_harness.cpu_info()["usable_cpus"]
   result: dict[str, Any] = {
-      "cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(), "threads": threads,
-      "devices": len(jax.local_devices()), "platform": jax.default_backend(),
-      "load": {"start": load_now()}, "busy_processes_start": busy_processes(),
-      "versions": {"ours": our_versions(), "pylate": None},
+      "cpu": bench_harness.cpu_model(), "environment": bench_harness.environment(),
+      "threads": threads, "devices": len(jax.local_devices()), "platform": jax.default_backend(),
+      "load": {"start": bench_harness.load()},
+      "busy_processes_start": bench_harness.busy_processes(),
+      "versions": {"ours": bench_harness.versions(), "pylate": None},
       "settings": {"k": k, "token_depth": token_depth, "scann_reorder_k": scann_reorder_k,
                    "batch_size": batch_size, "rounds": rounds, "limit_docs": limit_docs,
                    "pylate_indexes": list(pylate_indexes) if not skip_pylate else [],
@@ -913,8 +875,8 @@ def run(*, out_dir: pathlib.Path, model: str | None = None, seed: int = 0,
   del ours_vectors
   result["rounds"] = per_round
   result["summary"] = summarize(per_round + ([result["exact"]] if exact else []))
-  result["load"]["end"] = load_now()
-  result["busy_processes_end"] = busy_processes()
+  result["load"]["end"] = bench_harness.load()
+  result["busy_processes_end"] = bench_harness.busy_processes()
   result["elapsed_s"] = time.perf_counter() - started
   return result
 
@@ -943,11 +905,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                  batch_size=fv.batch_size, threads=fv.threads, parity_queries=fv.parity_queries,
                  parity_docs=fv.parity_docs, exact=fv.exact, worker_timeout=fv.worker_timeout)
   print(format_table(result))
-  if fv.out:
-    out = pathlib.Path(fv.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+  bench_harness.write_json(result, fv.out)
 
 
 if __name__ == "__main__":

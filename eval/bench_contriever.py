@@ -18,9 +18,7 @@ JSON with the CPU model.
 
 from __future__ import annotations
 
-import json
 import os
-import pathlib
 import statistics
 import tempfile
 from typing import Any, Sequence
@@ -28,10 +26,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-if __package__:
-  from . import step_timing  # pylint: disable=g-import-not-at-top
-else:  # Run as a script: eval/ is first on sys.path.
-  import step_timing  # pylint: disable=g-import-not-at-top
+from eval import bench_harness
 
 FLAGS = flags.FLAGS
 # Step name -> (loss.type, queue of one batch).
@@ -95,20 +90,19 @@ def run(*, variant: str = "cpu", steps: int = 5, rounds: int = 3, warmup_steps: 
         settings = dict(batch_size=int(config.train.batch_size),
                         queue_size=int(config.loss.queue_size), model=str(config.model.name),
                         chunk_length=int(config.data.crop.chunk_length))
-    per_round = step_timing.alternating_rounds(runners, steps=steps, rounds=rounds,
+    per_round = bench_harness.alternating_rounds(runners, steps=steps, rounds=rounds,
                                                warmup_steps=warmup_steps)
   medians = {k: statistics.median(v) for k, v in per_round.items()}
-
-  def paired(a: str, b: str) -> float:
-    return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
-  return {"cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(),
+  return {"cpu": bench_harness.cpu_model(), "environment": bench_harness.environment(),
           "devices": jax.device_count(),
           "jax": jax.__version__, "variant": variant, "settings": settings,
           "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
           "load": {"start": list(load_start), "end": list(os.getloadavg())},
           "steps_per_s": per_round, "median_steps_per_s": medians,
-          "moco_over_in_batch_paired_median": paired("moco", "in_batch"),
-          "moco_over_moco_queue_b_paired_median": paired("moco", "moco_queue_b")}
+          "moco_over_in_batch_paired_median": bench_harness.paired_median(
+              per_round, "moco", "in_batch"),
+          "moco_over_moco_queue_b_paired_median": bench_harness.paired_median(
+              per_round, "moco", "moco_queue_b")}
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -132,11 +126,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
                warmup_steps=flag_values.warmup_steps, queue_size=flag_values.queue_size)
   print(format_table(result))
-  if flag_values.out:
-    out = pathlib.Path(flag_values.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+  bench_harness.write_json(result, flag_values.out)
 
 
 if __name__ == "__main__":

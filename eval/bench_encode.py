@@ -28,11 +28,8 @@ The benchmark uses whatever devices JAX has; it never forces fake host devices.
 
 from __future__ import annotations
 
-import gc
-import json
 import os
 import pathlib
-import platform
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -40,6 +37,8 @@ from typing import Any, Callable, Sequence
 from absl import app
 from absl import flags
 import numpy as np
+
+from eval import bench_harness
 
 _LIMIT = flags.DEFINE_integer("limit", 512, "Encode the first N SciFact documents (0: all of them).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
@@ -65,13 +64,6 @@ _REFERENCE = flags.DEFINE_bool("reference", True,
 
 def _median_rate(n_docs: int, seconds: Sequence[float]) -> float:
   return n_docs / statistics.median(seconds)
-
-
-def _timed(fn: Callable[[], Any]) -> tuple[float, Any]:
-  gc.collect()  # A collection inside one side's timing would bill it for the other's garbage.
-  start = time.perf_counter()
-  result = fn()
-  return time.perf_counter() - start, result
 
 
 def padding_stats(token_ids: Sequence[Sequence[int]], batch_size: int, max_length: int,
@@ -157,8 +149,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
 
   results: dict[str, Any] = {}
   with compile_clock.CompileClock() as warmup_clock:
-    ours_warmup, ours_emb = _timed(ours)
-  seconds: dict[str, list[float]] = {"ours": []}
+    ours_warmup, ours_emb = bench_harness.timed(ours)
   sides: dict[str, Callable[[], Any]] = {"ours": ours}
   if reference:
     import sentence_transformers  # pylint: disable=g-import-not-at-top
@@ -171,8 +162,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
       return st_model.encode(texts, batch_size=rows, show_progress_bar=False,
                              convert_to_numpy=True, normalize_embeddings=encoder.pooling.normalize)
 
-    ref_warmup, ref_emb = _timed(theirs)
-    seconds["reference"] = []
+    ref_warmup, ref_emb = bench_harness.timed(theirs)
     sides["reference"] = theirs
     ref_emb = np.asarray(ref_emb, dtype=np.float32)
     ours_emb = ours_emb.astype(np.float32)
@@ -187,22 +177,13 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
         sentence_transformers_version=sentence_transformers.__version__)
 
   with compile_clock.CompileClock() as timed_clock:
-    for round_ in range(repeats):
-      order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
-      for name in order:
-        seconds[name].append(_timed(sides[name])[0])
+    seconds, _ = bench_harness.alternate(sides, repeats)
 
   out: dict[str, Any] = {"ours_docs_per_s": _median_rate(n_docs, seconds["ours"])}
   if reference:
-    # Each round's two timings are back to back, so their ratio cancels slow load drift that the
-    # ratio of medians does not.
-    per_round = [r / o for o, r in zip(seconds["ours"], seconds["reference"])]
-    out.update(reference_docs_per_s=_median_rate(n_docs, seconds["reference"]))
-    out.update(ratio=out["ours_docs_per_s"] / out["reference_docs_per_s"],
-               max_abs_diff=results.pop("max_abs_diff"), ratio_per_round=per_round,
-               ratio_paired_median=statistics.median(per_round),
+    out.update(max_abs_diff=results.pop("max_abs_diff"),
+               **bench_harness.speed_ratio(seconds["ours"], seconds["reference"]),
                **_rates("reference", n_docs, seconds["reference"]))
-    out["ratio_best"] = n_docs / min(seconds["ours"]) / out["reference_docs_per_s_best"]
   else:
     out.update(reference_docs_per_s=None, ratio=None, max_abs_diff=None)
   out.update(
@@ -219,7 +200,7 @@ def run(*, limit: int, data: str | None, model: str, batch_size: int, max_length
       docs_at_max_length=float(np.mean(lengths >= max_length)),
       **padding_stats(token_ids, rows, max_length, pad_to_multiple_of),
       devices=devices, platform=jax.default_backend(), jax_version=jax.__version__,
-      cpu_count=os.cpu_count(), cpu=platform.processor() or platform.machine(),
+      cpu=bench_harness.cpu_model(), environment=bench_harness.environment(),
       loadavg_start=load_start, loadavg_end=os.getloadavg()[0],
       xla_flags=os.environ.get("XLA_FLAGS", ""), model_dir=str(encoder.model_dir),
       data_dir=str(data_dir), **results)
@@ -232,6 +213,7 @@ def format_table(result: dict[str, Any]) -> str:
     return f"{name:22}{rate:>9.1f}{best:>9.1f}{warmup:>11.2f}{100 * padding:>8.1f}%"
 
   lines = [
+      bench_harness.cpu_line(result["environment"]["cpu"]),
       f"{result['n_docs']} docs, batch {result['batch_rows']}, max_length {result['max_length']}, "
       f"{result['devices']} {result['platform']} device(s), {result['dtype']}; "
       f"mean {result['mean_tokens_per_doc']:.0f} tokens/doc, "
@@ -261,11 +243,7 @@ def main(argv: Sequence[str]) -> None:
                repeats=_REPEATS.value, dtype=_DTYPE.value, pad_to_multiple_of=_PAD_TO.value,
                reference=_REFERENCE.value)
   print(format_table(result))
-  if _OUT.value:
-    out = pathlib.Path(_OUT.value)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+  bench_harness.write_json(result, _OUT.value)
 
 
 if __name__ == "__main__":

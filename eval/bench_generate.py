@@ -24,9 +24,7 @@ them alike. The table gives the median round.
 from __future__ import annotations
 
 import dataclasses
-import json
 import pathlib
-import platform
 import statistics
 import sys
 import tempfile
@@ -40,11 +38,8 @@ from retrieval_jax.generation.backend import Sampling
 from retrieval_jax.generation.jax_backend import JaxBackend
 from retrieval_jax.models import causal_lm
 
-if __package__:
-  from . import llama_cpp_f32, step_timing  # pylint: disable=g-import-not-at-top
-else:  # Run as a script: eval/ is first on sys.path.
-  import llama_cpp_f32  # pylint: disable=g-import-not-at-top
-  import step_timing  # pylint: disable=g-import-not-at-top
+from eval import bench_harness
+from eval import llama_cpp_f32
 
 ENGINES = ("jax", "llama_cpp", "llama_cpp_f32", "transformers")
 FLAGS = flags.FLAGS
@@ -199,24 +194,18 @@ def run(model: str, engines: Sequence[str], data: str, prompts: int, candidates:
     start = time.perf_counter()
     runners[name]()  # warm-up: compiles, fills lazy state
     log(f"  warm-up {time.perf_counter() - start:.1f} s")
-  times = {name: [] for name in engines}
-  tokens = {}
-  for r in range(rounds):
-    order = engines if r % 2 == 0 else engines[::-1]
-    for name in order:
-      start = time.perf_counter()
-      tokens[name] = runners[name]()
-      times[name].append(time.perf_counter() - start)
-      log(f"round {r + 1} {name}: {times[name][-1]:.1f} s")
+  times, results = bench_harness.alternate({name: runners[name] for name in engines}, rounds,
+                                           log=log)
   summary = {}
   for name in engines:
     seconds = statistics.median(times[name])
-    summary[name] = {"seconds": seconds, "tokens": tokens[name],
-                     "tokens_per_s": tokens[name] / seconds}
+    tokens = results[name][-1]
+    summary[name] = {"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds}
   if "jax" in summary:
     for name in summary:
       summary[name]["time_vs_jax"] = summary[name]["seconds"] / summary["jax"]["seconds"]
-  return {"cpu": step_timing.cpu_model(), "machine": platform.machine(), "model": model,
+  return {"cpu": bench_harness.cpu_model(), "environment": bench_harness.environment(),
+          "model": model,
           "prompts": len(work.prompts), "prompt_tokens": [len(p) for p in work.prompts],
           "samples": samples, "max_new_tokens": max_new_tokens, "rounds": rounds,
           "threads": threads, "times": times, "summary": summary, "skipped": skipped}
@@ -245,11 +234,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   except ValueError as e:
     sys.exit(f"error: {e}")
   print(format_table(result))
-  if fv.out:
-    out = pathlib.Path(fv.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+  bench_harness.write_json(result, fv.out)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,7 @@ the CPU model.
 from __future__ import annotations
 
 import functools
-import json
 import os
-import pathlib
 import statistics
 import tempfile
 from typing import Any, Sequence
@@ -26,10 +24,7 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-if __package__:
-  from . import step_timing  # pylint: disable=g-import-not-at-top
-else:  # Run as a script: eval/ is first on sys.path.
-  import step_timing  # pylint: disable=g-import-not-at-top
+from eval import bench_harness
 
 FLAGS = flags.FLAGS
 LOSSES = ("retromae", "mlm")
@@ -83,24 +78,20 @@ def run(*, variant: str = "smoke", steps: int = 5, rounds: int = 3,
       runners[name] = (state, step, [batch(i) for i in range(warmup_steps + steps)])
       settings = dict(batch_size=int(config.train.batch_size),
                       max_length=int(config.data.max_length), model=str(config.model.name))
-    per_round = step_timing.alternating_rounds(runners, steps=steps, rounds=rounds,
+    per_round = bench_harness.alternating_rounds(runners, steps=steps, rounds=rounds,
                                                warmup_steps=warmup_steps)
   tokens_per_step = settings["batch_size"] * settings["max_length"]
   tokens = {k: [v * tokens_per_step for v in values] for k, values in per_round.items()}
-  return {"cpu": step_timing.cpu_model(), "cpu_count": os.cpu_count(),
+  return {"cpu": bench_harness.cpu_model(), "environment": bench_harness.environment(),
           "devices": jax.device_count(), "jax": jax.__version__, "variant": variant,
           "settings": settings, "steps": steps, "rounds": rounds, "warmup_steps": warmup_steps,
           "load": {"start": list(load_start), "end": list(os.getloadavg())},
           "steps_per_s": per_round, "tokens_per_s": tokens,
           "median_tokens_per_s": {k: statistics.median(v) for k, v in tokens.items()},
-          "retromae_over_mlm_paired_median": _paired_median(per_round, "retromae", "mlm"),
-          "labelled_over_all_logits_paired_median": _paired_median(
+          "retromae_over_mlm_paired_median": bench_harness.paired_median(
+              per_round, "retromae", "mlm"),
+          "labelled_over_all_logits_paired_median": bench_harness.paired_median(
               per_round, "retromae", "retromae_all_logits")}
-
-
-def _paired_median(per_round: dict[str, list[float]], a: str, b: str) -> float:
-  """The median over rounds of a's steps/s over b's in the same round."""
-  return statistics.median(x / y for x, y in zip(per_round[a], per_round[b]))
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -124,11 +115,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
                warmup_steps=flag_values.warmup_steps)
   print(format_table(result))
-  if flag_values.out:
-    out = pathlib.Path(flag_values.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+  bench_harness.write_json(result, flag_values.out)
 
 
 if __name__ == "__main__":

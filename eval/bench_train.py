@@ -42,12 +42,9 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import gc
-import json
 import logging
 import os
 import pathlib
-import platform
 import statistics
 import time
 from typing import Any, Sequence
@@ -55,6 +52,8 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 import numpy as np
+
+from eval import bench_harness
 
 FLAGS = flags.FLAGS
 SCALE = 20.0           # MNRL's default scale (= 1 / temperature on cosine similarities)
@@ -96,13 +95,6 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        "timed batch is run once untimed in any case.", flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Seed of the batch order, negatives, dropout.",
                        flag_values=flag_values)
-
-
-def _timed(fn):
-  gc.collect()  # A collection inside one side's timing would bill it for the other's garbage.
-  start = time.perf_counter()
-  result = fn()
-  return time.perf_counter() - start, result
 
 
 def load_split(data: str | None):
@@ -363,26 +355,19 @@ def run(*, model: str = "minilm", data: str | None = None, batch_size: int = 16,
 
   sides = {"ours": lambda step: ours.train(step)[:2],
            "reference": lambda step: reference.train(batches[step])[:2]}
-  seconds = {name: [] for name in sides}
-  prepare = {name: [] for name in sides}
   with compile_clock.CompileClock() as timed_compiles:
-    for round_ in range(rounds):
-      order = list(sides) if round_ % 2 == 0 else list(sides)[::-1]  # ABBA: no side always first.
-      for name in order:
-        total, timings = _timed(lambda name=name: [sides[name](step) for step in range(steps)])
-        seconds[name].append(total)
-        prepare[name].append(sum(p for p, _ in timings))
+    seconds, timings = bench_harness.alternate(
+        {name: lambda side=side: [side(step) for step in range(steps)]
+         for name, side in sides.items()}, rounds)
+  prepare = {name: [sum(p for p, _ in steps_) for steps_ in per_round]
+             for name, per_round in timings.items()}
 
   examples = steps * batch_size
   ours_rate = examples / statistics.median(seconds["ours"])
   reference_rate = examples / statistics.median(seconds["reference"])
-  # Each round's two timings are back to back, so their ratio cancels slow load drift.
-  per_round = [r / o for o, r in zip(seconds["ours"], seconds["reference"])]
   return dict(
       ours_examples_per_s=ours_rate, reference_examples_per_s=reference_rate,
-      ratio=ours_rate / reference_rate, ratio_paired_median=statistics.median(per_round),
-      ratio_per_round=per_round,
-      ratio_best=min(seconds["reference"]) / min(seconds["ours"]),
+      **bench_harness.speed_ratio(seconds["ours"], seconds["reference"]),
       ours_examples_per_s_best=examples / min(seconds["ours"]),
       reference_examples_per_s_best=examples / min(seconds["reference"]),
       ours_seconds=seconds["ours"], reference_seconds=seconds["reference"],
@@ -410,7 +395,7 @@ def run(*, model: str = "minilm", data: str | None = None, batch_size: int = 16,
       jax_version=jax.__version__, torch_version=torch.__version__,
       sentence_transformers_version=sentence_transformers.__version__,
       torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads(),
-      cpu_count=os.cpu_count(), cpu=platform.processor() or platform.machine(),
+      cpu=bench_harness.cpu_model(), environment=bench_harness.environment(),
       loadavg_start=load_start, loadavg_end=os.getloadavg()[0],
       xla_flags=os.environ.get("XLA_FLAGS", ""), model_dir=str(spec.model_dir), data=data_desc,
       train_queries=len(batcher.dataset.query_ids))
@@ -423,6 +408,7 @@ def format_table(result: dict[str, Any]) -> str:
             f"{first_loss:>10.4f}{loss:>14.6f}")
 
   return "\n".join([
+      bench_harness.cpu_line(result["environment"]["cpu"]),
       f"batch {result['batch_size']} (+1 positive, 1 negative each), query/passage max length "
       f"{result['query_max_length']}/{result['passage_max_length']}, {result['steps']} steps x "
       f"{result['rounds']} rounds; {result['devices']} {result['platform']} device(s), torch "
@@ -458,11 +444,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
                steps=fv.steps, rounds=fv.rounds, warmup_steps=fv.warmup_steps, seed=fv.seed,
                pad_to_multiple_of=fv.pad_to_multiple_of)
   print(format_table(result))
-  if fv.out:
-    out = pathlib.Path(fv.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {out}")
+  bench_harness.write_json(result, fv.out)
 
 
 if __name__ == "__main__":

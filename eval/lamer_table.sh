@@ -39,9 +39,9 @@ http() {
       --config.generator.extra_body='{"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}'
 }
 
-# In process first (an hour on 2 cores), then llama.cpp (hours: its float32 prefill is slow).
+# The rows first (greedy in process, MiniLM, HyDE, llama.cpp float32 greedy: hours on
+# 2 cores, llama.cpp's float32 prefill is slow), then sampled LameR and llama.cpp's Q4_1.
 run lamer_jax_greedy python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax_greedy $CACHE $GREEDY
-run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
 run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
 run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 [ -f $R/smollm2-f32.gguf ] || python eval/llama_cpp_f32.py --model=smollm2 --out=$R/smollm2-f32.gguf
@@ -50,6 +50,7 @@ if [ ! -f $R/lamer_llamacpp_f32_greedy.done ]; then
   serve smollm2-f32 $R/smollm2-f32.gguf --type_k 0 --type_v 0 && http lamer_llamacpp_f32_greedy smollm2-f32
   stop_server
 fi
+run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
 if [ ! -f $R/lamer_llamacpp_q41_greedy.done ]; then
   Q41=$(python -c "from retrieval_jax.models import causal_lm; print(causal_lm.packaged_gguf('smollm2'))")
   serve smollm2-q4_1 $Q41 && http lamer_llamacpp_q41_greedy smollm2-q4_1

@@ -31,7 +31,7 @@ from tests import helpers
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 PYLATE_VENV = pathlib.Path("/work/venvs/pylate")
-_TOP_KEYS = {"cpu", "cpu_count", "threads", "devices", "load", "busy_processes_start",
+_TOP_KEYS = {"cpu", "environment", "threads", "devices", "load", "busy_processes_start",
              "versions", "settings", "model", "data", "warmup", "rounds", "summary", "exact",
              "elapsed_s"}
 _ROUND_KEYS = {"system", "round", "load", "encode_corpus_s", "index_build_s", "index_bytes",
