@@ -197,8 +197,12 @@ def optim_config() -> ml_collections.ConfigDict:
 
 
 def mesh_config() -> ml_collections.ConfigDict:
-  """Device mesh axes; -1 takes the devices the other axis leaves."""
-  return ml_collections.ConfigDict({"data": -1, "model": 1})
+  """Device mesh axes; -1 takes the devices the other axis leaves.
+
+  `refresh_devices`: devices of every process set aside from training for ANCE's refreshes
+  (`sharding.split_devices`), so that mining overlaps training; 0 shares all of them.
+  """
+  return ml_collections.ConfigDict({"data": -1, "model": 1, "refresh_devices": 0})
 
 
 def loss_config() -> ml_collections.ConfigDict:

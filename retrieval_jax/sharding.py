@@ -125,8 +125,68 @@ def _get(config: Any, dotted_key: str, default: Any = KeyError) -> Any:
   return node
 
 
+def refresh_devices_per_process(config: Any) -> int:
+  """`config.mesh.refresh_devices` (default 0): devices per process set aside for refreshes."""
+  count = _get(config, "mesh.refresh_devices", 0)
+  if not isinstance(count, (int, np.integer)) or count < 0:
+    raise ValueError(f"mesh.refresh_devices={count!r} must be an integer >= 0")
+  return int(count)
+
+
+def split_devices(refresh_per_process: int, devices: Sequence[jax.Device] | None = None
+                  ) -> tuple[list[jax.Device], list[jax.Device]]:
+  """Sets the last `refresh_per_process` devices of every process aside from training.
+
+  A refresh (ANCE's negatives) mined on devices of its own overlaps training instead of
+  taking turns with it on the same chips. Every process keeps the same number of devices for
+  each role, so each mines its shard of the corpus on its own refresh devices, as without them.
+
+  Args:
+    refresh_per_process: Devices each process sets aside (its highest ids).
+    devices: All devices (default: `jax.devices()`, every process's).
+
+  Returns:
+    (the devices that train, over all processes; this process's refresh devices).
+
+  Raises:
+    ValueError: Naming `mesh.refresh_devices` when a process would keep no training device.
+  """
+  devices = list(jax.devices() if devices is None else devices)
+  if not refresh_per_process:
+    return devices, []
+  by_process: dict[int, list[jax.Device]] = {}
+  for device in sorted(devices, key=lambda d: d.id):
+    by_process.setdefault(device.process_index, []).append(device)
+  train, refresh = [], []
+  for process, own in sorted(by_process.items()):
+    if refresh_per_process >= len(own):
+      raise ValueError(f"mesh.refresh_devices={refresh_per_process} leaves no training device "
+                       f"on process {process}, which has {len(own)}")
+    train += own[:-refresh_per_process]
+    if process == jax.process_index():
+      refresh = own[-refresh_per_process:]
+  return train, refresh
+
+
+def training_devices(config: Any) -> list[jax.Device]:
+  """All devices minus those `mesh.refresh_devices` sets aside."""
+  return split_devices(refresh_devices_per_process(config))[0]
+
+
+def refresh_mesh(config: Any) -> Mesh | None:
+  """This process's refresh devices on a `data` mesh; None when `mesh.refresh_devices` is 0."""
+  refresh = split_devices(refresh_devices_per_process(config))[1]
+  return local_mesh(refresh) if refresh else None
+
+
 def mesh_from_config(config: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """`make_mesh(config.mesh.data, config.mesh.model)`; both default to (-1, 1)."""
+  """`make_mesh(config.mesh.data, config.mesh.model)` over the training devices.
+
+  Both axes default to (-1, 1); the devices default to all but those `mesh.refresh_devices`
+  sets aside.
+  """
+  if devices is None:
+    devices = training_devices(config)
   return make_mesh(_get(config, "mesh.data", -1), _get(config, "mesh.model", 1), devices)
 
 
@@ -145,7 +205,8 @@ def validate(config: Any, encoders: Any = None, num_devices: int | None = None) 
     config: A `ml_collections.ConfigDict` or nested dict with the keys above.
     encoders: One `EncoderConfig` (or a dict with `num_heads` and `intermediate_size`) or a
       sequence of them, e.g. both DPR towers. None: read them from `config.model`, if there.
-    num_devices: Devices the mesh will span (default: `jax.device_count()`).
+    num_devices: Devices the mesh will span (default: every device but those
+      `mesh.refresh_devices` sets aside).
 
   Returns:
     The resolved (data, model) mesh shape.
@@ -153,7 +214,8 @@ def validate(config: Any, encoders: Any = None, num_devices: int | None = None) 
   Raises:
     ValueError: Listing every problem, each naming its config key and the numbers involved.
   """
-  num_devices = jax.device_count() if num_devices is None else num_devices
+  if num_devices is None:
+    num_devices = len(training_devices(config))
   data, model = _resolve_mesh_shape(_get(config, "mesh.data", -1), _get(config, "mesh.model", 1),
                                     num_devices)
   problems = []

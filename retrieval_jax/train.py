@@ -157,6 +157,10 @@ def _set_up(config, workdir, allow_config_change: bool):
       logger.warning("resuming at step %d with changed config keys %s (allowed)",
                      resumed_at, changed)
   recipe = recipe_module.build(config, workdir, mesh)
+  set_aside = sharding.refresh_devices_per_process(config)
+  if set_aside and not any(getattr(h, "refresh_mesh", None) is not None for h in recipe.hooks):
+    raise ValueError(f"mesh.refresh_devices={set_aside}: recipe {recipe.name!r} runs no "
+                     "refresh on them (ANCE's negatives do); set it to 0")
   evals = evaluators.build_all(config)
   for evaluator in evals:  # before anything compiles, not after the last step
     missing = [role for role in evaluator.requires if role not in recipe.eval_roles]

@@ -195,3 +195,50 @@ def test_batches_record_the_negative_set_they_came_from(tmp_path):
   assert versions == [-1, -1, 2, 2, 4]
   refresher.close()
 
+
+
+def _mined_at_start(config, workdir, mesh):
+  recipe = ance.build(config, workdir, mesh)
+  refresher = recipe.hooks[0]
+  state = recipe.init_state()
+  refresher.start(0, state, None)
+  refresher.close()
+  return refresher, state, refresher.current().pool
+
+
+def test_refresh_on_devices_set_aside_mines_the_same_negatives(tmp_path, monkeypatch):
+  """8 devices: 4 train, 4 mine; the same pool as mining on the 4 training devices."""
+  assert jax.device_count() == 8
+  base = {"negatives.refresh_mode": "sync", "negatives.mine_at_start": True}
+  config = _smoke(**base, **{"mesh.refresh_devices": 4})
+  mesh = sharding.mesh_from_config(config)
+  assert [d.id for d in mesh.devices.flat] == [0, 1, 2, 3]
+  refresher, state, aside = _mined_at_start(config, tmp_path / "aside", mesh)
+  assert [d.id for d in refresher.refresh_mesh.devices.flat] == [4, 5, 6, 7]
+  train_devices = set(mesh.devices.flat)
+  assert all(leaf.sharding.device_set == train_devices
+             for leaf in jax.tree_util.tree_leaves(state["params"]))
+  # The same initial parameters mined on the training devices themselves (as many devices, so
+  # the same per-device programs: near-equal scores keep their order).
+  monkeypatch.setattr(ance.sharding, "refresh_mesh", lambda _: mesh)
+  shared_refresher, _, shared = _mined_at_start(_smoke(**base), tmp_path / "shared", mesh)
+  assert shared_refresher.refresh_mesh is mesh
+  assert aside.query_ids == shared.query_ids
+  np.testing.assert_array_equal(aside.counts, shared.counts)
+  np.testing.assert_array_equal(aside.candidates, shared.candidates)
+
+
+def test_async_run_with_refresh_devices_trains_on_the_others(tmp_path):
+  config = _smoke(**{"mesh.refresh_devices": 4, "train.num_steps": 4})
+  summary = train.run(config, tmp_path, "train")
+  refresh = summary["info"]["negative_refresh"]
+  assert summary["step"] == 4 and refresh["refresh_devices"] == [4, 5, 6, 7]
+  assert refresh["refreshes"] or refresh["unused_refreshes"]
+
+
+def test_refresh_devices_need_a_refresh_and_training_devices(tmp_path, monkeypatch):
+  from configs import dpr as dpr_config  # pylint: disable=g-import-not-at-top
+  dpr = with_overrides(dpr_config.get_config("smoke"), {"mesh.refresh_devices": 4})
+  assert_rejected_before_compiling(dpr, tmp_path / "dpr", "mesh.refresh_devices", monkeypatch)
+  assert_rejected_before_compiling(_smoke(**{"mesh.refresh_devices": 8}), tmp_path / "all",
+                                   "mesh.refresh_devices", monkeypatch)

@@ -208,3 +208,24 @@ def test_validate_reads_encoder_shape_from_config_model():
 def test_validate_rejects_bad_mesh_or_missing_batch_naming_the_key(config, key):
   with pytest.raises(ValueError, match=key.replace(".", r"\.")):
     sharding.validate(config, _TINY)
+
+
+def test_split_devices_sets_the_last_of_each_process_aside():
+  devices = jax.devices()
+  train_devices, refresh = sharding.split_devices(3, devices)
+  assert [d.id for d in train_devices] == [0, 1, 2, 3, 4]
+  assert [d.id for d in refresh] == [5, 6, 7]
+  assert sharding.split_devices(0, devices) == (devices, [])
+  with pytest.raises(ValueError, match=r"mesh\.refresh_devices=8 leaves no training device"):
+    sharding.split_devices(8, devices)
+
+
+def test_mesh_and_validation_use_the_training_devices():
+  config = {"mesh": {"data": -1, "model": 1, "refresh_devices": 2},
+            "train": {"batch_size": 12}}
+  assert sharding.mesh_from_config(config).devices.size == 6
+  assert sharding.validate(config) == (6, 1)
+  assert [d.id for d in sharding.refresh_mesh(config).devices.flat] == [6, 7]
+  assert sharding.refresh_mesh({"mesh": {"data": -1}}) is None
+  with pytest.raises(ValueError, match=r"mesh\.refresh_devices=-1"):
+    sharding.mesh_from_config({"mesh": {"refresh_devices": -1}})

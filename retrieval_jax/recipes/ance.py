@@ -20,7 +20,7 @@ from typing import Any
 
 import jax
 
-from retrieval_jax import distributed, encode
+from retrieval_jax import distributed, encode, sharding
 from retrieval_jax.index import mining
 from retrieval_jax.index.scann_index import ScannConfig
 from retrieval_jax.recipes import ance_refresh
@@ -52,14 +52,15 @@ def check_negatives(config: Any) -> None:
 
 
 def mine_shard(params: Any, step: int, *, ctx: contrastive.TrainingData, tokenizer: Any,
-               progress: bool) -> mining.ShardCandidates:
+               progress: bool, mesh: jax.sharding.Mesh | None = None
+               ) -> mining.ShardCandidates:
   """Encodes the training queries and this process's shard of the corpus with `params` (host
   or device arrays of this process) and searches the shard; no communication.
 
   Runs in the refresher's thread in async mode: it uses its own tokenizer copy and only reads
-  `ctx`. The forward is sharded over this process's devices (rows over a `data` mesh). Every
-  process encodes all the training queries (a few percent of the corpus' tokens) so that no
-  exchange is needed before the merge.
+  `ctx`. The forward is sharded over `mesh` (default: all of this process's devices, rows over
+  a `data` mesh). Every process encodes all the training queries (a few percent of the corpus'
+  tokens) so that no exchange is needed before the merge.
   """
   del step  # the refresher records it
   config, negatives = ctx.config, ctx.config.negatives
@@ -68,11 +69,12 @@ def mine_shard(params: Any, step: int, *, ctx: contrastive.TrainingData, tokeniz
   batch, length = int(negatives.encode_batch_size), int(config.train.passage_max_length)
   query_emb = encode.encode_texts(query_encoder, ctx.data.query_texts,
                                   max_length=int(config.train.query_max_length),
-                                  batch_size=batch, progress=progress, desc="refresh queries")
+                                  batch_size=batch, mesh=mesh, progress=progress,
+                                  desc="refresh queries")
   per_doc = int(config.data.get("max_passages", 1))
   shard = encode.encode_document_shard(
       passage_encoder, ctx.dataset.doc_texts, max_length=length, max_passages=per_doc,
-      dim=query_emb.shape[1], batch_size=batch, progress=progress,
+      dim=query_emb.shape[1], batch_size=batch, mesh=mesh, progress=progress,
       desc="refresh corpus" if per_doc == 1 else "refresh passages")
   scann = negatives.scann
   return mining.shard_candidates(
@@ -94,21 +96,30 @@ def ann_negatives(ctx: contrastive.TrainingData) -> tuple[dict, list]:
       warmup_pool, ance_refresh.NOT_MINED, "bm25", int(negatives.num), int(config.seed),
       negatives.get("top_k"), ctx.dataset.query_rows)
   mode = negatives.refresh_mode
+  refresh_mesh = sharding.refresh_mesh(config)
   # A private tokenizer: HF fast tokenizers set truncation on the shared backend at each call.
   mine = functools.partial(mine_shard, ctx=ctx, tokenizer=copy.deepcopy(ctx.tokenizer),
-                           progress=bool(config.train.progress) and mode == "sync")
+                           progress=bool(config.train.progress) and mode == "sync",
+                           mesh=refresh_mesh)
   merge = functools.partial(mining.pool_from_shards, data=ctx.data,
                             depth=int(negatives.depth),
                             false_negative_margin=negatives.get("false_negative_margin"))
   several = distributed.is_multiprocess()
+  if several:
+    # The parameters come whole to every host (a collective, in the training thread); the
+    # forward places them on the mesh it runs on.
+    prepare = distributed.host_local
+  elif refresh_mesh is not None:
+    # A copy on the refresh devices, which the next (donating) step cannot overwrite.
+    prepare = functools.partial(jax.device_put, device=sharding.replicated(refresh_mesh))
+  else:
+    prepare = None
   refresher = ance_refresh.NegativeRefresher(
       mine, lambda: initial, every=int(negatives.refresh_every), total_steps=ctx.total_steps,
       mode=mode, first=negatives.get("first_refresh"),
-      mine_at_start=bool(negatives.get("mine_at_start", False)), merge=merge,
-      # Several processes: the parameters come whole to every host (a collective, in the
-      # training thread), and a refresh is installed once every process has mined its shard.
-      prepare=distributed.host_local if several else None,
-      agree=distributed.all_true if several else None)
+      mine_at_start=bool(negatives.get("mine_at_start", False)), merge=merge, prepare=prepare,
+      # Several processes: a refresh is installed once every process has mined its shard.
+      agree=distributed.all_true if several else None, refresh_mesh=refresh_mesh)
   return {"negative_sets": refresher.current}, [refresher]
 
 

@@ -145,7 +145,7 @@ class NegativeRefresher(base.Hook):
                mode: str = "async", first: int | None = None, mine_at_start: bool = False,
                prepare: Callable[[Any], Any] | None = None,
                merge: Callable[[Any], mining.NegativePool] | None = None,
-               agree: Callable[[bool], bool] | None = None):
+               agree: Callable[[bool], bool] | None = None, refresh_mesh: Any = None):
     """Sets the schedule; nothing is mined before `start`.
 
     Several processes (multi-host) split a refresh in three: `prepare` (the training thread:
@@ -172,6 +172,8 @@ class NegativeRefresher(base.Hook):
         default: `mine` returned the pool.
       agree: this process's "my refresh is done" -> whether every process's is; called in
         the training thread after every step while a refresh runs; default: the flag itself.
+      refresh_mesh: The devices `mine` runs on when they are set aside from training
+      (`mesh.refresh_devices`); None: the training devices. Reported by `finish`.
     """
     if mode not in MODES:
       raise ValueError(f"negatives.refresh_mode={mode!r} must be one of {MODES}")
@@ -188,6 +190,7 @@ class NegativeRefresher(base.Hook):
     self._due = frozenset(self.schedule)
     self.mode = mode
     self.mine_at_start = mine_at_start
+    self.refresh_mesh = refresh_mesh
     self._current: MinedNegatives | None = None
     self._executor: concurrent.futures.ThreadPoolExecutor | None = None
     self._pending: tuple[int, concurrent.futures.Future] | None = None  # (snapshot step, job)
@@ -274,6 +277,8 @@ class NegativeRefresher(base.Hook):
     wall = time.perf_counter() - self._started_at
     return {"negative_refresh": {
         "mode": self.mode, "refreshes": [dataclasses.asdict(r) for r in self.records],
+        "refresh_devices": (None if self.refresh_mesh is None
+                            else [d.id for d in self.refresh_mesh.devices.flat]),
         "unused_refreshes": unused,
         "waited_s": self.waited_s, "wall_s": wall,
         "waited_fraction": self.waited_s / wall if wall > 0 else 0.0}}
