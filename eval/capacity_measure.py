@@ -130,8 +130,10 @@ def train_step_lowering(dual, tx, schedule, loss_config):
 
 
 def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
-                         passage_tokens: int, mode: str, chunk_size: int = 0) -> dict[str, Any]:
-  """Compiles (never runs) one device's DPR train step and returns XLA's memory analysis.
+                         passage_tokens: int, mode: str, chunk_size: int = 0,
+                         shared: bool = False, in_batch: bool = True,
+                         optimizer: str = "adamw") -> dict[str, Any]:
+  """Compiles (never runs) one device's dual-encoder train step; XLA's memory and cost analysis.
 
   Args:
     config: The tower's EncoderConfig (remat is set from `mode`).
@@ -142,10 +144,14 @@ def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
     mode: `full` (one value_and_grad over the batch), `remat` (the same with every block
       rematerialised) or `grad_cache` (chunks of `chunk_size` rows).
     chunk_size: GradCache rows per forward.
+    shared: One tower for queries and passages (ANCE) instead of two (DPR).
+    in_batch: Score each query against every passage of the batch (DPR), or only its own
+      (ANCE's NLL).
+    optimizer: `adamw` (DPR) or `lamb` (ANCE), as `optim.make_optimizer` names them.
 
   Returns:
     XLA's byte counts, peak_bytes, state and batch bytes, the shapes, compile_s, and (not for
-    GradCache) the step's FLOPs.
+    GradCache) the step's FLOPs and bytes accessed.
   """
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -159,12 +165,12 @@ def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
   if mode not in ("full", "remat", "grad_cache"):
     raise ValueError(f"mode {mode!r}")
   config = config.replace(remat=mode == "remat")
-  dual = dual_encoder.DualEncoder(TextEncoder(config, PoolingConfig("cls")), shared=False)
-  # DPR's optimizer: AdamW (float32 moments), linear warm-up/decay, clipping.
-  tx = optim.make_optimizer(1e-5, 10_000, 1_000, max_grad_norm=2.0)
+  dual = dual_encoder.DualEncoder(TextEncoder(config, PoolingConfig("cls")), shared=shared)
+  # Float32 moments, linear warm-up/decay, clipping.
+  tx = optim.make_optimizer(1e-5, 10_000, 1_000, max_grad_norm=2.0, name=optimizer)
   schedule = optim.make_schedule(1e-5, 10_000, 1_000)
   loss_config = ml_collections.ConfigDict(dict(
-      scale=1.0, symmetric=False, in_batch=True, grad_cache=mode == "grad_cache",
+      scale=1.0, symmetric=False, in_batch=in_batch, grad_cache=mode == "grad_cache",
       chunk_size=chunk_size or 1))
   shape = jax.ShapeDtypeStruct
   batch = dict(query_input_ids=shape((queries, query_tokens), jnp.int32),
@@ -186,9 +192,12 @@ def measure_train_memory(config, *, queries: int, group: int, query_tokens: int,
       batch_bytes=int(sum(x.size * x.dtype.itemsize for x in jax.tree_util.tree_leaves(batch))),
       mode=mode, chunk_size=chunk_size if mode == "grad_cache" else None, queries=queries,
       passages=queries * group, query_tokens=query_tokens, passage_tokens=passage_tokens,
-      dtype=jnp.dtype(config.dtype).name, compile_s=compile_s)
+      dtype=jnp.dtype(config.dtype).name, compile_s=compile_s, shared=shared,
+      in_batch=in_batch, optimizer=optimizer)
   if mode != "grad_cache":  # The cost analysis counts a loop body (GradCache's scan) once.
-    result["flops"] = float(_first(compiled.cost_analysis())["flops"])
+    cost = _first(compiled.cost_analysis())
+    result["flops"] = float(cost["flops"])
+    result["bytes_accessed"] = float(cost["bytes accessed"])
   return result
 
 

@@ -39,10 +39,8 @@ from typing import Any, Sequence
 from absl import app
 from absl import flags
 
-if __package__:
-  from . import capacity_measure as measure  # pylint: disable=g-import-not-at-top
-else:  # Run as a script: eval/ is first on sys.path.
-  import capacity_measure as measure  # pylint: disable=g-import-not-at-top
+from eval import capacity_measure as measure
+from eval import capacity_recipes
 
 FLAGS = flags.FLAGS
 GIB = 2 ** 30
@@ -443,6 +441,22 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
                          "computed", f"{tower_params} x 4 B x 2 towers (transient, in the step)",
                          system=system.name))
 
+  # 6. The paper recipes' per-device steps (measured) and 7. ANCE's refresh cycle (computed).
+  shapes = {"BERT-base": TINY if quick else BERT_BASE,
+            "RoBERTa-base": TINY if quick else capacity_recipes.ROBERTA_BASE}
+  entries += capacity_recipes.recipe_entries(entry, SYSTEMS, measure, shapes, mfu=mfu,
+                                             quick=quick, log=log)
+  tpu = SYSTEMS[0]
+  marco = CORPORA[1]
+  refresh, refresh_notes = capacity_recipes.refresh_entries(
+      entry, tpu, step_flops_per_device=_pick(
+          {"entries": entries}, "recipes", "step FLOPs per device", recipe="ANCE",
+          system=tpu.name)["value"],
+      flops_per_token=flops[marco.avg_tokens]["flops_per_token"],
+      build_s=_pick({"entries": entries}, "scann", "build time per shard, linear, all vCPUs",
+                    corpus=marco.name, system=tpu.name)["value"], mfu=mfu)
+  entries += refresh
+
   assumptions = dict(
       mfu=mfu, model="BERT-base (12 layers, hidden 768, 12 heads, MLP 3072, vocab 30522), [CLS]"
       " pooling, two towers (DPR)", tower_params=tower_params, embedding_dim=DIM,
@@ -466,7 +480,10 @@ def build_plan(*, quick: bool = False, mfu: float = 0.4, chunk_sizes: Sequence[i
       "keeps softmax and dropout intermediates unfused, so it over-estimates XLA:TPU/GPU, and its "
       "scheduler does not turn remat's recomputation into a lower peak; the analytic row counts "
       "bf16 activations with byte dropout masks, no flash attention",
-      quick=quick, memory_model="tiny 2-layer (quick)" if quick else "BERT-base")
+      quick=quick, memory_model="tiny 2-layer (quick)" if quick else "BERT-base",
+      recipes=[dataclasses.asdict(r) for r in capacity_recipes.RECIPES],
+      refresh=dataclasses.asdict(capacity_recipes.RefreshSetup()), refresh_notes=refresh_notes,
+      hbm_bandwidth=capacity_recipes.HBM_BANDWIDTH)
   return dict(
       entries=entries, measurements=measurements, assumptions=assumptions,
       elapsed_s=time.perf_counter() - started, loadavg_start=load_start,
@@ -628,6 +645,7 @@ def format_plan(plan: dict[str, Any]) -> str:
            cell(_pick(plan, "state", "gradients per device", system=s),
                 lambda v: f"{v / GIB:.2f} GiB")] for s in systems]
   out.append(_table(["system", "params + m + v (2 towers, f32)", "gradients (transient)"], rows))
+  out += capacity_recipes.format_sections(plan, cell, _fmt_s, _fmt_gib)
   out.append(f"\nBERT-base tower: {a['tower_params']:,} parameters. Measured in "
              f"{plan['elapsed_s']:.0f} s on {plan['cpu_count']} {plan['platform']} cores "
              f"(load {plan['loadavg_start']:.1f} -> {plan['loadavg_end']:.1f}), JAX "

@@ -32,24 +32,25 @@ trap stop_server EXIT
 
 # http RUN ALIAS: LameR greedy through the HTTP backend against the running server, its own
 # repetition penalty, top-k and min-p off (it applies them by default, even at temperature 0).
+# One request at a time: the server decodes one (one slot); a queued request would time out.
 http() {
   run $1 python main.py --config=configs/lamer.py --workdir=$R/$1 $CACHE $GREEDY \
       --config.generator.base_url=http://127.0.0.1:$PORT --config.generator.model=$2 \
-      --config.generator.concurrency=2 --config.generator.timeout=600 \
+      --config.generator.concurrency=1 --config.generator.timeout=1800 \
       --config.generator.extra_body='{"repeat_penalty": 1.0, "top_k": 0, "min_p": 0.0}'
 }
 
-# The rows first (greedy in process, MiniLM, HyDE, llama.cpp float32 greedy: hours on
-# 2 cores, llama.cpp's float32 prefill is slow), then sampled LameR and llama.cpp's Q4_1.
+# The rows first (greedy in process, MiniLM, llama.cpp float32 greedy, HyDE: hours on
+# 2 cores), then sampled LameR and llama.cpp's Q4_1.
 run lamer_jax_greedy python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax_greedy $CACHE $GREEDY
 run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
-run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 [ -f $R/smollm2-f32.gguf ] || python eval/llama_cpp_f32.py --model=smollm2 --out=$R/smollm2-f32.gguf
 if [ ! -f $R/lamer_llamacpp_f32_greedy.done ]; then
   # A float32 KV cache too (type 0): llama.cpp's default float16 cache moves logits by ~0.02.
   serve smollm2-f32 $R/smollm2-f32.gguf --type_k 0 --type_v 0 && http lamer_llamacpp_f32_greedy smollm2-f32
   stop_server
 fi
+run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
 if [ ! -f $R/lamer_llamacpp_q41_greedy.done ]; then
   Q41=$(python -c "from retrieval_jax.models import causal_lm; print(causal_lm.packaged_gguf('smollm2'))")

@@ -19,6 +19,7 @@ if str(_REPO) not in sys.path:
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from eval import capacity_measure as cm
 from eval import capacity_plan as cp
+from eval import capacity_recipes
 # pylint: enable=g-import-not-at-top,wrong-import-position
 
 # BERT-base: 12 x (4 x 768^2 + 2 x 768 x 3072) matmul weights per tower.
@@ -64,7 +65,7 @@ def _entries(plan, section, quantity=None, **where):
 def test_every_number_is_labelled_and_finite(quick_plan):
   plan, _ = quick_plan
   assert {e["section"] for e in plan["entries"]} == {"storage", "flops", "encode", "scann",
-                                                      "memory", "state"}
+                                                      "memory", "state", "recipes", "refresh"}
   for e in plan["entries"]:
     assert e["label"] in cp.LABELS, e
     assert math.isfinite(e["value"]) and e["value"] > 0, e
@@ -77,7 +78,8 @@ def test_every_number_is_labelled_and_finite(quick_plan):
 def test_printed_tables(quick_plan):
   plan, printed = quick_plan
   for heading in ("1. Embedding storage", "2. Encoding", "3. ScaNN", "4. Per-device training",
-                  "5. Params + optimizer state", "QUICK MODE"):
+                  "5. Params + optimizer state", "6. Paper recipes", "7. ANCE's refresh",
+                  "QUICK MODE", "Not possible: set aside 4 (1 per host): batch 64"):
     assert heading in printed
   assert printed.count("(m)") >= 5 and "(c)" in printed and "(x)" in printed
   assert printed == cp.format_plan(plan) + "\n" + printed.splitlines()[-1]  # + "wrote ..."
@@ -220,3 +222,40 @@ def test_bad_inputs():
   flag_values(["capacity_plan"])
   with pytest.raises(app.UsageError, match="unexpected"):
     cp.main(["capacity_plan", "extra"], flag_values)
+
+
+@_WITH_PLAN
+def test_paper_recipe_steps_are_compiled_with_their_settings(quick_plan):
+  plan, _ = quick_plan
+  for recipe in ("DPR", "ANCE"):
+    flops = _entries(plan, "recipes", "step FLOPs per device", recipe=recipe)
+    assert len(flops) == 1 and flops[0]["label"] == "measured"  # --quick: the first system
+    bound = _entries(plan, "recipes", "roofline MFU bound", recipe=recipe)[0]["value"]
+    assert 0.0 < bound <= 1.0
+    timed = _entries(plan, "recipes", "step time at MFU", recipe=recipe)[0]["value"]
+    assert timed == pytest.approx(flops[0]["value"] / (cp.SYSTEMS[0].peak_flops * 0.4))
+  # DPR's two towers and in-batch scores cost more than ANCE's one tower on fewer rows.
+  assert (_entries(plan, "recipes", "step FLOPs per device", recipe="DPR")[0]["value"]
+          > _entries(plan, "recipes", "step FLOPs per device", recipe="ANCE")[0]["value"])
+
+
+def test_refresh_schedules_trade_chips_for_overlap():
+  system = cp.SYSTEMS[0]  # 16 chips, 4 hosts
+  entries, notes = capacity_recipes.refresh_entries(
+      cp.entry, system, step_flops_per_device=1e12, flops_per_token=1e8, build_s=30.0, mfu=0.5)
+  rate = system.peak_flops * 0.5
+  setup = capacity_recipes.RefreshSetup()
+  train = lambda chips: setup.every_steps * 16e12 / (chips * rate)
+  tokens = setup.passages * setup.passage_tokens + setup.queries * setup.query_tokens
+  encode = lambda chips: tokens * 1e8 / (chips * rate)
+  cycle = {e["schedule"]: e["value"] for e in entries if e["quantity"] == "cycle time"}
+  assert cycle == pytest.approx({
+      "sync": train(16) + encode(16) + 30.0,
+      "async, shared chips": train(16) + encode(16),
+      "set aside 8 (2 per host)": max(train(8), encode(8) + 30.0)})
+  stale = {e["schedule"]: e["value"] for e in entries if e["quantity"] == "staleness"}
+  assert "sync" not in stale
+  assert stale["set aside 8 (2 per host)"] == pytest.approx(
+      (encode(8) + 30.0) / (train(8) / setup.every_steps))
+  assert notes == ["set aside 4 (1 per host): batch 64 does not divide over 12 training chips"]
+  assert all(math.isfinite(e["value"]) and e["value"] > 0 for e in entries)
