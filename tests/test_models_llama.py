@@ -84,6 +84,33 @@ def test_cached_decoding_equals_the_full_forward(tmp_path):
   np.testing.assert_allclose(stepped, full[:, prefix - 1:], atol=2e-5)
 
 
+@pytest.mark.parametrize("tie", [True, False])
+def test_unrolled_step_equals_the_scanned_model(tmp_path, tie):
+  """`unrolled_step` (decoding's per-layer caches) gives `Llama`'s logits and cache."""
+  path, _ = _tiny_hf(tmp_path, tie=tie)
+  config, params = llama_weights.load_hf_dir(path)
+  model = llama.Llama(config)
+  ids, mask = _left_padded()
+  slots, t = ids.shape[1], 6
+  positions = np.maximum(np.cumsum(mask, -1) - 1, 0)
+  key_mask = np.zeros((ids.shape[0], slots), np.int32)
+  key_mask[:, :t] = mask[:, :t]
+  _, cache = model.apply({"params": params}, ids[:, :t], positions[:, :t], key_mask,
+                         llama.init_cache(config, ids.shape[0], slots), 0, last_only=True)
+  key_mask[:, t] = mask[:, t]
+  args = (ids[:, t:t + 1], positions[:, t:t + 1], key_mask)
+  scanned, scanned_cache = model.apply({"params": params}, *args, cache, t, last_only=True)
+  unrolled, layer_caches = llama.unrolled_step(model, params, llama.unstack_layers(params),
+                                               *args, llama.unstack_cache(cache), t)
+  np.testing.assert_allclose(np.asarray(unrolled), np.asarray(scanned), atol=1e-6)
+  # Equal up to rounding: XLA fuses the unrolled layers differently (differences ~4e-8).
+  for layer, (keys, values) in enumerate(layer_caches):
+    np.testing.assert_allclose(np.asarray(keys), np.asarray(scanned_cache.keys[layer]),
+                               atol=1e-6)
+    np.testing.assert_allclose(np.asarray(values), np.asarray(scanned_cache.values[layer]),
+                               atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk", [2, 4, 9])
 def test_chunked_prefill_equals_the_full_forward(tmp_path, chunk):
   """`decode.prefill` in chunks that each read only the slots up to their end gives the full

@@ -116,7 +116,11 @@ def _decode(model: llama.Llama, params, logits, prefix: llama.KVCache, prompt_ma
   batch = prompt_mask.shape[0] * samples
   copy = functools.partial(jnp.repeat, repeats=samples, total_repeat_length=batch, axis=0)
   logits, next_position = copy(logits), copy(next_position)
-  cache = llama.init_cache(model.config, batch, max_new_tokens)
+  # Layers unrolled, a cache array per layer (`llama.unrolled_step`): the loop updates each
+  # in place instead of copying a stacked cache every token.
+  layer_params = llama.unstack_layers(params)
+  prefixes = llama.unstack_cache(prefix)
+  cache = llama.unstack_cache(llama.init_cache(model.config, batch, max_new_tokens))
   key_mask = jnp.zeros((batch, max_new_tokens), jnp.int32)
   tokens = jnp.full((batch, max_new_tokens), -1, jnp.int32)
 
@@ -132,9 +136,9 @@ def _decode(model: llama.Llama, params, logits, prefix: llama.KVCache, prompt_ma
     lengths = lengths + (~done).astype(jnp.int32)
     done = done | jnp.isin(token, stop_ids)
     key_mask = key_mask.at[:, step].set(1)
-    logits, cache = model.apply({"params": params}, token[:, None],
-                                (next_position + step)[:, None], key_mask, cache, step,
-                                last_only=True, prefix=prefix, prefix_mask=prompt_mask)
+    logits, cache = llama.unrolled_step(model, params, layer_params, token[:, None],
+                                        (next_position + step)[:, None], key_mask, cache,
+                                        step, prefixes, prompt_mask)
     return step + 1, logits, cache, key_mask, tokens, done, lengths
 
   carry = (jnp.int32(0), logits, cache, key_mask, tokens, jnp.zeros(batch, bool),

@@ -223,9 +223,7 @@ class Llama(nn.Module):
                last_only: bool = False, prefix: KVCache | None = None,
                prefix_mask: jax.Array | None = None, attend_slots: int | None = None):
     cfg = self.config
-    embed = nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype,
-                     param_dtype=cfg.param_dtype, embedding_init=_init(("vocab", "embed")),
-                     name="embed_tokens")
+    embed = _embedding(cfg, name="embed_tokens")
     x = embed(input_ids)
     layers = nn.scan(DecoderLayer, variable_axes={"params": 0}, split_rngs={"params": True},
                      in_axes=(0, 0, nn.broadcast, nn.broadcast, nn.broadcast,
@@ -242,10 +240,72 @@ class Llama(nn.Module):
     if cfg.tie_word_embeddings:
       logits = embed.attend(x)
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype,
-                        param_dtype=cfg.param_dtype, kernel_init=_init(("embed", "vocab")),
-                        name="lm_head")(x)
+      logits = _lm_head(cfg, name="lm_head")(x)
     return logits.astype(jnp.float32), KVCache(keys, values)
+
+
+def _embedding(cfg: LlamaConfig, name: str | None = None) -> nn.Embed:
+  return nn.Embed(cfg.vocab_size, cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                  embedding_init=_init(("vocab", "embed")), name=name)
+
+
+def _lm_head(cfg: LlamaConfig, name: str | None = None) -> nn.Dense:
+  return nn.Dense(cfg.vocab_size, use_bias=False, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                  kernel_init=_init(("embed", "vocab")), name=name)
+
+
+LayerCache = tuple[jax.Array, jax.Array]  # one layer's (keys, values): [b, slots, kv_heads, d]
+
+
+def unstack_layers(params: Any) -> list[Any]:
+  """`Llama` params' scanned layers as one param tree per layer."""
+  layers = params["layers"]
+  count = jax.tree_util.tree_leaves(layers)[0].shape[0]
+  return [jax.tree_util.tree_map(lambda p, i=i: p[i], layers) for i in range(count)]
+
+
+def unstack_cache(cache: KVCache) -> list[LayerCache]:
+  """A stacked cache as one (keys, values) pair per layer."""
+  return [(cache.keys[i], cache.values[i]) for i in range(cache.keys.shape[0])]
+
+
+def unrolled_step(model: Llama, params: Any, layer_params: list[Any], input_ids: jax.Array,
+                  positions: jax.Array, key_mask: jax.Array, caches: list[LayerCache],
+                  index: jax.Array, prefixes: list[LayerCache] | None = None,
+                  prefix_mask: jax.Array | None = None) -> tuple[jax.Array, list[LayerCache]]:
+  """`model.apply(..., last_only=True)` with the layers unrolled, each with its own cache.
+
+  The same layers and arithmetic as `Llama`. In a decoding loop the scanned form slices
+  each layer's cache out of the stacked one and stacks the updated slices back: a copy of
+  the whole cache per generated token, which dominated decoding time. Here every layer's
+  cache is an array of its own that the loop updates in place.
+
+  Args:
+    model: The `Llama` module (its config).
+    params: Its params.
+    layer_params: `unstack_layers(params)` (split once, outside the loop).
+    input_ids, positions, key_mask, index, prefix_mask: As `Llama`'s.
+    caches: One (keys, values) per layer (`unstack_cache`).
+    prefixes: One read-only prefix (keys, values) per layer, or None.
+
+  Returns:
+    (logits [b, vocab] of the last position, the updated caches).
+  """
+  cfg = model.config
+  embed = _embedding(cfg)
+  x = embed.apply({"params": params["embed_tokens"]}, input_ids)
+  updated = []
+  for i, (layer, cache) in enumerate(zip(layer_params, caches)):
+    prefix = None if prefixes is None else prefixes[i]
+    x, cache = DecoderLayer(cfg).apply({"params": layer}, x, cache, prefix, positions,
+                                       key_mask, prefix_mask, index)
+    updated.append(cache)
+  x = RMSNorm(cfg).apply({"params": params["norm"]}, x)[:, -1]
+  if cfg.tie_word_embeddings:
+    logits = embed.apply({"params": params["embed_tokens"]}, x, method="attend")
+  else:
+    logits = _lm_head(cfg).apply({"params": params["lm_head"]}, x)
+  return logits.astype(jnp.float32), updated
 
 
 def forward(model: Llama, params, input_ids: jax.Array, attention_mask: jax.Array) -> jax.Array:
