@@ -9,6 +9,16 @@ in tests/test_index_scann.py on clustered synthetic data; SciFact figures in WOR
 num_leaves_to_search for speed when that is not needed. ScaNN's own rule
 of thumb is brute force below 20k points and no tree below 100k: for small corpora `exact_search`
 is as fast.
+
+Threads and reproducibility. `build` hands ScaNN's trainer this process's usable cores
+(`set_n_training_threads`; ScaNN's own default counts every CPU of the host, whatever the
+affinity); `search` runs its batch on ScaNN's query thread pool, or on the calling thread with
+`parallel=False`. Builds are not reproducible, and the training thread count is not why: repeated
+builds of the same embeddings, in one process or in fresh ones, with one training thread or
+several, give one of several different tree partitions and hashing codebooks (different
+serialized files, different neighbours), and the same outcome turns up with 1 and with 2 threads;
+their recall is the same (tests/test_bench_index.py asserts both). So fixing one training thread
+buys nothing, and anything that compares two builds must compare recall, not result lists.
 """
 
 import dataclasses
@@ -100,21 +110,39 @@ class ScannIndex:
   def brute_force(self) -> bool:
     return self.num_leaves_to_search is None
 
+  @property
+  def num_leaves(self) -> int | None:
+    """Leaves of the tree (None for brute force), as `build` chose them."""
+    if self.brute_force:
+      return None
+    return self.config.num_leaves or round(math.sqrt(self.num_docs))
+
   @classmethod
-  def build(cls, embeddings: np.ndarray, config: ScannConfig = ScannConfig()) -> "ScannIndex":
+  def build(cls, embeddings: np.ndarray, config: ScannConfig = ScannConfig(), *,
+            training_threads: int | None = None) -> "ScannIndex":
     """Trains a searcher on [num_docs, dim] embeddings (any float dtype; ScaNN works in float32).
 
     Corpora of fewer than MIN_DOCS_FOR_TREE embeddings get ScaNN's brute force (exact) instead of a
     tree and hashing, with a warning in the log.
+
+    Args:
+      embeddings: [num_docs, dim].
+      config: How to build.
+      training_threads: Threads ScaNN trains with; None: the cores this process may use.
+        Builds are not reproducible with any thread count (see the module docstring).
     """
     if config.distance not in _DISTANCES:
       raise ValueError(f"distance must be one of {_DISTANCES}, got {config.distance!r}")
+    threads = usable_cpus() if training_threads is None else training_threads
+    if threads < 1:
+      raise ValueError(f"training_threads must be at least 1, got {training_threads}")
     embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
     if embeddings.ndim != 2 or embeddings.shape[0] == 0:
       raise ValueError(
           f"expected [num_docs, dim] embeddings with num_docs >= 1, got {embeddings.shape}")
     num_docs, dim = embeddings.shape
     builder = scann_ops_pybind.builder(embeddings, min(10, num_docs), config.distance)
+    builder.set_n_training_threads(threads)
     if num_docs < MIN_DOCS_FOR_TREE:
       _log.warning("ScaNN: %d embeddings are too few to train a tree and hashing codebooks (fewer "
                    "than %d); building an exact brute-force searcher instead.", num_docs,
@@ -147,12 +175,19 @@ class ScannIndex:
               leaves_to_search, spherical)
     return cls(searcher, config, num_docs=num_docs, dim=dim, num_leaves_to_search=leaves_to_search)
 
-  def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+  def search(self, queries: np.ndarray, k: int, *, leaves_to_search: int | None = None,
+             reorder_k: int | None = None, parallel: bool = True
+             ) -> tuple[np.ndarray, np.ndarray]:
     """The (approximate) k best corpus rows for each query.
 
     Args:
       queries: [num_queries, dim].
       k: results per query, 1 <= k <= num_docs.
+      leaves_to_search: leaves scored per query for this call (1 to `num_leaves`); None: the
+        index's `num_leaves_to_search`. Ignored by a brute-force index.
+      reorder_k: candidates rescored exactly for this call (raised to k when k is larger); None:
+        the config's. Only for an index built with reordering (the float32 copy must exist).
+      parallel: search the batch on ScaNN's query thread pool; False: on the calling thread only.
 
     Returns:
       scores: [num_queries, k] float32, decreasing (inner products, or negated squared distances).
@@ -161,23 +196,30 @@ class ScannIndex:
         with a NaN distance.
 
     Raises:
-      ValueError: on a dimension mismatch, or k outside [1, num_docs].
+      ValueError: on a dimension mismatch, k outside [1, num_docs], leaves_to_search outside
+        [1, num_leaves], or reorder_k on an index built without reordering.
     """
     queries = np.ascontiguousarray(queries, dtype=np.float32)
     if queries.ndim != 2 or queries.shape[1] != self.dim:
       raise ValueError(f"expected [num_queries, {self.dim}] queries, got {queries.shape}")
     if not 1 <= k <= self.num_docs:
       raise ValueError(f"k must be between 1 and the corpus size {self.num_docs}, got {k}")
+    leaves = self.num_leaves_to_search if leaves_to_search is None else leaves_to_search
+    if not self.brute_force and not 1 <= leaves <= self.num_leaves:
+      raise ValueError(f"leaves_to_search must be between 1 and {self.num_leaves}, got {leaves}")
+    if reorder_k is not None and (not self.config.reorder_k or reorder_k < 1):
+      raise ValueError(f"reorder_k={reorder_k}: needs an index built with reordering "
+                       f"(this one has reorder_k={self.config.reorder_k}) and a value >= 1")
     if queries.shape[0] == 0:
       return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
-    if self.brute_force or not self.config.reorder_k:
-      kwargs = {} if self.brute_force else {"leaves_to_search": self.num_leaves_to_search}
-      neighbors, distances = self._searcher.search_batched_parallel(
-          queries, final_num_neighbors=k, **kwargs)
-    else:
-      neighbors, distances = self._searcher.search_batched_parallel(
-          queries, final_num_neighbors=k, pre_reorder_num_neighbors=max(self.config.reorder_k, k),
-          leaves_to_search=self.num_leaves_to_search)
+    kwargs = {"final_num_neighbors": k}
+    if not self.brute_force:
+      kwargs["leaves_to_search"] = leaves
+      if self.config.reorder_k:
+        kwargs["pre_reorder_num_neighbors"] = max(reorder_k or self.config.reorder_k, k)
+    search = (self._searcher.search_batched_parallel if parallel
+              else self._searcher.search_batched)
+    neighbors, distances = search(queries, **kwargs)
     scores = np.asarray(distances, np.float32)
     if self.config.distance == "squared_l2":
       scores = -scores
@@ -205,6 +247,13 @@ class ScannIndex:
     searcher = scann_ops_pybind.load_searcher(directory)
     return cls(searcher, ScannConfig(**state["config"]), num_docs=state["num_docs"],
                dim=state["dim"], num_leaves_to_search=state["num_leaves_to_search"])
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on (its affinity), which ScaNN's own default ignores."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def _unit_norm(embeddings: np.ndarray, tolerance: float = 1e-3) -> bool:
