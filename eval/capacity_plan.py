@@ -161,7 +161,9 @@ def _fmt_gib(n: float) -> str:
 
 
 def _fmt_s(s: float) -> str:
-  """Seconds in s, min, h or d."""
+  """Seconds in ms, s, min, h or d."""
+  if s < 1:
+    return f"{s * 1e3:.0f} ms"
   if s >= 2 * 86400:
     return f"{s / 86400:.1f} d"
   if s >= 2 * 3600:
