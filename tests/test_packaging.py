@@ -106,13 +106,14 @@ OTHER_ENVIRONMENTS = ("eval/pylate_worker.py",)
 
 
 def test_every_eval_script_import_is_declared(install_requires, extras):
-  """eval/ may also use the `bench` extra (torch and sentence-transformers references) and
-  the `llama_cpp` one (llama.cpp, LameR's generation reference)."""
+  """eval/ may also use the `bench` extra (torch and sentence-transformers references), the
+  `llama_cpp` one (llama.cpp, LameR's generation reference) and `bench_index` (the
+  nearest-neighbour libraries ScaNN is timed against)."""
   modules = _third_party_imports(REPO / "eval")
   modules = {name: files - set(OTHER_ENVIRONMENTS) for name, files in modules.items()}
   modules = {name: files for name, files in modules.items() if files}
   assert not _undeclared(modules, set(install_requires) | set(extras["bench"])
-                         | set(extras["llama_cpp"]))
+                         | set(extras["llama_cpp"]) | set(extras["bench_index"]))
 
 
 def test_install_requires_pulls_no_torch(install_requires, extras):
