@@ -120,6 +120,7 @@ def test_exact_top_k_and_recall_count_ties_and_duplicates_once():
   assert bench_index.recall_at_k(damaged, queries, docs, kth, block=4) == pytest.approx(3 / 5)
 
 
+@pytest.mark.slow  # every library built and swept end to end: over a minute on 2 loaded cores
 def test_tiny_synthetic_run_writes_the_schema(tmp_path, capsys):
   out = tmp_path / "nested" / "bench.json"
   _main([*_TINY, f"--out={out}"])
