@@ -68,13 +68,18 @@ def cpu_info(cpuinfo: str | None = None) -> dict[str, Any]:
   first = blocks[0] if blocks else {}
   present = set(first.get("flags", "").split())
   cores = {(b.get("physical id"), b.get("core id")) for b in blocks if "core id" in b}
-  usable = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-            else os.cpu_count())
   return {"model": first.get("model name") or platform.processor() or platform.machine(),
           "vendor": first.get("vendor_id"), "architecture": platform.machine(),
           "flags": [f for f in CPU_FLAGS if f in present],
           "logical_cpus": len(blocks) or os.cpu_count(),
-          "physical_cores": len(cores) or None, "usable_cpus": usable}
+          "physical_cores": len(cores) or None, "usable_cpus": usable_cpus()}
+
+
+def usable_cpus() -> int:
+  """The CPUs this process may run on (its affinity)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
 
 
 def cpu_model() -> str:

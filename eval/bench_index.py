@@ -190,7 +190,7 @@ class Options:
 
   @property
   def multi_threads(self) -> int:
-    return self.threads or usable_cpus()
+    return self.threads or bench_harness.usable_cpus()
 
 
 def _numbers(flag: str, values: Sequence[str], kind: Callable[[str], Any]) -> tuple[Any, ...]:
@@ -246,11 +246,6 @@ def check_options(o: Options) -> None:
     bad("scann_reorder_k", "values must be at least 1")
   if not o.ivfpq_k_factors or min(o.ivfpq_k_factors) < 0:
     bad("ivfpq_k_factors", "values must be at least 0")
-
-
-def usable_cpus() -> int:
-  """The CPUs this process may run on."""
-  return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 # ----------------------------------------------------------------------------- data
