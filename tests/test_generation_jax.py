@@ -1,5 +1,8 @@
 """The in-process backend (`generation/jax_backend.py`) on a tiny random Llama."""
 
+import copy
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -110,3 +113,13 @@ def test_max_batch_prompts_caps_a_greedy_batch(tiny):
   assert on_mesh.prompts_per_batch(1) == 8 and on_mesh.prompts_per_batch(5) == 8
   with pytest.raises(ValueError, match="max_batch_prompts=6"):
     JaxBackend(lm, batch_size=40, max_batch_prompts=6, mesh=mesh).prompts_per_batch(1)
+
+
+def test_model_id_names_the_tokenizer(tiny):
+  """Cached completions are keyed by the model id: another tokenisation is another model."""
+  lm, _ = tiny
+  other = copy.deepcopy(lm.tokenizer)
+  other.chat_template = TEMPLATE.replace("[assistant]", "[reply]")
+  ids = {JaxBackend(lm).model_id, JaxBackend(dataclasses.replace(lm, tokenizer=other)).model_id}
+  assert len(ids) == 2 and all(i.startswith(f"jax:{lm.name}:tokenizer-") for i in ids)
+  assert JaxBackend(lm).model_id == JaxBackend(lm, batch_size=2).model_id

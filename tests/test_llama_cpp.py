@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from retrieval_jax.generation import backend as backend_lib
+from retrieval_jax.generation import expansion
 from retrieval_jax.generation.jax_backend import JaxBackend
 from retrieval_jax.generation.openai_http import OpenAIBackend
 from retrieval_jax.models import causal_lm, llama
@@ -77,6 +78,26 @@ def _logit_differences(engine, ours):
 def _greedy(engine, ids, max_tokens=48):
   reply = engine.create_completion(ids, max_tokens=max_tokens, temperature=0.0)
   return reply["choices"][0]["text"]
+
+
+@pytest.mark.slow
+def test_prompts_tokenise_as_the_server_does(files, ours):
+  """Our rendered ids are the ones llama.cpp's server makes of the same chat: its chat
+  template from the GGUF, then its tokenizer. A LameR prompt lists its candidates as
+  " \n1. ...", where a tokenizer without SmolLM2's digit split cuts the whitespace otherwise."""
+  from llama_cpp import llama_chat_format  # pylint: disable=g-import-not-at-top
+  engine = llama_cpp.Llama(model_path=str(files["f32"]), vocab_only=True, verbose=False)
+  token_text = lambda token: engine._model.token_get_text(token)  # pylint: disable=protected-access
+  formatter = llama_chat_format.Jinja2ChatFormatter(
+      template=engine.metadata["tokenizer.chat_template"], eos_token=token_text(
+          engine.token_eos()), bos_token=token_text(engine.token_bos()),
+      add_generation_prompt=True)
+  lamer = expansion.lamer_prompt("Vitamin D  reduces fractures in 2 of 3 trials.", [
+      "A trial of 2,686 people  aged 65-85.", "No effect  (p = 0.3) in 1 study."],
+      kind="scientific")
+  for prompt in PROMPTS + [lamer]:
+    text = formatter(messages=list(prompt)).prompt
+    assert engine.tokenize(text.encode(), add_bos=False, special=True) == ours.render(prompt)
 
 
 @pytest.mark.slow

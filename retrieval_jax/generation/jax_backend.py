@@ -11,6 +11,8 @@ decoding, copied.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Callable, Sequence
 
@@ -24,6 +26,16 @@ from retrieval_jax.generation.backend import Prompt, Sampling, draws, prompt_has
 from retrieval_jax.models.causal_lm import CausalLM
 
 logger = logging.getLogger(__name__)
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+  """A short hash of how `tokenizer` turns chat prompts into ids (its pipeline, vocabulary
+  and chat template)."""
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  text = backend.to_str() if backend is not None else json.dumps(
+      sorted(tokenizer.get_vocab().items()))
+  text += "\0" + str(getattr(tokenizer, "chat_template", None))
+  return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 class JaxBackend:
@@ -47,7 +59,9 @@ class JaxBackend:
                mesh: Mesh | None = None, progress: Callable[[int], None] | None = None):
     self.lm = lm
     self.max_batch_prompts = max_batch_prompts
-    self.model_id = f"jax:{lm.name}"
+    # The tokenizer is part of what generates: a cached completion of a prompt tokenised
+    # otherwise is not this backend's.
+    self.model_id = f"jax:{lm.name}:tokenizer-{tokenizer_fingerprint(lm.tokenizer)}"
     self.batch_size, self.max_prompt_tokens = batch_size, max_prompt_tokens
     self.length_multiple, self.mesh, self.progress = length_multiple, mesh, progress
     if mesh is not None:

