@@ -60,7 +60,7 @@ def test_module_is_a_drop_in_for_flax_layer_norm():
 @pytest.mark.parametrize("dtype", [jnp.bfloat16, jnp.float32])
 def test_keeps_the_input_dtype_with_float32_statistics(dtype):
   x, upstream, scale, bias = _inputs()
-  # A large offset: float32 statistics keep the rows' spread that bfloat16 ones would lose.
+  # Within bfloat16's rounding of the input: the statistics themselves are float32.
   out = layer_norm.layer_norm(x.astype(dtype), scale, bias, 1e-12)
   assert out.dtype == dtype
   grads = jax.grad(lambda x: jnp.sum(layer_norm.layer_norm(x, scale, bias, 1e-12)
@@ -69,3 +69,13 @@ def test_keeps_the_input_dtype_with_float32_statistics(dtype):
   np.testing.assert_allclose(out.astype(jnp.float32),
                              _reference(x.astype(dtype).astype(jnp.float32), scale, bias, 1e-12),
                              atol=0.05 if dtype == jnp.bfloat16 else 2e-6)
+
+
+def test_module_dtype_casts_the_output_not_the_input():
+  x, _, _, _ = _inputs()
+  module = layer_norm.LayerNorm(epsilon=1e-12, dtype=jnp.bfloat16)
+  params = module.init(jax.random.key(0), x)
+  out = module.apply(params, x)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out, nn.LayerNorm(epsilon=1e-12, dtype=jnp.bfloat16).apply(
+      params, x))

@@ -78,7 +78,7 @@ class LayerNorm(nn.Module):
 
   Attributes:
     epsilon: Added to the variance.
-    dtype: Output dtype (None: the input's).
+    dtype: Output dtype (None: the input's); statistics are float32 either way.
     param_dtype: Parameter dtype.
     scale_init: Initializer of `scale`.
     bias_init: Initializer of `bias`.
@@ -94,4 +94,5 @@ class LayerNorm(nn.Module):
     features = x.shape[-1]
     scale = self.param("scale", self.scale_init, (features,), self.param_dtype)
     bias = self.param("bias", self.bias_init, (features,), self.param_dtype)
-    return layer_norm(x.astype(self.dtype or x.dtype), scale, bias, self.epsilon)
+    # As nn.LayerNorm: normalise x in its own precision, cast the result.
+    return layer_norm(x, scale, bias, self.epsilon).astype(self.dtype or x.dtype)
