@@ -23,8 +23,9 @@ side's total can exceed its wall time a little.
     AdamW + clipping) on the same SciFact texts; ours is the jitted `train_step`, theirs MNRL +
     backward + `clip_grad_norm_` + AdamW.
   encode: the forward pass alone on the same padded token ids ([batch, max_length], the first
-    SciFact documents, or synthetic ones without SciFact), ours the jitted `TextEncoder` as `encode.encode_texts` runs it, theirs
-    the sentence-transformers module under `torch.inference_mode()`.
+    SciFact documents, or synthetic ones without SciFact), ours the jitted `TextEncoder` as
+    `encode.encode_texts` runs it, theirs the sentence-transformers module under
+    `torch.inference_mode()`.
 
 Usage:
   python eval/profile_ops.py --what=train,encode --out=/tmp/profile_ops.json
@@ -41,7 +42,7 @@ import os
 import re
 import tempfile
 import time
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from absl import app
 from absl import flags
