@@ -84,8 +84,8 @@ def divergence(render: Callable[[Any], list[int]], tokenize: Callable[[str], lis
   if k is None:
     return None
   logits = last_logits(render(prompt) + a[:k])
-  out = {"token": k, "tokens_a": len(a), "tokens_b": len(b),
-         "top_gap": float(np.sort(logits)[-1] - np.sort(logits)[-2])}
+  second, first = np.sort(logits)[-2:]
+  out = {"token": k, "tokens_a": len(a), "tokens_b": len(b), "top_gap": float(first - second)}
   if k >= len(a) or k >= len(b):
     return {**out, "gap": None, "ended": True}
   return {**out, "gap": float(abs(logits[a[k]] - logits[b[k]])), "ended": False,
