@@ -79,12 +79,20 @@ def _providers() -> dict[str, list[str]]:
   return importlib.metadata.packages_distributions()
 
 
+# Import names of the optional extras' distributions, for a machine without them (CI installs
+# only `test`): the reference benchmarks' libraries.
+OPTIONAL_PROVIDERS = {"faiss": "faiss-cpu", "hnswlib": "hnswlib", "usearch": "usearch",
+                      "llama_cpp": "llama-cpp-python"}
+
+
 def _undeclared(modules: dict[str, set[str]], declared: set[str]) -> list[str]:
   """The modules whose installed distribution(s) are not among `declared`."""
   providers = _providers()
   problems = []
   for module, files in sorted(modules.items()):
     dists = {_normalize(d) for d in providers.get(module, [])}
+    if not dists and module in OPTIONAL_PROVIDERS:
+      dists = {OPTIONAL_PROVIDERS[module]}
     if not dists:
       problems.append(f"{module} (imported by {sorted(files)}) is not installed: which "
                       "distribution provides it?")
