@@ -275,7 +275,9 @@ def test_remat_gives_same_outputs_and_gradients(deterministic, tiny_params):
       lambda p: _loss(remat, p, ids, mask, deterministic, rng))(params)
   np.testing.assert_allclose(value_r, value, rtol=1e-6)
   for g, g_r in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
-    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=1e-7)
+    # Recomputation compiles to other fusions, so float32 rounding differs: on AMD EPYC one
+    # element of 1,024 differed by 1.2e-7 at |g| 1e-3; the tolerance grows with the leaf.
+    np.testing.assert_allclose(g_r, g, rtol=1e-5, atol=max(1e-7, 1e-6 * float(np.abs(g).max())))
   # The gradients are not trivially zero (a disconnected graph would also "match").
   assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads["backbone"]["layer_0"]))
 
