@@ -176,7 +176,10 @@ def test_sharded_search_across_two_processes_equals_one_process(tmp_path):
   np.testing.assert_allclose(found["maxp_scores"], doc_scores, rtol=1e-6)
 
 
-ANCE_SYNC = ["--config=configs/ance.py:smoke", "--config.negatives.refresh_mode=sync",
+# Mean pooling: the random model's CLS vectors are nearly equal for every text, so its
+# rankings would be decided by rounding, which two processes may do differently.
+ANCE_SYNC = ["--config=configs/ance.py:smoke", "--config.model.pooling=mean",
+             "--config.negatives.refresh_mode=sync",
              "--config.optim.name=sgd", "--config.optim.lr=0.05", "--config.train.num_steps=4",
              "--config.train.log_every_steps=1", "--config.train.export=False"]
 
@@ -197,9 +200,15 @@ def test_ance_mines_across_two_processes_like_one(tmp_path):
   pool_two, pool_one = _negatives_in_use(tmp_path / "two"), _negatives_in_use(tmp_path / "one")
   assert int(pool_two["snapshot_step"]) == int(pool_one["snapshot_step"]) == 2
   np.testing.assert_array_equal(pool_two["counts"], pool_one["counts"])
-  # The same candidates per query; near-equal scores of this random model may swap places.
+  # The same candidates per query. Near-equal scores of this random model may swap places,
+  # and at the pool's cut-off swap the last candidate with the first one left out: all but
+  # each pool's last candidate must be in the other pool, and few pools may differ at all.
+  differ = 0
   for a, b, count in zip(pool_two["candidates"], pool_one["candidates"], pool_one["counts"]):
-    assert set(a[:count]) == set(b[:count])
+    assert set(a[:count - 1]) <= set(b[:count]) and set(b[:count - 1]) <= set(a[:count]), (a, b)
+    differ += set(a[:count]) != set(b[:count])
+  print(f"[measured] pools that differ at the cut-off: {differ} of {len(pool_one['counts'])}")
+  assert differ <= max(1, len(pool_one["counts"]) // 20), differ
   losses_two, losses_one = _losses(tmp_path / "two"), _losses(tmp_path / "one")
   for step in losses_one:
     assert losses_two[step] == pytest.approx(losses_one[step], rel=1e-4), step

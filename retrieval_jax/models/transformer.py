@@ -9,6 +9,7 @@ them onto a device mesh. The parameter tree mirrors the HF module tree, which ke
 `Attention` takes separate query and key/value inputs and a mask broadcastable to
 `[batch, queries, keys]`: self-attention is `Attention(x, x, mask)`; RetroMAE's two-stream
 decoder and causal masks use the same module. The encoder returns an `EncoderOutput`.
+Dropout draws 16 random bits per element (`models/dropout.py`), half of `nn.Dropout`'s.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from retrieval_jax.models import dropout
 from retrieval_jax.models import layer_norm
 from retrieval_jax.models.config import EncoderConfig
 
@@ -73,7 +75,7 @@ class Embeddings(nn.Module):
     x = x + table(cfg.type_vocab_size, ("token_type", "embed"),
                   "token_type_embeddings")(token_type_ids)
     x = _layer_norm(cfg, "LayerNorm")(x)
-    return nn.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
+    return dropout.Dropout(cfg.hidden_dropout)(x, deterministic=deterministic)
 
 
 class HeadProjection(nn.Module):
@@ -146,14 +148,14 @@ class Attention(nn.Module):
     # maths (dropout is elementwise, so it commutes with the division).
     weights = jnp.exp(logits - jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True)))
     denominator = jnp.sum(weights, axis=-1, keepdims=True)
-    weights = nn.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
+    weights = dropout.Dropout(cfg.attention_dropout)(weights, deterministic=deterministic)
     context = jnp.einsum("bhqk,bhkd->bhqd", weights.astype(cfg.dtype), value,
                          preferred_element_type=jnp.float32) / denominator
     out = nn.DenseGeneral(cfg.hidden_size, axis=(-2, -1), dtype=cfg.dtype,
                           param_dtype=cfg.param_dtype, kernel_init=_init(("heads", "kv", "embed")),
                           bias_init=_zeros(("embed",)), name="output")
     out = out(context.astype(cfg.dtype).transpose(0, 2, 1, 3))
-    out = nn.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
+    out = dropout.Dropout(cfg.hidden_dropout)(out, deterministic=deterministic)
     return _layer_norm(cfg, "output_LayerNorm")(out + x)
 
 
@@ -171,7 +173,7 @@ class FeedForward(nn.Module):
     h = nn.Dense(cfg.hidden_size, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
                  kernel_init=_init(("mlp", "embed")), bias_init=_zeros(("embed",)),
                  name="output")(h)
-    h = nn.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
+    h = dropout.Dropout(cfg.hidden_dropout)(h, deterministic=deterministic)
     return _layer_norm(cfg, "output_LayerNorm")(h + x)
 
 
