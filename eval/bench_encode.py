@@ -22,7 +22,9 @@ Usage:
   python -m eval.bench_encode --limit=512 --batch_size=32
 
 XLA:CPU options go in the environment, because XLA reads them once, when JAX starts:
-  XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=" python eval/bench_encode.py
+  XLA_FLAGS="--xla_cpu_prefer_vector_width=512" python eval/bench_encode.py
+except those the encoding forward compiles with (`encode.CPU_FORWARD_COMPILER_OPTIONS`: YNNPACK
+fusions off), which take precedence over XLA_FLAGS.
 The benchmark uses whatever devices JAX has; it never forces fake host devices.
 """
 

@@ -178,3 +178,17 @@ def test_load_encoder_pooling_overrides(minilm_dir):
   assert raw.pooling == PoolingConfig("mean", normalize=False)
   with pytest.raises(ValueError, match="projection"):
     encode.load_encoder(minilm_dir, pooling=PoolingConfig("mean", projection_dim=8))
+
+
+def test_cpu_forward_compiles_without_ynnpack_fusions(encoder):
+  """The encoding forward takes `encode.CPU_FORWARD_COMPILER_OPTIONS` on CPU: no YNNPACK fusion
+  in its executable, where the same forward jitted with the defaults has them."""
+  mesh = _one_device()
+  assert encode.forward_compiler_options(mesh) == encode.CPU_FORWARD_COMPILER_OPTIONS
+  forward, _, _ = encode._make_forward(encoder.model, mesh)  # pylint: disable=protected-access
+  ids = np.ones((2, 16), np.int32)
+  ours = forward.lower(encoder.params, ids, ids).compile().as_text()
+  default = jax.jit(lambda p, i, m: encoder.model.apply({"params": p}, i, m)).lower(
+      encoder.params, ids, ids).compile().as_text()
+  assert "ynn_fusion" in default
+  assert "ynn_fusion" not in ours
