@@ -26,9 +26,11 @@ from typing import Any, Callable, Mapping, Sequence
 # The vector extensions that decide which kernels XLA:CPU, oneDNN and PyTorch can use.
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
-# Environment variables that set thread counts or the compiler's behaviour.
+# Environment variables that set thread counts, the compiler's behaviour or the C allocator
+# (a preloaded tcmalloc, glibc's tunables: XLA:CPU's step time depends on them).
 THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "XLA_FLAGS",
-              "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL")
+              "JAX_PLATFORMS", "TF_CPP_MIN_LOG_LEVEL", "LD_PRELOAD", "GLIBC_TUNABLES",
+              "MALLOC_ARENA_MAX")
 LIBRARIES = ("retrieval_jax", "jax", "jaxlib", "flax", "optax", "numpy", "tokenizers",
              "transformers", "torch", "sentence-transformers", "scann", "faiss-cpu", "hnswlib",
              "usearch", "llama_cpp_python")

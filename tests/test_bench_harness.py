@@ -50,9 +50,12 @@ def test_cpu_info_of_this_machine_names_a_model():
 def test_environment_has_versions_threads_and_jax(monkeypatch):
   import jax  # pylint: disable=g-import-not-at-top,unused-import
   monkeypatch.setenv("OMP_NUM_THREADS", "3")
+  monkeypatch.setenv("LD_PRELOAD", "/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4")
   env = bench_harness.environment()
   assert env["versions"]["jax"] and env["versions"]["python"]
   assert env["threads"]["OMP_NUM_THREADS"] == "3"
+  # The C allocator moves XLA:CPU's step time (WORKSPACE, "Performance"): it is recorded.
+  assert env["threads"]["LD_PRELOAD"].endswith("libtcmalloc_minimal.so.4")
   assert env["jax_devices"] >= 1 and env["jax_backend"] == "cpu"
   json.dumps(env)  # JSON as it is
 
