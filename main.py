@@ -21,6 +21,10 @@ Several processes (TPU pods, GPU clusters, `launch/local_multiprocess.sh`) run t
 command; `--coordinator_address --num_processes --process_id`, or the cluster's environment
 (`--distributed=auto`), join them through `jax.distributed`. Only process 0 writes logs,
 metrics, evaluation files and exports; every process takes part in checkpoints.
+
+Before anything else the program re-executes itself with mimalloc preloaded (`--malloc`,
+default `auto`; `retrieval_jax/host_malloc.py`): under glibc's malloc XLA:CPU faults its
+buffers in afresh on every call. `--malloc=system` keeps the C library's malloc.
 """
 
 import json
@@ -28,6 +32,8 @@ import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from retrieval_jax import host_malloc  # imports neither JAX nor the rest of the library
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Recipe config file[:variant].",
                                           lock_config=True)
@@ -51,12 +57,15 @@ _COORDINATOR = flags.DEFINE_string(
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
                                       "Multi-process: the number of processes in the job.")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_MALLOC = host_malloc.define_flag()
 flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  # First: preloading an allocator re-executes this program, before JAX starts.
+  host_malloc.ensure_or_exit(_MALLOC.value, may_reexec=__name__ == "__main__")
   step = _STEP.value
   if step is not None and step != "best":
     if not step.isdigit():

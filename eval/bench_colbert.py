@@ -79,6 +79,7 @@ from absl import flags
 import numpy as np
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 WORKER = pathlib.Path(__file__).resolve().with_name("pylate_worker.py")
@@ -130,6 +131,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                       "(default: a temporary directory, deleted).", **fv)
   flags.DEFINE_integer("worker_timeout", 4 * 3600, "Seconds before a PyLate run is abandoned.",
                        **fv)
+  host_malloc.define_flag(flag_values)
 
 
 # ----------------------------------------------------------------------------- environment
@@ -895,6 +897,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   """Runs the benchmark with the (parsed) flags of `flag_values`; prints and writes the result."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   fv = flag_values
   with _work_dir(fv.work_dir) as work_dir:
     result = run(out_dir=work_dir, model=fv.model, seed=fv.seed, data=fv.data, split=fv.split,

@@ -27,6 +27,7 @@ from absl import app
 from absl import flags
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 # Step name -> (loss.type, queue of one batch).
@@ -42,6 +43,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        flag_values=flag_values)
   flags.DEFINE_integer("queue_size", None, "Override loss.queue_size.", flag_values=flag_values)
   flags.DEFINE_string("out", None, "JSON output file.", flag_values=flag_values)
+  host_malloc.define_flag(flag_values)
 
 
 def _stepper(loss_type: str, variant: str, queue_size: int | None, workdir: str,
@@ -123,6 +125,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
                warmup_steps=flag_values.warmup_steps, queue_size=flag_values.queue_size)
   print(format_table(result))

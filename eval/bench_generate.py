@@ -33,6 +33,7 @@ from typing import Callable, Sequence
 
 from absl import app, flags
 
+from retrieval_jax import host_malloc
 from retrieval_jax.generation import expansion
 from retrieval_jax.generation.backend import Sampling
 from retrieval_jax.generation.jax_backend import JaxBackend
@@ -64,6 +65,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer("threads", 2, "CPU threads for llama.cpp and torch.", **fv)
   flags.DEFINE_string("f32_gguf", None, "The float32 GGUF for llama_cpp_f32 (default: written "
                       "to a temporary directory).", **fv)
+  host_malloc.define_flag(flag_values)
 
 
 @dataclasses.dataclass
@@ -227,6 +229,7 @@ def format_table(result: dict) -> str:
 
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   del argv
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   fv = flag_values
   try:
     result = run(fv.model, fv.engines, fv.data, fv.prompts, fv.candidates, fv.samples,

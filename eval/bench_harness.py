@@ -23,6 +23,8 @@ import sys
 import time
 from typing import Any, Callable, Mapping, Sequence
 
+from retrieval_jax import host_malloc
+
 # The vector extensions that decide which kernels XLA:CPU, oneDNN and PyTorch can use.
 CPU_FLAGS = ("avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
              "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
@@ -119,9 +121,10 @@ def thread_settings() -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-  """Where a benchmark ran: CPU, threads, XLA flags, JAX's devices (if loaded), versions."""
+  """Where a benchmark ran: CPU, threads, XLA flags, C heap, JAX's devices (if loaded), versions."""
   env = {"cpu": cpu_info(), "threads": thread_settings(),
-         "xla_flags": os.environ.get("XLA_FLAGS", ""), "versions": versions()}
+         "xla_flags": os.environ.get("XLA_FLAGS", ""), "malloc": host_malloc.describe(),
+         "versions": versions()}
   jax = sys.modules.get("jax")
   if jax is not None:
     env["jax_backend"] = jax.default_backend()

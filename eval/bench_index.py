@@ -91,6 +91,7 @@ from absl import flags
 import numpy as np
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 DATASETS = ("squad", "scifact", "synthetic")
@@ -155,6 +156,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer("synthetic_docs", 5000, "Documents of --data=synthetic.", **fv)
   flags.DEFINE_integer("synthetic_queries", 500, "Queries of --data=synthetic.", **fv)
   flags.DEFINE_integer("synthetic_dim", 64, "Dimension of --data=synthetic.", **fv)
+  host_malloc.define_flag(flag_values)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -937,6 +939,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   """Runs the benchmark with the (parsed) flags of `flag_values`; prints and writes the result."""
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   result = run(options_from_flags(flag_values))
   print(format_table(result))
   bench_harness.write_json(result, flag_values.out)

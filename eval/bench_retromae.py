@@ -25,6 +25,7 @@ from absl import app
 from absl import flags
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 LOSSES = ("retromae", "mlm")
@@ -38,6 +39,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
   flags.DEFINE_integer("warmup_steps", 1, "Untimed steps first (compilation).",
                        flag_values=flag_values)
   flags.DEFINE_string("out", None, "JSON output file.", flag_values=flag_values)
+  host_malloc.define_flag(flag_values)
 
 
 def _stepper(name: str, variant: str, workdir: str):
@@ -112,6 +114,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   result = run(variant=flag_values.variant, steps=flag_values.steps, rounds=flag_values.rounds,
                warmup_steps=flag_values.warmup_steps)
   print(format_table(result))

@@ -36,6 +36,9 @@ Usage:
 
 The benchmark uses whatever devices JAX has; it never forces fake host devices. XLA:CPU options go
 in the environment (`XLA_FLAGS=...`), because XLA reads them once, when JAX starts.
+The process runs on the C heap `--malloc` picks, as `main.py` does (default: mimalloc
+preloaded; `--malloc=system` for glibc's malloc): both sides share it, and the JSON's
+`environment.malloc` says which.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from absl import flags
 import numpy as np
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 SCALE = 20.0           # MNRL's default scale (= 1 / temperature on cosine similarities)
@@ -95,6 +99,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        "timed batch is run once untimed in any case.", flag_values=flag_values)
   flags.DEFINE_integer("seed", 0, "Seed of the batch order, negatives, dropout.",
                        flag_values=flag_values)
+  host_malloc.define_flag(flag_values)
 
 
 def load_split(data: str | None):
@@ -439,6 +444,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
   fv = flag_values
+  host_malloc.ensure_or_exit(fv.malloc, may_reexec=__name__ == "__main__")
   result = run(model=fv.model, data=fv.data, batch_size=fv.batch_size,
                query_max_length=fv.query_max_length, passage_max_length=fv.passage_max_length,
                steps=fv.steps, rounds=fv.rounds, warmup_steps=fv.warmup_steps, seed=fv.seed,

@@ -49,6 +49,7 @@ from absl import flags
 import numpy as np
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 FLAGS = flags.FLAGS
 
@@ -79,6 +80,7 @@ def define_flags(flag_values: flags.FlagValues = FLAGS) -> None:
                        flag_values=flag_values)
   flags.DEFINE_integer("top", 12, "Also list this many of our costliest source lines.",
                        flag_values=flag_values)
+  host_malloc.define_flag(flag_values)
 
 
 # --- our side: HLO instructions, their source lines, and trace events -----------------------
@@ -417,6 +419,7 @@ def main(argv: Sequence[str], flag_values: flags.FlagValues = FLAGS) -> None:
     raise app.UsageError(f"--what={','.join(flag_values.what)}: use train and/or encode")
   if min(flag_values.steps, flag_values.train_batch_size, flag_values.encode_batch_size) < 1:
     raise app.UsageError("--steps and the batch sizes must be >= 1")
+  host_malloc.ensure_or_exit(flag_values.malloc, may_reexec=__name__ == "__main__")
   import torch  # pylint: disable=g-import-not-at-top
 
   results: dict[str, Any] = {"environment": bench_harness.environment(),

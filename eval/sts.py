@@ -33,7 +33,10 @@ import sys
 
 from absl import app, flags
 
+from retrieval_jax import host_malloc
+
 FLAGS = flags.FLAGS
+host_malloc.define_flag()
 flags.DEFINE_string("model", "minilm", "Training workdir, HF model directory, hub id or "
                     "`minilm` (packaged).")
 flags.DEFINE_string("step", None, "With a training workdir: the checkpoint step or `best` "
@@ -136,6 +139,7 @@ def run_from_flags() -> dict:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_malloc.ensure_or_exit(FLAGS.malloc, may_reexec=__name__ == "__main__")
   try:
     run_from_flags()
   except (ValueError, FileNotFoundError) as error:

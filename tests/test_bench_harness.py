@@ -5,6 +5,7 @@ import json
 import pytest
 
 from eval import bench_harness
+from retrieval_jax import host_malloc
 
 _CPUINFO = """\
 processor	: 0
@@ -56,6 +57,8 @@ def test_environment_has_versions_threads_and_jax(monkeypatch):
   assert env["threads"]["OMP_NUM_THREADS"] == "3"
   # The C allocator moves XLA:CPU's step time (WORKSPACE, "Performance"): it is recorded.
   assert env["threads"]["LD_PRELOAD"].endswith("libtcmalloc_minimal.so.4")
+  # What is mapped, not what the variable says (this process started without it).
+  assert env["malloc"] == host_malloc.describe()
   assert env["jax_devices"] >= 1 and env["jax_backend"] == "cpu"
   json.dumps(env)  # JSON as it is
 
