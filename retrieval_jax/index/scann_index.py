@@ -13,12 +13,13 @@ is as fast.
 Threads and reproducibility. `build` hands ScaNN's trainer this process's usable cores
 (`set_n_training_threads`; ScaNN's own default counts every CPU of the host, whatever the
 affinity); `search` runs its batch on ScaNN's query thread pool, or on the calling thread with
-`parallel=False`. Builds are not reproducible, and the training thread count is not why: repeated
-builds of the same embeddings, in one process or in fresh ones, with one training thread or
-several, give one of several different tree partitions and hashing codebooks (different
-serialized files, different neighbours), and the same outcome turns up with 1 and with 2 threads;
-their recall is the same (tests/test_bench_index.py asserts both). So fixing one training thread
-buys nothing, and anything that compares two builds must compare recall, not result lists.
+`parallel=False`. Builds are not reproducible, and the training thread count is not why: builds
+of the same embeddings in fresh processes, with one training thread or several, give different
+tree partitions and hashing codebooks (different serialized files, different neighbours) at the
+same recall (tests/test_bench_index.py asserts both). The outcome follows memory addresses: in
+one process later builds often repeat one another, and with address-space randomisation off
+fresh processes mostly repeat too. So fixing one training thread buys nothing, and anything
+that compares two builds must compare recall, not result lists.
 """
 
 import dataclasses
