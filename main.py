@@ -22,9 +22,9 @@ command; `--coordinator_address --num_processes --process_id`, or the cluster's 
 (`--distributed=auto`), join them through `jax.distributed`. Only process 0 writes logs,
 metrics, evaluation files and exports; every process takes part in checkpoints.
 
-Before anything else the program re-executes itself with mimalloc preloaded (`--malloc`,
-default `auto`; `retrieval_jax/host_malloc.py`): under glibc's malloc XLA:CPU faults its
-buffers in afresh on every call. `--malloc=system` keeps the C library's malloc.
+Before anything else the program re-executes itself with tcmalloc preloaded when the system
+has it (`--malloc`, default `auto`; `retrieval_jax/host_malloc.py`): under glibc's malloc
+XLA:CPU faults its buffers in afresh on every call. `--malloc=system` keeps the C library's.
 """
 
 import json

@@ -36,9 +36,9 @@ Usage:
 
 The benchmark uses whatever devices JAX has; it never forces fake host devices. XLA:CPU options go
 in the environment (`XLA_FLAGS=...`), because XLA reads them once, when JAX starts.
-The process runs on the C heap `--malloc` picks, as `main.py` does (default: mimalloc
-preloaded; `--malloc=system` for glibc's malloc): both sides share it, and the JSON's
-`environment.malloc` says which.
+The process runs on the C heap `--malloc` picks, as `main.py` does (default: tcmalloc
+preloaded when installed; `--malloc=system` for glibc's malloc): both sides share it, and the
+JSON's `environment.malloc` says which.
 """
 
 from __future__ import annotations

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import ctypes.util
 import glob
-import importlib.metadata
 import os
 import re
 import sys
