@@ -45,8 +45,6 @@ import numpy as np
 from eval import bench_harness
 from retrieval_jax import host_malloc
 
-FLAGS = flags.FLAGS
-
 _LIMIT = flags.DEFINE_integer("limit", 512, "Encode the first N SciFact documents (0: all of them).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
 _DATA = flags.DEFINE_string(
@@ -67,7 +65,7 @@ _PAD_TO = flags.DEFINE_integer("pad_to_multiple_of", 16,
                                "Our length-bucket size (encode_texts' default is 16).")
 _REFERENCE = flags.DEFINE_bool("reference", True,
                                "Also time sentence-transformers (off: only our throughput).")
-host_malloc.define_flag()
+_MALLOC = host_malloc.define_flag()
 
 
 def _median_rate(n_docs: int, seconds: Sequence[float]) -> float:
@@ -246,7 +244,7 @@ def format_table(result: dict[str, Any]) -> str:
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  host_malloc.ensure_or_exit(FLAGS.malloc, may_reexec=__name__ == "__main__")
+  host_malloc.ensure_or_exit(_MALLOC.value, may_reexec=__name__ == "__main__")
   result = run(limit=_LIMIT.value, data=_DATA.value, model=_MODEL.value,
                batch_size=_BATCH_SIZE.value, max_length=_MAX_LENGTH.value,
                repeats=_REPEATS.value, dtype=_DTYPE.value, pad_to_multiple_of=_PAD_TO.value,

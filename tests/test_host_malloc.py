@@ -35,7 +35,8 @@ for _ in range(5):
   time.sleep(0.2)
 print(json.dumps({"line": line, "faults": sorted(faults)[2], "describe": host_malloc.describe(),
                   "marker": os.environ.get(host_malloc.REEXEC_ENV),
-                  "ld_preload": os.environ.get("LD_PRELOAD", "")}))
+                  "ld_preload": os.environ.get("LD_PRELOAD", ""),
+                  "tcmalloc_report": os.environ.get("TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD")}))
 """
 _PAGES_PER_BLOCK = 64 * 2**20 // 4096
 
@@ -72,7 +73,7 @@ def test_auto_preloads_tcmalloc_and_stops_the_per_call_page_faults():
   assert auto["ld_preload"].split(":")[0] == library
   assert auto["marker"] is None  # consumed: the program's own children start afresh
   assert auto["faults"] < _PAGES_PER_BLOCK // 20, auto
-  assert "TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD" not in os.environ  # set for the child only
+  assert int(auto["tcmalloc_report"]) >= 2**40  # the re-executed process reports no large allocs
   assert _result("tcmalloc")["line"] == auto["line"]
 
 
