@@ -91,9 +91,10 @@ def with_overrides(config, overrides: dict):
   return config
 
 
-def run_python(args, check: bool = True) -> subprocess.CompletedProcess:
-  """`python ARGS` from the repository root on one CPU device (no fake device split)."""
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+def run_python(args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+  """`python ARGS` from the repository root on one CPU device (no fake device split), with
+  `env` added to the environment."""
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                         text=True, check=check, timeout=600)
 

@@ -1,0 +1,380 @@
+r"""Every recipe's numbers regenerated and checked against the pinned values.
+
+  python eval/reproduce.py --suite=smoke --out=/tmp/repro          # seconds a recipe
+  python eval/reproduce.py --suite=cpu --out=runs/repro            # hours: the laptop-scale runs
+  python eval/reproduce.py --suite=cpu --recipes=dpr,ance --out=runs/repro
+  python eval/reproduce.py --suite=smoke --seeds=0,1,2,3,4 --pin --out=/tmp/pin
+
+For each recipe (`eval/regressions/<recipe>.yaml`) the suite's stages run in order, each a
+`main.py` training (then its evaluators) in its own workdir under `OUT/runs/`; every metric is
+compared with its pinned value and tolerance. `OUT/report.md` has a table per recipe (metric,
+measured, pinned, tolerance, the paper's number on the paper's data) and `OUT/report.json`
+everything. The exit status is 1 when a metric is outside its tolerance, missing, or a recipe
+failed to run.
+
+Rerunning with the same `--out` resumes: a finished stage (`<workdir>/reproduce.json`) is not
+run again, an interrupted one resumes from its checkpoint. Stages with the same config share
+one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
+
+`--seeds` runs each stage once per seed (`--config.seed`); with `--pin` the suite's pinned
+values become the config's own seed's measurements, each with the tolerance `SIGMAS` standard
+deviations over the seeds (`eval/regression_specs.py`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import importlib.util
+import json
+import math
+import pathlib
+import subprocess
+import sys
+import time
+import traceback
+from typing import Any, Mapping, Sequence
+
+from absl import app, flags, logging
+
+from retrieval_jax import host_malloc
+
+if __package__:
+  from . import bench_harness, regression_specs  # pylint: disable=g-import-not-at-top
+else:  # Run as a script: eval/ is first on sys.path.
+  import bench_harness  # pylint: disable=g-import-not-at-top
+  import regression_specs  # pylint: disable=g-import-not-at-top
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+MARKER = "reproduce.json"
+
+_RECIPES = flags.DEFINE_list("recipes", [], "Recipes to run (default: every file in "
+                             "--regressions_dir).")
+_SUITE = flags.DEFINE_enum("suite", "smoke", list(regression_specs.SUITES), "Which suite.")
+_OUT = flags.DEFINE_string("out", None, "Directory for the runs, report.md and report.json.")
+_SEEDS = flags.DEFINE_list("seeds", [], "Run every stage with each of these seeds too "
+                           "(default: the configs' own seed only).")
+_PIN = flags.DEFINE_bool("pin", False, "Write the measured values and their spread over "
+                         "--seeds (at least 3) into the regression files.")
+_REGRESSIONS = regression_specs.define_regressions_dir_flag()
+host_malloc.define_flag()
+
+
+def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed: int | None):
+  """The stage's config: `get_config(variant)` of its file, overrides and seed applied.
+
+  Raises:
+    regression_specs.SpecError: An unknown config file, variant or key.
+  """
+  path = REPO / stage.config_file
+  if not path.is_file():
+    raise regression_specs.SpecError(f"stage {stage.name}: no config file {path}")
+  if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # configs import each other as `configs.<name>`
+  module_spec = importlib.util.spec_from_file_location(f"configs.{path.stem}", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  try:
+    config = module.get_config(stage.variant)
+  except ValueError as error:
+    raise regression_specs.SpecError(f"stage {stage.name}: {error}") from None
+  settings = dict(stage.overrides)
+  if seed is not None:
+    settings["seed"] = seed
+  for key, value in settings.items():
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+      value = workdirs[value[1:-1]]
+    *parents, leaf = key.split(".")
+    node = config
+    try:
+      for part in parents:
+        node = node[part]
+      if leaf not in node:
+        raise KeyError(leaf)
+      node[leaf] = value
+    except (KeyError, TypeError) as error:
+      raise regression_specs.SpecError(
+          f"stage {stage.name}: cannot set config.{key}={value!r}: {error}") from None
+  return config
+
+
+def own_seed(stage: regression_specs.Stage) -> int:
+  return int(load_config(stage, _Placeholders(), None).seed)
+
+
+class _Placeholders(dict):
+  def __missing__(self, key):
+    return f"<{key}>"
+
+
+def stage_workdir(out: pathlib.Path, stage: regression_specs.Stage, seed: int | None) -> pathlib.Path:
+  """`OUT/runs/<config>_<variant>[_<overrides hash>][_seed<N>]`: equal configs share a run."""
+  name = f"{pathlib.Path(stage.config_file).stem}_{stage.variant or 'default'}"
+  if stage.overrides:
+    text = json.dumps(stage.overrides, sort_keys=True)
+    name += "_" + hashlib.sha256(text.encode()).hexdigest()[:8]
+  if seed is not None:
+    name += f"_seed{seed}"
+  return out / "runs" / name
+
+
+def command(stage: regression_specs.Stage, workdir: pathlib.Path, workdirs: Mapping[str, str],
+            seed: int | None) -> str:
+  """The `main.py` command line equivalent to running the stage."""
+  parts = ["python main.py", f"--config={stage.config}"]
+  for key, value in stage.overrides.items():
+    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+      value = workdirs[value[1:-1]]
+    parts.append(f"--config.{key}={value}")
+  if seed is not None:
+    parts.append(f"--config.seed={seed}")
+  parts.append(f"--workdir={workdir}")
+  return " ".join(parts)
+
+
+def numeric_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
+  """`train/<name>` from the last training log and `<evaluator>/<name>` from the evaluation,
+  numbers only."""
+  metrics = {}
+  for prefix, values in (("train/", summary.get("train") or {}), ("", summary.get("eval") or {})):
+    for name, value in values.items():
+      if isinstance(value, (int, float)) and not isinstance(value, bool):
+        metrics[prefix + name] = float(value)
+  return metrics
+
+
+def run_stage(config, workdir: pathlib.Path, text: str) -> dict[str, Any]:
+  """Runs (or resumes) one stage, or reads its marker when it finished before with this config."""
+  from retrieval_jax import run_config, train  # pylint: disable=g-import-not-at-top
+
+  marker = workdir / MARKER
+  config_json = run_config.as_json(config)
+  if marker.exists():
+    done = json.loads(marker.read_text())
+    if done.get("config") == config_json:
+      return {**done, "reused": True}
+  start = time.perf_counter()
+  summary = train.run(config, workdir, "train_and_eval")
+  done = {"command": text, "seconds": round(time.perf_counter() - start, 1),
+          "step": summary.get("step"), "eval_step": summary.get("eval_step"),
+          "metrics": numeric_metrics(summary), "config": config_json,
+          "finished": datetime.datetime.now().isoformat(timespec="seconds")}
+  marker.write_text(json.dumps(done, indent=1))
+  return {**done, "reused": False}
+
+
+def run_recipe(spec: regression_specs.Spec, suite: regression_specs.Suite, out: pathlib.Path,
+               seed: int | None) -> dict[str, Any]:
+  """Runs a recipe's stages for one seed (None: the configs' own); its metrics and commands."""
+  workdirs, commands, metrics, seconds = {}, [], {}, 0.0
+  for i, stage in enumerate(suite.stages):
+    workdir = stage_workdir(out, stage, seed)
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = load_config(stage, workdirs, seed)
+    text = command(stage, workdir, workdirs, seed)
+    workdirs[stage.name] = str(workdir)
+    commands.append(text)
+    done = run_stage(config, workdir, text)
+    seconds += 0.0 if done["reused"] else done["seconds"]
+    last = i == len(suite.stages) - 1
+    for name, value in done["metrics"].items():
+      full = regression_specs.metric_name(stage.name, name, last)
+      if not suite.ignored(full):
+        metrics[full] = value
+  return {"commands": commands, "metrics": metrics, "seconds": round(seconds, 1)}
+
+
+def compare(suite: regression_specs.Suite, measured: Mapping[str, float]) -> list[dict[str, Any]]:
+  """One row per metric, pinned or measured: measured, pinned, tolerance, status (`ok`,
+  `outside tolerance`, `missing`, `not pinned`) and the paper's number when the file gives one."""
+  pins, rows = suite.pins, []
+  for name in sorted(set(pins) | set(measured), key=_metric_order):
+    pin, value = pins.get(name), measured.get(name)
+    if pin is None:
+      status = "not pinned"
+    elif value is None:
+      status = "missing"
+    elif not math.isfinite(value) or not pin.accepts(value):
+      status = "outside tolerance"
+    else:
+      status = "ok"
+    rows.append({"metric": name, "measured": value,
+                 "pinned": None if pin is None else pin.value,
+                 "tolerance": None if pin is None else pin.tolerance, "status": status,
+                 "paper": suite.paper.get(name)})
+  return rows
+
+
+def _metric_order(name: str) -> tuple[int, str]:
+  return ("train/" in name, name)  # evaluations first
+
+
+FAILING = ("outside tolerance", "missing")
+
+
+def recipe_status(rows: Sequence[Mapping[str, Any]], pinned: bool) -> str:
+  if any(r["status"] in FAILING for r in rows):
+    return "regressed"
+  return "ok" if pinned else "not pinned"
+
+
+def _format(x: Any) -> str:
+  if x is None:
+    return "—"
+  if isinstance(x, float):
+    return f"{x:.6g}"
+  return str(x)
+
+
+def duration(seconds: float) -> str:
+  minutes, secs = divmod(round(seconds), 60)
+  hours, minutes = divmod(minutes, 60)
+  if hours:
+    return f"{hours} h {minutes} min"
+  return f"{minutes} min {secs} s" if minutes else f"{secs} s"
+
+
+def report_markdown(report: Mapping[str, Any]) -> str:
+  """`report.md`: the summary, then a table per recipe."""
+  machine = report["environment"]["cpu"]
+  lines = [f"# Reproduction report: the `{report['suite']}` suite", "",
+           f"{report['started']} on {machine['model']} ({machine['usable_cpus']} usable CPUs), "
+           f"commit {report['commit']}; {duration(report['seconds'])} in all. "
+           f"Exit status {report['exit_status']}.", "",
+           "| recipe | status | outside tolerance or missing | wall time |", "|---|---|---|---|"]
+  for name, result in report["recipes"].items():
+    bad = ", ".join(r["metric"] for r in result.get("rows", []) if r["status"] in FAILING)
+    if result["status"] == "error":
+      bad = result["error"]
+    lines.append(f"| {name} | {result['status']} | {bad or '—'} | "
+                 f"{duration(result.get('seconds', 0.0))} |")
+  for name, result in report["recipes"].items():
+    lines += ["", f"## {name}: {result['title']}", "", f"Data: {result['data']}.", "",
+              f"The paper: {result['paper']}.", ""]
+    if result.get("pinned"):
+      p = result["pinned"]
+      lines += [f"Pinned on {p['date']}, {p['machine']}, commit {p['commit']}, over seeds "
+                f"{', '.join(map(str, p['seeds']))}.", ""]
+    lines += ["```"] + result.get("commands", []) + ["```", ""]
+    if result["status"] == "error":
+      lines += [f"**Failed to run:** {result['error']}"]
+      continue
+    lines += ["| metric | measured | pinned | tolerance | status | paper |",
+              "|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+      status = f"**{r['status']}**" if r["status"] in FAILING else r["status"]
+      lines.append(f"| {r['metric']} | {_format(r['measured'])} | {_format(r['pinned'])} | "
+                   f"± {_format(r['tolerance'])} | {status} | {r['paper'] or '—'} |"
+                   .replace("± —", "—"))
+  return "\n".join(lines) + "\n"
+
+
+def git_commit() -> str:
+  try:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=True,
+                          capture_output=True, text=True, timeout=10).stdout.strip()
+  except (OSError, subprocess.SubprocessError):
+    return "unknown"
+
+
+def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathlib.Path,
+              seeds: Sequence[int] = (), pin: bool = False, echo=print) -> dict[str, Any]:
+  """Runs `suite` of every spec, compares, writes `OUT/report.{md,json}` (and the pins with
+  `pin`); returns the report, whose `exit_status` is 1 on any regression or failed recipe."""
+  out.mkdir(parents=True, exist_ok=True)
+  started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
+  report = {"suite": suite, "out": str(out), "started": started, "commit": git_commit(),
+            "environment": bench_harness.environment(), "seeds": list(seeds), "recipes": {}}
+  chosen = [(n, s) for n, s in specs.items() if suite in s.suites]
+  for index, (name, spec) in enumerate(chosen, 1):
+    suite_spec = spec.suites[suite]
+    result = {"title": spec.title, "paper": spec.paper, "data": suite_spec.data,
+              "pinned": {k: v for k, v in (suite_spec.pinned or {}).items() if k != "metrics"}}
+    report["recipes"][name] = result
+    recipe_start = time.perf_counter()
+    try:
+      seed0 = own_seed(suite_spec.stages[-1])
+      runs = {seed0: run_recipe(spec, suite_spec, out, None)}
+      for seed in seeds if suite_spec.seeded else ():
+        if seed != seed0:
+          runs[seed] = run_recipe(spec, suite_spec, out, seed)
+    except Exception as error:  # pylint: disable=broad-except
+      # One recipe's failure must not cost the others' hours: report it and go on.
+      logging.error("%s failed:\n%s", name, traceback.format_exc())
+      result.update(status="error", error=f"{type(error).__name__}: {error}".splitlines()[0],
+                    seconds=round(time.perf_counter() - recipe_start, 1))
+      echo(f"[{index}/{len(chosen)}] {name}: error: {result['error']} "
+           f"({duration(result['seconds'])})")
+      continue
+    own = runs[seed0]
+    result.update(commands=own["commands"], seconds=sum(r["seconds"] for r in runs.values()),
+                  measured=own["metrics"],
+                  by_seed={str(s): r["metrics"] for s, r in runs.items()})
+    if pin:
+      pinned = {"date": datetime.date.today().isoformat(),
+                "machine": f"{report['environment']['cpu']['model']}, "
+                           f"{report['environment']['cpu']['usable_cpus']} CPUs",
+                "commit": report["commit"], "seeds": sorted(runs) if suite_spec.seeded else [],
+                "command": " && ".join(own["commands"]).replace(str(out), "OUT"),
+                "metrics": regression_specs.pins_from_seeds(
+                    {s: r["metrics"] for s, r in runs.items()}, seed0, suite_spec.seeded)}
+      regression_specs.write_pinned(spec, suite, pinned)
+      suite_spec = regression_specs.load(spec.path).suites[suite]
+      result["pinned"] = {k: v for k, v in pinned.items() if k != "metrics"}
+    rows = compare(suite_spec, own["metrics"])
+    result.update(rows=rows, status=recipe_status(rows, bool(suite_spec.pinned)))
+    bad = [r for r in rows if r["status"] in FAILING]
+    detail = "; ".join(f"{r['metric']} {_format(r['measured'])} (pinned {_format(r['pinned'])} "
+                       f"± {_format(r['tolerance'])})" for r in bad)
+    if bad:
+      detail = f": {detail}"
+    elif suite_spec.pinned:
+      detail = f", {sum(r['status'] == 'ok' for r in rows)} metrics within tolerance"
+    else:
+      detail = f", {len(rows)} metrics measured"
+    echo(f"[{index}/{len(chosen)}] {name}: {result['status']}{detail} "
+         f"({duration(result['seconds'])})")
+  report["seconds"] = round(time.perf_counter() - start, 1)
+  failed = [n for n, r in report["recipes"].items()
+            if r["status"] in ("regressed", "error") or (r["status"] == "not pinned" and not pin)]
+  report["exit_status"] = 1 if failed else 0
+  report["failed"] = failed
+  (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
+  (out / "report.md").write_text(report_markdown(report))
+  return report
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  host_malloc.ensure_or_exit(flags.FLAGS.malloc, may_reexec=__name__ == "__main__")
+  if not _OUT.value:
+    raise app.UsageError("--out is required")
+  try:
+    seeds = [int(s) for s in _SEEDS.value]
+  except ValueError:
+    raise app.UsageError(f"--seeds={','.join(_SEEDS.value)}: not integers") from None
+  if _PIN.value and len(set(seeds)) < 3:
+    raise app.UsageError("--pin needs --seeds with at least 3 seeds (the tolerance is their "
+                         "spread)")
+  try:
+    specs = regression_specs.load_all(_REGRESSIONS.value)
+  except regression_specs.SpecError as error:
+    sys.exit(f"error: {error}")
+  unknown = [r for r in _RECIPES.value if r not in specs]
+  if unknown:
+    sys.exit(f"error: --recipes: unknown {unknown}; known: {', '.join(specs)}")
+  if _RECIPES.value:
+    specs = {r: specs[r] for r in _RECIPES.value}
+  if not any(_SUITE.value in s.suites for s in specs.values()):
+    sys.exit(f"error: no recipe among {', '.join(specs)} has a {_SUITE.value} suite")
+  report = reproduce(specs, _SUITE.value, pathlib.Path(_OUT.value), seeds, _PIN.value,
+                     echo=lambda line: print(line, flush=True))
+  print(f"\n{_OUT.value}/report.md: {len(report['recipes'])} recipes, "
+        f"{'failed: ' + ', '.join(report['failed']) if report['failed'] else 'all ok'} "
+        f"({duration(report['seconds'])})")
+  sys.exit(report["exit_status"])
+
+
+if __name__ == "__main__":
+  app.run(main)

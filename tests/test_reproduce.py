@@ -1,0 +1,280 @@
+"""`eval/reproduce.py` and the pinned files: the smoke suite against its pins, a broken loss
+caught, the report, resuming, errors; `eval/regression_specs.py`; `eval/reproduction_table.py`."""
+
+import json
+import os
+import pathlib
+import shutil
+
+import pytest
+import yaml
+
+from eval import regression_specs, reproduce, reproduction_table
+from tests.helpers import REPO, run_python
+
+SPECS = regression_specs.load_all()
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+  """The whole smoke suite, run once as users run it (its own process, one device)."""
+  out = tmp_path_factory.mktemp("smoke")
+  result = run_python(["eval/reproduce.py", "--suite=smoke", f"--out={out}"], check=False)
+  return result, out, json.loads((out / "report.json").read_text())
+
+
+def test_the_smoke_suite_reproduces_every_pinned_value(smoke):
+  result, out, report = smoke
+  assert result.returncode == 0, (out / "report.md").read_text() + result.stderr[-3000:]
+  assert list(report["recipes"]) == [r for r, s in SPECS.items() if "smoke" in s.suites]
+  for name, recipe in report["recipes"].items():
+    pinned = SPECS[name].suites["smoke"].pins
+    assert recipe["status"] == "ok" and pinned, name
+    checked = {r["metric"] for r in recipe["rows"] if r["status"] == "ok"}
+    assert checked == set(pinned), name  # every pinned metric measured and within tolerance
+
+
+def test_progress_lines_and_report(smoke):
+  result, out, report = smoke
+  lines = result.stdout.splitlines()
+  n = len(report["recipes"])
+  for i, name in enumerate(report["recipes"], 1):
+    assert any(line.startswith(f"[{i}/{n}] {name}: ok, ") and line.endswith(")")
+               for line in lines), (name, lines)
+  markdown = (out / "report.md").read_text()
+  assert "| metric | measured | pinned | tolerance | status | paper |" in markdown
+  assert "## dpr: DPR (Karpukhin et al. 2020)" in markdown
+  assert ("python main.py --config=configs/dpr.py:smoke --config.train.num_steps=40 "
+          "--config.train.checkpoint_every_steps=20 --workdir=") in markdown
+  assert report["environment"]["cpu"]["model"]
+  assert report["exit_status"] == 0 and report["failed"] == []
+
+
+def test_rerunning_reuses_finished_stages(smoke):
+  """Last of the fixture's tests: it rewrites the report."""
+  _, out, report = smoke
+  lines = []
+  again = reproduce.reproduce({"dpr": SPECS["dpr"], "tct_colbert": SPECS["tct_colbert"]},
+                              "smoke", out, echo=lines.append)
+  for name in ("dpr", "tct_colbert"):
+    assert again["recipes"][name]["seconds"] == 0.0, lines  # nothing ran again
+    assert again["recipes"][name]["measured"] == report["recipes"][name]["measured"]
+  # TCT-ColBERT's teacher is the ColBERT recipe's run: one workdir, trained once.
+  assert report["recipes"]["tct_colbert"]["commands"][0].endswith(
+      report["recipes"]["colbert"]["commands"][0].split()[-1])
+
+
+@pytest.mark.parametrize("flip", ["value", "gradient"])
+def test_a_sign_flipped_loss_fails_the_smoke_suite_naming_recipe_and_metric(tmp_path, flip):
+  result = run_python(["tests/sign_flip_reproduce.py", "--suite=smoke", "--recipes=dpr",
+                       f"--out={tmp_path}"], check=False, env={"SIGN_FLIP": flip})
+  assert result.returncode == 1, result.stdout + result.stderr[-3000:]
+  line = next(l for l in result.stdout.splitlines() if l.startswith("[1/1] dpr: regressed: "))
+  assert "train/loss" in line, line
+  report = json.loads((tmp_path / "report.json").read_text())
+  assert report["failed"] == ["dpr"]
+  assert "| dpr | regressed | " in (tmp_path / "report.md").read_text()
+
+
+def _regressions(tmp_path, recipes, edit=None):
+  """A copy of some regression files, `edit(raw)` applied to the last."""
+  directory = tmp_path / "regressions"
+  directory.mkdir()
+  for recipe in recipes:
+    shutil.copy(SPECS[recipe].path, directory)
+  if edit:
+    path = directory / f"{recipes[-1]}.yaml"
+    raw = yaml.safe_load(path.read_text())
+    edit(raw)
+    path.write_text(regression_specs.dump(raw))
+  return directory
+
+
+def test_a_wrong_pin_fails_with_status_1_naming_recipe_and_metric(tmp_path):
+  def wrong(raw):
+    raw["suites"]["smoke"]["pinned"]["metrics"]["dev/ndcg@10"]["value"] += 0.5
+  directory = _regressions(tmp_path, ["bm25", "zeroshot"], wrong)  # zeroshot runs first
+  result = run_python(["eval/reproduce.py", "--suite=smoke", f"--regressions_dir={directory}",
+                       f"--out={tmp_path / 'out'}"], check=False)
+  assert result.returncode == 1
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("[1/2] zeroshot: regressed: dev/ndcg@10 0.653297 (pinned 1.1533 ± ")
+  assert lines[1].startswith("[2/2] bm25: ok, ")  # the others still run
+  assert "failed: zeroshot" in lines[-1]
+
+
+def test_command_line_errors_are_one_line(tmp_path):
+  result = run_python(["eval/reproduce.py", "--recipes=nope", f"--out={tmp_path}"], check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1].startswith("error: --recipes: unknown ['nope']")
+  result = run_python(["eval/reproduce.py", "--pin", "--seeds=0,1", f"--out={tmp_path}"],
+                      check=False)
+  assert result.returncode == 1 and "--pin needs --seeds with at least 3" in result.stderr
+
+  def broken(raw):
+    del raw["suites"]["smoke"]["stages"][0]["config"]
+  directory = _regressions(tmp_path, ["dpr"], broken)
+  result = run_python(["eval/reproduce.py", f"--regressions_dir={directory}",
+                       f"--out={tmp_path / 'out'}"], check=False)
+  assert result.returncode == 1
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: {directory / 'dpr.yaml'}.suites.smoke.stages[0]: missing key 'config'")
+
+
+# eval/regression_specs.py
+
+
+def test_every_recipe_has_both_suites_pinned_or_pending():
+  assert set(SPECS) == set(regression_specs.ORDER)
+  for name, spec in SPECS.items():
+    assert set(spec.suites) == {"smoke", "cpu"}, name
+    assert spec.suites["smoke"].pinned, f"{name}: the smoke suite is not pinned"
+    for suite in spec.suites.values():
+      for stage in suite.stages:
+        assert (REPO / stage.config_file).is_file(), (name, stage)
+
+
+def test_spec_errors_name_file_and_key(tmp_path):
+  def load(raw):
+    path = tmp_path / f"{raw.get('recipe', 'x')}.yaml"
+    path.write_text(regression_specs.dump(raw))
+    return path
+
+  base = yaml.safe_load(SPECS["tct_colbert"].path.read_text())
+  raw = json.loads(json.dumps(base))
+  raw["recipe"] = "other"
+  path = load(raw)
+  path.rename(tmp_path / "tct_colbert.yaml")
+  with pytest.raises(regression_specs.SpecError, match=r"tct_colbert.yaml.recipe: 'other' "
+                     "differs from the file name"):
+    regression_specs.load(tmp_path / "tct_colbert.yaml")
+  raw = json.loads(json.dumps(base))
+  raw["suites"]["cpu"]["stages"][1]["overrides"]["teacher.name"] = "{nobody}"
+  with pytest.raises(regression_specs.SpecError, match=r"suites.cpu.stages\[1\].overrides."
+                     r"teacher.name: \{nobody\} names no earlier stage"):
+    regression_specs.load(load(raw))
+  raw = json.loads(json.dumps(base))
+  raw["suites"]["gpu"] = raw["suites"]["cpu"]
+  with pytest.raises(regression_specs.SpecError, match=r"suites: unknown suites \['gpu'\]"):
+    regression_specs.load(load(raw))
+  raw = json.loads(json.dumps(base))
+  raw["suites"]["smoke"]["pinned"]["metrics"]["dev/ndcg@10"]["tolerance"] = -1
+  with pytest.raises(regression_specs.SpecError, match=r"metrics.dev/ndcg@10.tolerance: must "
+                     r"be >= 0"):
+    regression_specs.load(load(raw))
+  raw = json.loads(json.dumps(base))
+  raw["suites"]["smoke"]["pinned"]["metrics"]["train/steps_per_s"] = {"value": 1, "tolerance": 1}
+  with pytest.raises(regression_specs.SpecError, match=r"metrics.train/steps_per_s: an ignored "
+                     "metric"):
+    regression_specs.load(load(raw))
+  (tmp_path / "bad.yaml").write_text("recipe: [unclosed")
+  with pytest.raises(regression_specs.SpecError, match="bad.yaml"):
+    regression_specs.load(tmp_path / "bad.yaml")
+
+
+def test_tolerance_is_three_sd_over_seeds_at_least_the_rounding_allowance():
+  by_seed = {0: {"a": 1.0, "b": 0.5, "c": 7.0}, 1: {"a": 2.0, "b": 0.5, "c": 7.0},
+             2: {"a": 3.0, "b": 0.5}}
+  pins = regression_specs.pins_from_seeds(by_seed, own_seed=0)
+  assert pins["a"] == {"value": 1.0, "tolerance": 3.0, "sd": 1.0, "min": 1.0, "max": 3.0}
+  assert pins["b"]["tolerance"] == pytest.approx(  # the seeds agree
+      0.5 * regression_specs.ROUNDING + regression_specs.ROUNDING_ABS)
+  assert "c" not in pins  # seed 2 lacks it
+  with pytest.raises(ValueError, match="at least 3 seeds"):
+    regression_specs.pins_from_seeds({0: {}, 1: {}}, own_seed=0)
+  with pytest.raises(ValueError, match="own"):
+    regression_specs.pins_from_seeds({1: {}, 2: {}, 3: {}}, own_seed=0)
+  unseeded = regression_specs.pins_from_seeds({0: {"a": 20.0}}, own_seed=0, seeded=False)
+  assert unseeded == {"a": {"value": 20.0, "tolerance": pytest.approx(
+      20.0 * regression_specs.ROUNDING + regression_specs.ROUNDING_ABS)}}
+
+
+def test_compare_statuses_and_ignored_metrics():
+  suite = SPECS["ance"].suites["smoke"]
+  assert suite.ignored("train/negatives/staleness") and suite.ignored("train/steps_per_s")
+  assert suite.ignored("teacher/dev_rerank/queries_per_s")
+  assert not suite.ignored("train/loss")
+  pins = suite.pins
+  measured = {name: pin.value for name, pin in pins.items()}
+  measured["train/loss"] += 2 * pins["train/loss"].tolerance + 1e-6
+  measured["dev/new_metric"] = 1.0
+  del measured["dev/ndcg@10"]
+  rows = {r["metric"]: r["status"] for r in reproduce.compare(suite, measured)}
+  assert rows["train/loss"] == "outside tolerance"
+  assert rows["dev/ndcg@10"] == "missing"
+  assert rows["dev/new_metric"] == "not pinned"
+  assert rows["train/accuracy"] == "ok"
+  assert reproduce.recipe_status(reproduce.compare(suite, measured), True) == "regressed"
+
+
+def test_stage_workdirs_and_commands(tmp_path):
+  student = SPECS["tct_colbert"].suites["cpu"].stages[1]
+  workdir = reproduce.stage_workdir(tmp_path, student, None)
+  assert workdir.parent == tmp_path / "runs" and workdir.name.startswith("tct_colbert_cpu_")
+  assert reproduce.stage_workdir(tmp_path, student, 3).name == workdir.name + "_seed3"
+  text = reproduce.command(student, workdir, {"teacher": "/t"}, 3)
+  assert text == (f"python main.py --config=configs/tct_colbert.py:cpu --config.teacher.name=/t "
+                  f"--config.seed=3 --workdir={workdir}")
+  config = reproduce.load_config(student, {"teacher": "/t"}, 3)
+  assert config.teacher.name == "/t" and config.seed == 3
+  bad = regression_specs.Stage("x", "configs/dpr.py:cpu", {"optim.nope": 1})
+  with pytest.raises(regression_specs.SpecError, match=r"stage x: cannot set "
+                     r"config.optim.nope=1"):
+    reproduce.load_config(bad, {}, None)
+
+
+def test_pinning_writes_the_file_it_loads(tmp_path):
+  directory = _regressions(tmp_path, ["sgopt"])
+  spec = regression_specs.load(directory / "sgopt.yaml")
+  pinned = {"date": "2026-12-07", "machine": "m", "commit": "c", "seeds": [0, 1, 2],
+            "command": "python main.py ...",
+            "metrics": regression_specs.pins_from_seeds(
+                {s: {"sts_dev/spearman": 40.0 + s} for s in range(3)}, 0)}
+  regression_specs.write_pinned(spec, "cpu", pinned)
+  again = regression_specs.load(directory / "sgopt.yaml")
+  assert again.suites["cpu"].pins["sts_dev/spearman"] == regression_specs.Pin(
+      40.0, 3.0, 1.0, 40.0, 42.0)
+  assert again.suites["smoke"].pinned == spec.suites["smoke"].pinned
+  assert again.table == spec.table
+
+
+# eval/reproduction_table.py
+
+
+def test_workspace_table_agrees_with_the_pinned_files():
+  text = (REPO / "WORKSPACE.md").read_text()
+  assert reproduction_table.current(text) == reproduction_table.render(SPECS), (
+      "run python eval/reproduction_table.py --write")
+
+
+def test_table_rows_show_the_pinned_values(tmp_path):
+  def pin(raw):
+    raw["suites"]["cpu"]["pinned"] = {
+        "date": "2026-12-07", "machine": "AMD EPYC, 2 CPUs", "commit": "abc", "seeds": [0, 1, 2],
+        "command": "c", "metrics": {"sts_dev/spearman": {"value": 85.7312, "tolerance": 0.24}}}
+  directory = _regressions(tmp_path, ["sgopt"], pin)
+  table = reproduction_table.render(regression_specs.load_all(directory))
+  row = next(line for line in table.splitlines() if line.startswith("| SG-OPT, laptop scale"))
+  assert ("pinned (2026-12-07, AMD EPYC, 2 CPUs, seeds 0, 1, 2; `python eval/reproduce.py "
+          "--suite=cpu --recipes=sgopt`): sts_dev/spearman 85.73 ± 0.24; ") in row
+  workspace = tmp_path / "WORKSPACE.md"
+  workspace.write_text("intro\n" + reproduction_table.render(SPECS) + "\nafter\n")
+  args = ["eval/reproduction_table.py", f"--regressions_dir={directory}",
+          f"--workspace={workspace}"]
+  result = run_python(args + ["--check"], check=False)
+  assert result.returncode == 1 and "differs" in result.stderr
+  run_python(args + ["--write"])
+  assert run_python(args + ["--check"]).returncode == 0
+  assert workspace.read_text().startswith("intro\n") and workspace.read_text().endswith("after\n")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recipe", [r for r, s in SPECS.items() if "cpu" in s.suites])
+def test_cpu_suite(recipe, tmp_path_factory, scifact_dir):
+  """The laptop-scale runs (hours in all); one directory for the session, so TCT-ColBERT
+  reuses the ColBERT run. `RETRIEVAL_JAX_REPRO_OUT` keeps the runs across sessions."""
+  out = os.environ.get("RETRIEVAL_JAX_REPRO_OUT") or tmp_path_factory.getbasetemp() / "cpu"
+  result = run_python(["eval/reproduce.py", "--suite=cpu", f"--recipes={recipe}",
+                       f"--out={out}"], check=False)
+  report = pathlib.Path(out) / "report.md"
+  assert result.returncode == 0, report.read_text() if report.exists() else result.stderr[-3000:]
