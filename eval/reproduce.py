@@ -13,8 +13,9 @@ everything. The exit status is 1 when a metric is outside its tolerance, missing
 failed to run.
 
 Rerunning with the same `--out` resumes: a finished stage (`<workdir>/reproduce.json`) is not
-run again, an interrupted one resumes from its checkpoint. Stages with the same config share
-one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
+run again, an interrupted one resumes from its checkpoint; after a config file changes, use a
+new `--out` (a workdir refuses to resume with another config, naming the keys). Stages with
+the same config share one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
 
 `--seeds` runs each stage once per seed (`--config.seed`); with `--pin` the suite's pinned
 values become the config's own seed's measurements, each with the tolerance `SIGMAS` standard
@@ -31,6 +32,7 @@ import math
 import pathlib
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from typing import Any, Mapping, Sequence
@@ -47,6 +49,7 @@ else:  # Run as a script: eval/ is first on sys.path.
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MARKER = "reproduce.json"
+ATTEMPTS = "reproduce.attempts.json"  # the wall time of each attempt at an unfinished stage
 
 _RECIPES = flags.DEFINE_list("recipes", [], "Recipes to run (default: every file in "
                              "--regressions_dir).")
@@ -57,6 +60,13 @@ _SEEDS = flags.DEFINE_list("seeds", [], "Run every stage with each of these seed
 _PIN = flags.DEFINE_bool("pin", False, "Write the measured values and their spread over "
                          "--seeds (at least 3) into the regression files.")
 _REGRESSIONS = regression_specs.define_regressions_dir_flag()
+_STAGE_PROCESSES = flags.DEFINE_enum(
+    "stage_processes", "auto", ["auto", "true", "false"],
+    "Run each stage in a process of its own (its memory returns to the system when it ends): "
+    "auto = for the cpu suite; the smoke suite's stages share this process.")
+_RUN_STAGE = flags.DEFINE_string("run_stage", None, "Internal: run the one stage "
+                                 "<recipe>/<stage> of --suite here (a stage's own process).")
+_STAGE_SEED = flags.DEFINE_integer("stage_seed", None, "Internal: --run_stage's seed.")
 host_malloc.define_flag()
 
 
@@ -99,15 +109,19 @@ def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed
 
 
 def own_seed(stage: regression_specs.Stage) -> int:
+  """The seed the stage's config sets (its `{stage}` references need no workdir for that)."""
   return int(load_config(stage, _Placeholders(), None).seed)
 
 
 class _Placeholders(dict):
+  """Any stage's workdir, as a placeholder."""
+
   def __missing__(self, key):
     return f"<{key}>"
 
 
-def stage_workdir(out: pathlib.Path, stage: regression_specs.Stage, seed: int | None) -> pathlib.Path:
+def stage_workdir(out: pathlib.Path, stage: regression_specs.Stage,
+                  seed: int | None) -> pathlib.Path:
   """`OUT/runs/<config>_<variant>[_<overrides hash>][_seed<N>]`: equal configs share a run."""
   name = f"{pathlib.Path(stage.config_file).stem}_{stage.variant or 'default'}"
   if stage.overrides:
@@ -143,39 +157,119 @@ def numeric_metrics(summary: Mapping[str, Any]) -> dict[str, float]:
   return metrics
 
 
+class AttemptClock:
+  """Wall time of a stage over its attempts: an interrupted run (a session's end, a crash)
+  resumes from its checkpoint, and its time so far stays counted. The current attempt's
+  elapsed seconds are written to `path` every `every` seconds and when it ends."""
+
+  def __init__(self, path: pathlib.Path, every: float = 30.0):
+    self.path, self.every = path, every
+    self.attempts = json.loads(path.read_text()) if path.exists() else []
+    self._stop = threading.Event()
+
+  @property
+  def total(self) -> float:
+    return float(sum(self.attempts))
+
+  def _save(self) -> None:
+    self.attempts[-1] = round(time.perf_counter() - self._start, 1)
+    self.path.write_text(json.dumps(self.attempts))
+
+  def _tick(self) -> None:
+    while not self._stop.wait(self.every):
+      self._save()
+
+  def __enter__(self):
+    self._start = time.perf_counter()
+    self.attempts.append(0.0)
+    self._thread = threading.Thread(target=self._tick, name="reproduce_clock", daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self._save()
+    return False
+
+
+def finished(config, workdir: pathlib.Path) -> dict[str, Any] | None:
+  """The marker of a stage that finished in `workdir` with this very config, else None."""
+  from retrieval_jax import run_config  # pylint: disable=g-import-not-at-top
+
+  marker = workdir / MARKER
+  if not marker.exists():
+    return None
+  done = json.loads(marker.read_text())
+  return done if done.get("config") == run_config.as_json(config) else None
+
+
 def run_stage(config, workdir: pathlib.Path, text: str) -> dict[str, Any]:
   """Runs (or resumes) one stage, or reads its marker when it finished before with this config."""
   from retrieval_jax import run_config, train  # pylint: disable=g-import-not-at-top
 
-  marker = workdir / MARKER
+  done = finished(config, workdir)
+  if done is not None:
+    return {**done, "reused": True}
   config_json = run_config.as_json(config)
-  if marker.exists():
-    done = json.loads(marker.read_text())
-    if done.get("config") == config_json:
-      return {**done, "reused": True}
-  start = time.perf_counter()
-  summary = train.run(config, workdir, "train_and_eval")
-  done = {"command": text, "seconds": round(time.perf_counter() - start, 1),
+  with AttemptClock(workdir / ATTEMPTS) as clock:
+    summary = train.run(config, workdir, "train_and_eval")
+  done = {"command": text, "seconds": round(clock.total, 1), "attempts": len(clock.attempts),
           "step": summary.get("step"), "eval_step": summary.get("eval_step"),
           "metrics": numeric_metrics(summary), "config": config_json,
           "finished": datetime.datetime.now().isoformat(timespec="seconds")}
-  marker.write_text(json.dumps(done, indent=1))
+  (workdir / MARKER).write_text(json.dumps(done, indent=1))
   return {**done, "reused": False}
 
 
-def run_recipe(spec: regression_specs.Spec, suite: regression_specs.Suite, out: pathlib.Path,
-               seed: int | None) -> dict[str, Any]:
-  """Runs a recipe's stages for one seed (None: the configs' own); its metrics and commands."""
-  workdirs, commands, metrics, seconds = {}, [], {}, 0.0
-  for i, stage in enumerate(suite.stages):
+def stage_plan(suite: regression_specs.Suite, out: pathlib.Path, seed: int | None):
+  """(stage, workdir, config, command) of each stage, in order."""
+  workdirs, plan = {}, []
+  for stage in suite.stages:
     workdir = stage_workdir(out, stage, seed)
-    workdir.mkdir(parents=True, exist_ok=True)
     config = load_config(stage, workdirs, seed)
-    text = command(stage, workdir, workdirs, seed)
+    plan.append((stage, workdir, config, command(stage, workdir, workdirs, seed)))
     workdirs[stage.name] = str(workdir)
+  return plan
+
+
+def run_stage_process(recipe: str, stage: str, suite: str, out: pathlib.Path,
+                      seed: int | None) -> None:
+  """Runs one stage in a new process of this program (`--run_stage`), which writes its marker.
+
+  Raises:
+    RuntimeError: When the process fails, with its exit status.
+  """
+  args = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--run_stage={recipe}/{stage}",
+          f"--suite={suite}", f"--out={out}", f"--regressions_dir={_REGRESSIONS.value}",
+          f"--malloc={flags.FLAGS.malloc}"]
+  if seed is not None:
+    args.append(f"--stage_seed={seed}")
+  status = subprocess.run(args, check=False).returncode
+  if status:
+    raise RuntimeError(f"stage {stage} exited with status {status} (its output is above; "
+                       "rerun to resume it)")
+
+
+def run_recipe(recipe: str, suite: regression_specs.Suite, out: pathlib.Path, seed: int | None,
+               counted: set[str], processes: bool = False) -> dict[str, Any]:
+  """Runs a recipe's stages for one seed (None: the configs' own), each in a process of its own
+  with `processes`: its metrics, commands and wall time (each stage's over all its attempts,
+  in this invocation or an earlier one with this `out`; a stage in `counted`, which another
+  recipe shares, costs nothing again)."""
+  commands, metrics, seconds = [], {}, 0.0
+  plan = stage_plan(suite, out, seed)
+  for i, (stage, workdir, config, text) in enumerate(plan):
+    workdir.mkdir(parents=True, exist_ok=True)
     commands.append(text)
+    if processes and finished(config, workdir) is None:
+      run_stage_process(recipe, stage.name, suite.name, out, seed)
+      if finished(config, workdir) is None:
+        raise RuntimeError(f"stage {stage.name}'s process left no {workdir / MARKER}")
     done = run_stage(config, workdir, text)
-    seconds += 0.0 if done["reused"] else done["seconds"]
+    if str(workdir) not in counted:
+      seconds += done["seconds"]
+      counted.add(str(workdir))
     last = i == len(suite.stages) - 1
     for name, value in done["metrics"].items():
       full = regression_specs.metric_name(stage.name, name, last)
@@ -278,14 +372,17 @@ def git_commit() -> str:
 
 
 def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathlib.Path,
-              seeds: Sequence[int] = (), pin: bool = False, echo=print) -> dict[str, Any]:
-  """Runs `suite` of every spec, compares, writes `OUT/report.{md,json}` (and the pins with
-  `pin`); returns the report, whose `exit_status` is 1 on any regression or failed recipe."""
+              seeds: Sequence[int] = (), pin: bool = False, echo=print,
+              processes: bool = False) -> dict[str, Any]:
+  """Runs `suite` of every spec (each stage in a process of its own with `processes`),
+  compares, writes `OUT/report.{md,json}` (and the pins with `pin`); returns the report, whose
+  `exit_status` is 1 on any regression or failed recipe."""
   out.mkdir(parents=True, exist_ok=True)
   started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
   report = {"suite": suite, "out": str(out), "started": started, "commit": git_commit(),
             "environment": bench_harness.environment(), "seeds": list(seeds), "recipes": {}}
   chosen = [(n, s) for n, s in specs.items() if suite in s.suites]
+  counted = set()  # stage workdirs whose time a recipe of this report already counts
   for index, (name, spec) in enumerate(chosen, 1):
     suite_spec = spec.suites[suite]
     result = {"title": spec.title, "paper": spec.paper, "data": suite_spec.data,
@@ -294,10 +391,10 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
     recipe_start = time.perf_counter()
     try:
       seed0 = own_seed(suite_spec.stages[-1])
-      runs = {seed0: run_recipe(spec, suite_spec, out, None)}
+      runs = {seed0: run_recipe(name, suite_spec, out, None, counted, processes)}
       for seed in seeds if suite_spec.seeded else ():
         if seed != seed0:
-          runs[seed] = run_recipe(spec, suite_spec, out, seed)
+          runs[seed] = run_recipe(name, suite_spec, out, seed, counted, processes)
     except Exception as error:  # pylint: disable=broad-except
       # One recipe's failure must not cost the others' hours: report it and go on.
       logging.error("%s failed:\n%s", name, traceback.format_exc())
@@ -344,6 +441,28 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
   return report
 
 
+def stage_main(specs: Mapping[str, regression_specs.Spec], which: str, suite: str,
+               out: pathlib.Path, seed: int | None) -> int:
+  """`--run_stage=<recipe>/<stage>`: runs that stage here; its exit status."""
+  recipe, _, name = which.partition("/")
+  if recipe not in specs or suite not in specs[recipe].suites:
+    print(f"error: --run_stage={which}: no {suite} suite of {recipe!r}", file=sys.stderr)
+    return 1
+  for stage, workdir, config, text in stage_plan(specs[recipe].suites[suite], out, seed):
+    if stage.name == name:
+      from retrieval_jax import run_config  # pylint: disable=g-import-not-at-top
+
+      workdir.mkdir(parents=True, exist_ok=True)
+      try:
+        run_stage(config, workdir, text)
+      except run_config.InputError as error:  # a bad key or input: one line, as main.py
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+      return 0
+  print(f"error: --run_stage={which}: {recipe} has no stage {name!r}", file=sys.stderr)
+  return 1
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -366,10 +485,14 @@ def main(argv):
     sys.exit(f"error: --recipes: unknown {unknown}; known: {', '.join(specs)}")
   if _RECIPES.value:
     specs = {r: specs[r] for r in _RECIPES.value}
+  if _RUN_STAGE.value:
+    sys.exit(stage_main(specs, _RUN_STAGE.value, _SUITE.value, pathlib.Path(_OUT.value),
+                        _STAGE_SEED.value))
   if not any(_SUITE.value in s.suites for s in specs.values()):
     sys.exit(f"error: no recipe among {', '.join(specs)} has a {_SUITE.value} suite")
+  processes = {"true": True, "false": False}.get(_STAGE_PROCESSES.value, _SUITE.value == "cpu")
   report = reproduce(specs, _SUITE.value, pathlib.Path(_OUT.value), seeds, _PIN.value,
-                     echo=lambda line: print(line, flush=True))
+                     echo=lambda line: print(line, flush=True), processes=processes)
   print(f"\n{_OUT.value}/report.md: {len(report['recipes'])} recipes, "
         f"{'failed: ' + ', '.join(report['failed']) if report['failed'] else 'all ok'} "
         f"({duration(report['seconds'])})")

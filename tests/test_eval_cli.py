@@ -83,6 +83,19 @@ def test_main_refuses_to_train_an_evaluation_only_recipe(tmp_path):
   assert "Traceback" not in result.stderr
 
 
+def test_main_names_a_missing_evaluation_data_set_in_one_line(tmp_path):
+  """Evaluators read their data when they first run: still the user's input, not a bug."""
+  environ = {**os.environ, "XLA_FLAGS": ""}
+  result = subprocess.run(
+      [sys.executable, "main.py", "--config=configs/zeroshot.py:smoke", f"--workdir={tmp_path}",
+       f"--config.data.name={tmp_path / 'nowhere'}"],
+      cwd=REPO, capture_output=True, text=True, env=environ, timeout=120, check=False)
+  assert result.returncode == 1
+  assert "Traceback" not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      f"error: evals.dev.data.name='{tmp_path / 'nowhere'}', split 'dev': data set")
+
+
 def test_main_rejects_unknown_config_key(tmp_path):
   environ = {**os.environ, "XLA_FLAGS": ""}
   result = subprocess.run(

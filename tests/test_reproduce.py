@@ -5,6 +5,7 @@ import json
 import os
 import pathlib
 import shutil
+import time
 
 import pytest
 import yaml
@@ -53,15 +54,33 @@ def test_progress_lines_and_report(smoke):
 def test_rerunning_reuses_finished_stages(smoke):
   """Last of the fixture's tests: it rewrites the report."""
   _, out, report = smoke
+  markers = {p: p.stat().st_mtime_ns for p in (out / "runs").glob(f"*/{reproduce.MARKER}")}
   lines = []
   again = reproduce.reproduce({"dpr": SPECS["dpr"], "tct_colbert": SPECS["tct_colbert"]},
                               "smoke", out, echo=lines.append)
+  assert {p: p.stat().st_mtime_ns for p in markers} == markers  # nothing ran again
   for name in ("dpr", "tct_colbert"):
-    assert again["recipes"][name]["seconds"] == 0.0, lines  # nothing ran again
     assert again["recipes"][name]["measured"] == report["recipes"][name]["measured"]
-  # TCT-ColBERT's teacher is the ColBERT recipe's run: one workdir, trained once.
+  # A finished stage's time is its recorded one; TCT-ColBERT's teacher is the ColBERT recipe's
+  # run (one workdir, trained once), so it counted for ColBERT first and for TCT alone now.
+  assert again["recipes"]["dpr"]["seconds"] == report["recipes"]["dpr"]["seconds"]
+  assert again["recipes"]["tct_colbert"]["seconds"] == pytest.approx(
+      report["recipes"]["tct_colbert"]["seconds"] + report["recipes"]["colbert"]["seconds"],
+      abs=0.2)
   assert report["recipes"]["tct_colbert"]["commands"][0].endswith(
       report["recipes"]["colbert"]["commands"][0].split()[-1])
+
+
+def test_attempt_clock_adds_up_interrupted_attempts(tmp_path):
+  path = tmp_path / reproduce.ATTEMPTS
+  path.write_text("[100.0]")  # an earlier attempt, killed after 100 s
+  with reproduce.AttemptClock(path, every=0.01) as clock:
+    deadline = time.monotonic() + 5
+    while len(json.loads(path.read_text() or "[]")) < 2 and time.monotonic() < deadline:
+      time.sleep(0.01)
+    assert json.loads(path.read_text())[0] == 100.0  # saved while running
+  assert len(clock.attempts) == 2 and 100.0 <= clock.total < 110.0
+  assert json.loads(path.read_text()) == clock.attempts
 
 
 @pytest.mark.parametrize("flip", ["value", "gradient"])
@@ -101,6 +120,23 @@ def test_a_wrong_pin_fails_with_status_1_naming_recipe_and_metric(tmp_path):
   assert lines[0].startswith("[1/2] zeroshot: regressed: dev/ndcg@10 0.653297 (pinned 1.1533 ± ")
   assert lines[1].startswith("[2/2] bm25: ok, ")  # the others still run
   assert "failed: zeroshot" in lines[-1]
+
+
+def test_stages_in_processes_of_their_own_and_a_failed_one(tmp_path):
+  """--stage_processes (the cpu suite's default): the same pinned values; a stage whose process
+  fails makes its recipe an error, and the other recipes still run."""
+  def missing_data(raw):
+    raw["suites"]["smoke"]["stages"][0]["overrides"]["data.name"] = str(tmp_path / "nowhere")
+  directory = _regressions(tmp_path, ["bm25", "zeroshot"], missing_data)
+  result = run_python(["eval/reproduce.py", "--suite=smoke", f"--regressions_dir={directory}",
+                       "--stage_processes=true", f"--out={tmp_path / 'out'}"], check=False)
+  assert result.returncode == 1
+  lines = result.stdout.splitlines()
+  assert lines[0].startswith("[1/2] zeroshot: error: RuntimeError: stage zeroshot exited with "
+                             "status 1"), lines
+  assert lines[1].startswith("[2/2] bm25: ok, 5 metrics within tolerance")
+  assert "error: " in result.stderr and "nowhere" in result.stderr
+  assert (tmp_path / "out" / "runs" / "zeroshot_bm25_1af012a3" / reproduce.MARKER).exists()
 
 
 def test_command_line_errors_are_one_line(tmp_path):

@@ -30,7 +30,7 @@ from typing import Any
 from etils import epath
 import jax
 
-from retrieval_jax import evaluation, files, metrics
+from retrieval_jax import evaluation, files, metrics, run_config
 from retrieval_jax.data import reqa
 from retrieval_jax.data.beir import BeirData
 
@@ -112,7 +112,8 @@ class ReqaEvaluator:
     if self._eval_set is None:
       config = self.data_config
       start = time.perf_counter()
-      data = reqa.load_reqa(config["path"], config["split"])
+      with run_config.input_errors():  # a missing file is the user's input, read lazily
+        data = reqa.load_reqa(config["path"], config["split"])
       test = None
       if config["train_fraction"] is not None:
         _, test = reqa.split_by_article(data.num_articles, config["train_fraction"],

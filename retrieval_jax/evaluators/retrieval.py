@@ -14,7 +14,7 @@ from typing import Any
 
 from etils import epath
 
-from retrieval_jax import evaluation
+from retrieval_jax import evaluation, run_config
 from retrieval_jax.data.splits import load_split
 from retrieval_jax.index import ScannConfig
 
@@ -70,9 +70,10 @@ class SplitEvaluator:
     """The split, read once and kept for the periodic evaluations."""
     if self._data is None:
       config = self.data_config
-      self._data = load_split(config["name"], config["split"],
-                              dev_fraction=config["dev_fraction"], tfds_dir=config["tfds_dir"],
-                              key=f"evals.{self.name}.data.name")
+      with run_config.input_errors():  # a missing data set is the user's input, read lazily
+        self._data = load_split(config["name"], config["split"],
+                                dev_fraction=config["dev_fraction"],
+                                tfds_dir=config["tfds_dir"], key=f"evals.{self.name}.data.name")
       logger.info("evals.%s: %s/%s, %d queries, %d documents", self.name, self._data.name,
                   config["split"], len(self._data.query_ids), len(self._data.corpus_ids))
     return self._data

@@ -32,7 +32,7 @@ import jax
 import numpy as np
 from scipy import stats
 
-from retrieval_jax import encode, files
+from retrieval_jax import encode, files, run_config
 from retrieval_jax.data import stsb
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,9 @@ class StsEvaluator:
     """The split's pairs, read on first use and kept for the periodic evaluations."""
     if self._pairs is None:
       config = self.settings
-      self._pairs = stsb.load_pairs(config["data"], config["split"], tfds_dir=config["tfds_dir"])
+      with run_config.input_errors():  # a missing file is the user's input, read lazily
+        self._pairs = stsb.load_pairs(config["data"], config["split"],
+                                      tfds_dir=config["tfds_dir"])
       logger.info("evals.%s: STS-B %s, %d pairs", self.name, self._pairs.source,
                   len(self._pairs))
     return self._pairs
