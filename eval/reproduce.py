@@ -51,22 +51,29 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 MARKER = "reproduce.json"
 ATTEMPTS = "reproduce.attempts.json"  # the wall time of each attempt at an unfinished stage
 
-_RECIPES = flags.DEFINE_list("recipes", [], "Recipes to run (default: every file in "
-                             "--regressions_dir).")
-_SUITE = flags.DEFINE_enum("suite", "smoke", list(regression_specs.SUITES), "Which suite.")
-_OUT = flags.DEFINE_string("out", None, "Directory for the runs, report.md and report.json.")
-_SEEDS = flags.DEFINE_list("seeds", [], "Run every stage with each of these seeds too "
-                           "(default: the configs' own seed only).")
-_PIN = flags.DEFINE_bool("pin", False, "Write the measured values and their spread over "
-                         "--seeds (at least 3) into the regression files.")
-_REGRESSIONS = regression_specs.define_regressions_dir_flag()
-_STAGE_PROCESSES = flags.DEFINE_enum(
-    "stage_processes", "auto", ["auto", "true", "false"],
-    "Run each stage in a process of its own (its memory returns to the system when it ends): "
-    "auto = for the cpu suite; the smoke suite's stages share this process.")
-_RUN_STAGE = flags.DEFINE_string("run_stage", None, "Internal: run the one stage "
-                                 "<recipe>/<stage> of --suite here (a stage's own process).")
-_STAGE_SEED = flags.DEFINE_integer("stage_seed", None, "Internal: --run_stage's seed.")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+  """The command line's flags, defined only when this file runs as a program: tests import it
+  beside other eval/ modules, whose `--out` would collide."""
+  flags.DEFINE_list("recipes", [], "Recipes to run (default: every file in --regressions_dir).")
+  flags.DEFINE_enum("suite", "smoke", list(regression_specs.SUITES), "Which suite.")
+  flags.DEFINE_string("out", None, "Directory for the runs, report.md and report.json.")
+  flags.DEFINE_list("seeds", [], "Run every stage with each of these seeds too (default: the "
+                    "configs' own seed only).")
+  flags.DEFINE_bool("pin", False, "Write the measured values and their spread over --seeds (at "
+                    "least 3) into the regression files.")
+  regression_specs.define_regressions_dir_flag()
+  flags.DEFINE_enum(
+      "stage_processes", "auto", ["auto", "true", "false"],
+      "Run each stage in a process of its own (its memory returns to the system when it ends): "
+      "auto = for the cpu suite; the smoke suite's stages share this process.")
+  flags.DEFINE_string("run_stage", None, "Internal: run the one stage <recipe>/<stage> of "
+                      "--suite here (a stage's own process).")
+  flags.DEFINE_integer("stage_seed", None, "Internal: --run_stage's seed.")
+
+
 host_malloc.define_flag()
 
 
@@ -233,16 +240,16 @@ def stage_plan(suite: regression_specs.Suite, out: pathlib.Path, seed: int | Non
   return plan
 
 
-def run_stage_process(recipe: str, stage: str, suite: str, out: pathlib.Path,
+def run_stage_process(spec: regression_specs.Spec, stage: str, suite: str, out: pathlib.Path,
                       seed: int | None) -> None:
   """Runs one stage in a new process of this program (`--run_stage`), which writes its marker.
 
   Raises:
     RuntimeError: When the process fails, with its exit status.
   """
-  args = [sys.executable, str(pathlib.Path(__file__).resolve()), f"--run_stage={recipe}/{stage}",
-          f"--suite={suite}", f"--out={out}", f"--regressions_dir={_REGRESSIONS.value}",
-          f"--malloc={flags.FLAGS.malloc}"]
+  args = [sys.executable, str(pathlib.Path(__file__).resolve()),
+          f"--run_stage={spec.recipe}/{stage}", f"--suite={suite}", f"--out={out}",
+          f"--regressions_dir={spec.path.parent}", f"--malloc={FLAGS.malloc}"]
   if seed is not None:
     args.append(f"--stage_seed={seed}")
   status = subprocess.run(args, check=False).returncode
@@ -251,8 +258,8 @@ def run_stage_process(recipe: str, stage: str, suite: str, out: pathlib.Path,
                        "rerun to resume it)")
 
 
-def run_recipe(recipe: str, suite: regression_specs.Suite, out: pathlib.Path, seed: int | None,
-               counted: set[str], processes: bool = False) -> dict[str, Any]:
+def run_recipe(spec: regression_specs.Spec, suite: regression_specs.Suite, out: pathlib.Path,
+               seed: int | None, counted: set[str], processes: bool = False) -> dict[str, Any]:
   """Runs a recipe's stages for one seed (None: the configs' own), each in a process of its own
   with `processes`: its metrics, commands and wall time (each stage's over all its attempts,
   in this invocation or an earlier one with this `out`; a stage in `counted`, which another
@@ -263,7 +270,7 @@ def run_recipe(recipe: str, suite: regression_specs.Suite, out: pathlib.Path, se
     workdir.mkdir(parents=True, exist_ok=True)
     commands.append(text)
     if processes and finished(config, workdir) is None:
-      run_stage_process(recipe, stage.name, suite.name, out, seed)
+      run_stage_process(spec, stage.name, suite.name, out, seed)
       if finished(config, workdir) is None:
         raise RuntimeError(f"stage {stage.name}'s process left no {workdir / MARKER}")
     done = run_stage(config, workdir, text)
@@ -391,10 +398,10 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
     recipe_start = time.perf_counter()
     try:
       seed0 = own_seed(suite_spec.stages[-1])
-      runs = {seed0: run_recipe(name, suite_spec, out, None, counted, processes)}
+      runs = {seed0: run_recipe(spec, suite_spec, out, None, counted, processes)}
       for seed in seeds if suite_spec.seeded else ():
         if seed != seed0:
-          runs[seed] = run_recipe(name, suite_spec, out, seed, counted, processes)
+          runs[seed] = run_recipe(spec, suite_spec, out, seed, counted, processes)
     except Exception as error:  # pylint: disable=broad-except
       # One recipe's failure must not cost the others' hours: report it and go on.
       logging.error("%s failed:\n%s", name, traceback.format_exc())
@@ -466,38 +473,39 @@ def stage_main(specs: Mapping[str, regression_specs.Spec], which: str, suite: st
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  host_malloc.ensure_or_exit(flags.FLAGS.malloc, may_reexec=__name__ == "__main__")
-  if not _OUT.value:
+  host_malloc.ensure_or_exit(FLAGS.malloc, may_reexec=__name__ == "__main__")
+  if not FLAGS.out:
     raise app.UsageError("--out is required")
   try:
-    seeds = [int(s) for s in _SEEDS.value]
+    seeds = [int(s) for s in FLAGS.seeds]
   except ValueError:
-    raise app.UsageError(f"--seeds={','.join(_SEEDS.value)}: not integers") from None
-  if _PIN.value and len(set(seeds)) < 3:
+    raise app.UsageError(f"--seeds={','.join(FLAGS.seeds)}: not integers") from None
+  if FLAGS.pin and len(set(seeds)) < 3:
     raise app.UsageError("--pin needs --seeds with at least 3 seeds (the tolerance is their "
                          "spread)")
   try:
-    specs = regression_specs.load_all(_REGRESSIONS.value)
+    specs = regression_specs.load_all(FLAGS.regressions_dir)
   except regression_specs.SpecError as error:
     sys.exit(f"error: {error}")
-  unknown = [r for r in _RECIPES.value if r not in specs]
+  unknown = [r for r in FLAGS.recipes if r not in specs]
   if unknown:
     sys.exit(f"error: --recipes: unknown {unknown}; known: {', '.join(specs)}")
-  if _RECIPES.value:
-    specs = {r: specs[r] for r in _RECIPES.value}
-  if _RUN_STAGE.value:
-    sys.exit(stage_main(specs, _RUN_STAGE.value, _SUITE.value, pathlib.Path(_OUT.value),
-                        _STAGE_SEED.value))
-  if not any(_SUITE.value in s.suites for s in specs.values()):
-    sys.exit(f"error: no recipe among {', '.join(specs)} has a {_SUITE.value} suite")
-  processes = {"true": True, "false": False}.get(_STAGE_PROCESSES.value, _SUITE.value == "cpu")
-  report = reproduce(specs, _SUITE.value, pathlib.Path(_OUT.value), seeds, _PIN.value,
+  if FLAGS.recipes:
+    specs = {r: specs[r] for r in FLAGS.recipes}
+  if FLAGS.run_stage:
+    sys.exit(stage_main(specs, FLAGS.run_stage, FLAGS.suite, pathlib.Path(FLAGS.out),
+                        FLAGS.stage_seed))
+  if not any(FLAGS.suite in s.suites for s in specs.values()):
+    sys.exit(f"error: no recipe among {', '.join(specs)} has a {FLAGS.suite} suite")
+  processes = {"true": True, "false": False}.get(FLAGS.stage_processes, FLAGS.suite == "cpu")
+  report = reproduce(specs, FLAGS.suite, pathlib.Path(FLAGS.out), seeds, FLAGS.pin,
                      echo=lambda line: print(line, flush=True), processes=processes)
-  print(f"\n{_OUT.value}/report.md: {len(report['recipes'])} recipes, "
+  print(f"\n{FLAGS.out}/report.md: {len(report['recipes'])} recipes, "
         f"{'failed: ' + ', '.join(report['failed']) if report['failed'] else 'all ok'} "
         f"({duration(report['seconds'])})")
   sys.exit(report["exit_status"])
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main)
