@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import rankdata
 
-from retrieval_jax import encode, evaluators, metrics
+from retrieval_jax import encode, evaluators, metrics, run_config
 from retrieval_jax.data import reqa
 from retrieval_jax.evaluators import reqa as reqa_evaluator
 from retrieval_jax.recipes import base
@@ -145,8 +145,10 @@ def test_unknown_data_key_and_missing_file(tmp_path):
     evaluators.build("e", entry)
   missing = _entry(tmp_path)
   missing.data.path = str(tmp_path / "nope.json")
-  with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
+  # Read on first use, still the user's input: main.py prints it in one line.
+  with pytest.raises(run_config.InputError, match="nope.json does not exist") as raised:
     evaluators.build("e", missing).eval_set  # pylint: disable=expression-not-assigned
+  assert isinstance(raised.value.__cause__, FileNotFoundError)
 
 
 @pytest.mark.slow

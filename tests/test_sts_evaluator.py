@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from retrieval_jax import encode, evaluators
+from retrieval_jax import encode, evaluators, run_config
 from retrieval_jax.data import stsb
 from retrieval_jax.evaluators import sts as sts_evaluator
 from retrieval_jax.recipes import base
@@ -151,5 +151,7 @@ def test_bad_entries_name_the_key(tmp_path, key, value, message):
 
 def test_missing_data_fails_on_first_use(tmp_path):
   evaluator = evaluators.build("e", _entry(tmp_path / "nope"))
-  with pytest.raises(FileNotFoundError, match="STS-B data .*nope.* is not a directory"):
+  with pytest.raises(run_config.InputError,  # the user's input: one line from main.py
+                     match="STS-B data .*nope.* is not a directory") as raised:
     evaluator.pairs  # pylint: disable=pointless-statement
+  assert isinstance(raised.value.__cause__, FileNotFoundError)
