@@ -6,7 +6,8 @@ r"""Every recipe's numbers regenerated and checked against the pinned values.
   python eval/reproduce.py --suite=smoke --seeds=0,1,2,3,4 --pin --out=/tmp/pin
 
 For each recipe (`eval/regressions/<recipe>.yaml`) the suite's stages run in order, each a
-`main.py` training (then its evaluators) in its own workdir under `OUT/runs/`; every metric is
+`main.py` training (then its evaluators) in its own workdir under `OUT/runs/` (in a process
+of its own for the cpu suite: `--stage_processes`); every metric is
 compared with its pinned value and tolerance. `OUT/report.md` has a table per recipe (metric,
 measured, pinned, tolerance, the paper's number on the paper's data) and `OUT/report.json`
 everything. The exit status is 1 when a metric is outside its tolerance, missing, or a recipe
