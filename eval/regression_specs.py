@@ -67,6 +67,13 @@ class SpecError(ValueError):
   """A regression file that is malformed; the message names the file and the key."""
 
 
+def stage_reference(value: Any) -> str | None:
+  """The stage an override value `"{stage}"` names (its workdir goes in), else None."""
+  if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
+    return value[1:-1]
+  return None
+
+
 @dataclasses.dataclass(frozen=True)
 class Stage:
   """One `main.py` run of a suite."""
@@ -81,6 +88,11 @@ class Stage:
   @property
   def variant(self) -> str:
     return self.config.split(":", 1)[1] if ":" in self.config else ""
+
+  def resolved_overrides(self, workdirs: Mapping[str, str]) -> dict[str, Any]:
+    """The overrides with each `"{stage}"` replaced by that stage's workdir."""
+    return {key: value if stage_reference(value) is None else workdirs[stage_reference(value)]
+            for key, value in self.overrides.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,8 +196,8 @@ def _suite(name: str, raw: Any, where: str) -> Suite:
     raise SpecError(f"{where}.stages: repeated stage names {names}")
   for i, stage in enumerate(parsed):
     for key, value in stage.overrides.items():
-      if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
-        if value[1:-1] not in names[:i]:
+      if stage_reference(value) is not None:
+        if stage_reference(value) not in names[:i]:
           raise SpecError(f"{where}.stages[{i}].overrides.{key}: {value} names no earlier stage "
                           f"(stages: {names})")
   ignore = raw.get("ignore") or []

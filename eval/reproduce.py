@@ -96,12 +96,10 @@ def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed
     config = module.get_config(stage.variant)
   except ValueError as error:
     raise regression_specs.SpecError(f"stage {stage.name}: {error}") from None
-  settings = dict(stage.overrides)
+  settings = stage.resolved_overrides(workdirs)
   if seed is not None:
     settings["seed"] = seed
   for key, value in settings.items():
-    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
-      value = workdirs[value[1:-1]]
     *parents, leaf = key.split(".")
     node = config
     try:
@@ -144,9 +142,7 @@ def command(stage: regression_specs.Stage, workdir: pathlib.Path, workdirs: Mapp
             seed: int | None) -> str:
   """The `main.py` command line equivalent to running the stage."""
   parts = ["python main.py", f"--config={stage.config}"]
-  for key, value in stage.overrides.items():
-    if isinstance(value, str) and value.startswith("{") and value.endswith("}"):
-      value = workdirs[value[1:-1]]
+  for key, value in stage.resolved_overrides(workdirs).items():
     parts.append(f"--config.{key}={value}")
   if seed is not None:
     parts.append(f"--config.seed={seed}")
