@@ -332,6 +332,15 @@ def duration(seconds: float) -> str:
   return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+def wall_time(result: Mapping[str, Any]) -> str:
+  """A recipe's wall time, and each seed's when it ran several."""
+  text = duration(result.get("seconds", 0.0))
+  by_seed = result.get("seconds_by_seed", {})
+  if len(by_seed) > 1:
+    text += " (" + "; ".join(f"seed {s}: {duration(t)}" for s, t in by_seed.items()) + ")"
+  return text
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   """`report.md`: the summary, then a table per recipe."""
   machine = report["environment"]["cpu"]
@@ -344,8 +353,7 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     bad = ", ".join(r["metric"] for r in result.get("rows", []) if r["status"] in FAILING)
     if result["status"] == "error":
       bad = result["error"]
-    lines.append(f"| {name} | {result['status']} | {bad or '—'} | "
-                 f"{duration(result.get('seconds', 0.0))} |")
+    lines.append(f"| {name} | {result['status']} | {bad or '—'} | {wall_time(result)} |")
   for name, result in report["recipes"].items():
     lines += ["", f"## {name}: {result['title']}", "", f"Data: {result['data']}.", "",
               f"The paper: {result['paper']}.", ""]
@@ -409,6 +417,7 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
       continue
     own = runs[seed0]
     result.update(commands=own["commands"], seconds=sum(r["seconds"] for r in runs.values()),
+                  seconds_by_seed={str(s): r["seconds"] for s, r in runs.items()},
                   measured=own["metrics"],
                   by_seed={str(s): r["metrics"] for s, r in runs.items()})
     if pin:

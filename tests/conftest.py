@@ -1,4 +1,4 @@
-"""Test setup: 8 fake CPU devices (set before JAX starts) and the real-data locator."""
+"""Test setup: 8 fake CPU devices (set before JAX starts), one XLA cache, the real-data locator."""
 
 import os
 
@@ -16,8 +16,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 
 import pathlib  # pylint: disable=g-import-not-at-top
+import shutil  # pylint: disable=g-import-not-at-top
+import tempfile  # pylint: disable=g-import-not-at-top
 
 import pytest  # pylint: disable=g-import-not-at-top
+
+# One persistent XLA cache for the whole run, created by the first process to load this file
+# (pytest, or xdist's controller) and inherited by its workers and by every subprocess a test
+# starts: the same train step compiled again (resumed runs, reruns, the smoke suite) is read
+# back instead. Deleted when that process's session ends; a cache set by the user is kept.
+_OWN_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+  _OWN_XLA_CACHE = tempfile.mkdtemp(prefix="retrieval_jax_tests_xla_cache_")
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
+
+
+def pytest_sessionfinish(session):
+  del session
+  if _OWN_XLA_CACHE:
+    shutil.rmtree(_OWN_XLA_CACHE, ignore_errors=True)
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
 

@@ -243,6 +243,13 @@ def test_compare_statuses_and_ignored_metrics():
   assert reproduce.recipe_status(reproduce.compare(suite, measured), True) == "regressed"
 
 
+def test_wall_time_names_each_seed_when_there_were_several():
+  assert reproduce.wall_time({"seconds": 61.0, "seconds_by_seed": {"0": 61.0}}) == "1 min 1 s"
+  assert reproduce.wall_time({"seconds": 3700.0, "seconds_by_seed": {"0": 1800.0, "1": 1900.0}}) \
+      == "1 h 1 min (seed 0: 30 min 0 s; seed 1: 31 min 40 s)"
+  assert reproduce.wall_time({"status": "error"}) == "0 s"
+
+
 def test_stage_workdirs_and_commands(tmp_path):
   student = SPECS["tct_colbert"].suites["cpu"].stages[1]
   workdir = reproduce.stage_workdir(tmp_path, student, None)
