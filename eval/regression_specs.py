@@ -15,6 +15,7 @@ A file holds one recipe:
            overrides: {teacher.name: "{teacher}"}}   # {stage}: that stage's workdir
       ignore: [train/negatives/*]                # metric globs never compared (timing-bound)
       seeded: false                              # the seed changes nothing (evaluation only)
+      seed_key: evals.dev.sampling.seed          # the config key --seeds sets (default: seed)
       paper: {dev/ndcg@10: "64.9 (SciFact test)"}    # optional, per metric
       pinned:                                    # written by `reproduce.py --pin`
         date: ..., machine: ..., commit: ..., seeds: [0, 1, 2], command: ...
@@ -80,6 +81,7 @@ class Stage:
   name: str
   config: str  # configs/<file>.py[:variant]
   overrides: Mapping[str, Any]  # dotted config key -> value; "{stage}" = that stage's workdir
+  seed_key: str = "seed"  # the dotted config key a seed sets (its suite's `seed_key`)
 
   @property
   def config_file(self) -> str:
@@ -207,7 +209,13 @@ def _suite(name: str, raw: Any, where: str) -> Suite:
   seeded = raw.get("seeded", True)
   if not isinstance(seeded, bool):
     raise SpecError(f"{where}.seeded: expected true or false, got {seeded!r}")
-  unknown = set(raw) - {"data", "stages", "ignore", "paper", "pinned", "seeded"}
+  seed_key = raw.get("seed_key", "seed")
+  if not isinstance(seed_key, str) or not seed_key:
+    raise SpecError(f"{where}.seed_key: expected a dotted config key, got {seed_key!r}")
+  if "seed_key" in raw and not seeded:
+    raise SpecError(f"{where}.seed_key: a suite with seeded: false sets no seed")
+  parsed = tuple(dataclasses.replace(stage, seed_key=seed_key) for stage in parsed)
+  unknown = set(raw) - {"data", "stages", "ignore", "paper", "pinned", "seeded", "seed_key"}
   if unknown:
     raise SpecError(f"{where}: unknown keys {sorted(unknown)}")
   suite = Suite(name, data, parsed, tuple(ignore), dict(paper),

@@ -18,7 +18,7 @@ run again, an interrupted one resumes from its checkpoint; after a config file c
 new `--out` (a workdir refuses to resume with another config, naming the keys). Stages with
 the same config share one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
 
-`--seeds` runs each stage once per seed (`--config.seed`); with `--pin` the suite's pinned
+`--seeds` runs each stage once per seed (`--config.seed`, or the suite's `seed_key`); with `--pin` the suite's pinned
 values become the config's own seed's measurements, each with the tolerance `SIGMAS` standard
 deviations over the seeds (`eval/regression_specs.py`).
 """
@@ -79,7 +79,8 @@ host_malloc.define_flag()
 
 
 def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed: int | None):
-  """The stage's config: `get_config(variant)` of its file, overrides and seed applied.
+  """The stage's config: `get_config(variant)` of its file, overrides and seed (at the stage's
+  `seed_key`) applied.
 
   Raises:
     regression_specs.SpecError: An unknown config file, variant or key.
@@ -98,7 +99,7 @@ def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed
     raise regression_specs.SpecError(f"stage {stage.name}: {error}") from None
   settings = stage.resolved_overrides(workdirs)
   if seed is not None:
-    settings["seed"] = seed
+    settings[stage.seed_key] = seed
   for key, value in settings.items():
     *parents, leaf = key.split(".")
     node = config
@@ -115,8 +116,12 @@ def load_config(stage: regression_specs.Stage, workdirs: Mapping[str, str], seed
 
 
 def own_seed(stage: regression_specs.Stage) -> int:
-  """The seed the stage's config sets (its `{stage}` references need no workdir for that)."""
-  return int(load_config(stage, _Placeholders(), None).seed)
+  """The seed the stage's config sets at its `seed_key` (its `{stage}` references need no
+  workdir for that)."""
+  node = load_config(stage, _Placeholders(), None)
+  for part in stage.seed_key.split("."):
+    node = node[part]
+  return int(node)
 
 
 class _Placeholders(dict):
@@ -145,7 +150,7 @@ def command(stage: regression_specs.Stage, workdir: pathlib.Path, workdirs: Mapp
   for key, value in stage.resolved_overrides(workdirs).items():
     parts.append(f"--config.{key}={value}")
   if seed is not None:
-    parts.append(f"--config.seed={seed}")
+    parts.append(f"--config.{stage.seed_key}={seed}")
   parts.append(f"--workdir={workdir}")
   return " ".join(parts)
 
@@ -332,6 +337,13 @@ def duration(seconds: float) -> str:
   return f"{minutes} min {secs} s" if minutes else f"{secs} s"
 
 
+def summary(report: Mapping[str, Any]) -> str:
+  """`all ok`, or which recipes failed and which have no pins."""
+  parts = [f"{label}: {', '.join(report[key])}"
+           for key, label in (("failed", "failed"), ("not_pinned", "not pinned")) if report[key]]
+  return "; ".join(parts) or "all ok"
+
+
 def wall_time(result: Mapping[str, Any]) -> str:
   """A recipe's wall time, and each seed's when it ran several."""
   text = duration(result.get("seconds", 0.0))
@@ -344,10 +356,12 @@ def wall_time(result: Mapping[str, Any]) -> str:
 def report_markdown(report: Mapping[str, Any]) -> str:
   """`report.md`: the summary, then a table per recipe."""
   machine = report["environment"]["cpu"]
+  total = sum(r.get("seconds", 0.0) for r in report["recipes"].values())
   lines = [f"# Reproduction report: the `{report['suite']}` suite", "",
            f"{report['started']} on {machine['model']} ({machine['usable_cpus']} usable CPUs), "
-           f"commit {report['commit']}; {duration(report['seconds'])} in all. "
-           f"Exit status {report['exit_status']}.", "",
+           f"commit {report['commit']}. The recipes' wall time: {duration(total)} over every "
+           f"attempt ({duration(report['seconds'])} in this invocation). "
+           f"Exit status {report['exit_status']}: {summary(report)}.", "",
            "| recipe | status | outside tolerance or missing | wall time |", "|---|---|---|---|"]
   for name, result in report["recipes"].items():
     bad = ", ".join(r["metric"] for r in result.get("rows", []) if r["status"] in FAILING)
@@ -445,10 +459,10 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
     echo(f"[{index}/{len(chosen)}] {name}: {result['status']}{detail} "
          f"({duration(result['seconds'])})")
   report["seconds"] = round(time.perf_counter() - start, 1)
-  failed = [n for n, r in report["recipes"].items()
-            if r["status"] in ("regressed", "error") or (r["status"] == "not pinned" and not pin)]
-  report["exit_status"] = 1 if failed else 0
-  report["failed"] = failed
+  statuses = {n: r["status"] for n, r in report["recipes"].items()}
+  report["failed"] = [n for n, status in statuses.items() if status in ("regressed", "error")]
+  report["not_pinned"] = [n for n, status in statuses.items() if status == "not pinned"]
+  report["exit_status"] = int(bool(report["failed"] or (report["not_pinned"] and not pin)))
   (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
   (out / "report.md").write_text(report_markdown(report))
   return report
@@ -506,8 +520,7 @@ def main(argv):
   processes = {"true": True, "false": False}.get(FLAGS.stage_processes, FLAGS.suite == "cpu")
   report = reproduce(specs, FLAGS.suite, pathlib.Path(FLAGS.out), seeds, FLAGS.pin,
                      echo=lambda line: print(line, flush=True), processes=processes)
-  print(f"\n{FLAGS.out}/report.md: {len(report['recipes'])} recipes, "
-        f"{'failed: ' + ', '.join(report['failed']) if report['failed'] else 'all ok'} "
+  print(f"\n{FLAGS.out}/report.md: {len(report['recipes'])} recipes, {summary(report)} "
         f"({duration(report['seconds'])})")
   sys.exit(report["exit_status"])
 

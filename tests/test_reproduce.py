@@ -48,7 +48,8 @@ def test_progress_lines_and_report(smoke):
   assert ("python main.py --config=configs/dpr.py:smoke --config.train.num_steps=40 "
           "--config.train.checkpoint_every_steps=20 --workdir=") in markdown
   assert report["environment"]["cpu"]["model"]
-  assert report["exit_status"] == 0 and report["failed"] == []
+  assert report["exit_status"] == 0 and report["failed"] == report["not_pinned"] == []
+  assert "Exit status 0: all ok." in markdown and "The recipes' wall time: " in markdown
 
 
 def test_rerunning_reuses_finished_stages(smoke):
@@ -203,6 +204,15 @@ def test_spec_errors_name_file_and_key(tmp_path):
   with pytest.raises(regression_specs.SpecError, match=r"metrics.train/steps_per_s: an ignored "
                      "metric"):
     regression_specs.load(load(raw))
+  raw = json.loads(json.dumps(base))
+  raw["suites"]["cpu"]["seed_key"] = 3
+  with pytest.raises(regression_specs.SpecError, match=r"suites.cpu.seed_key: expected a dotted "
+                     "config key, got 3"):
+    regression_specs.load(load(raw))
+  raw["suites"]["cpu"].update(seed_key="seed", seeded=False)
+  with pytest.raises(regression_specs.SpecError, match=r"suites.cpu.seed_key: a suite with "
+                     "seeded: false sets no seed"):
+    regression_specs.load(load(raw))
   (tmp_path / "bad.yaml").write_text("recipe: [unclosed")
   with pytest.raises(regression_specs.SpecError, match="bad.yaml"):
     regression_specs.load(tmp_path / "bad.yaml")
@@ -250,6 +260,12 @@ def test_wall_time_names_each_seed_when_there_were_several():
   assert reproduce.wall_time({"status": "error"}) == "0 s"
 
 
+def test_summary_names_failed_and_unpinned_recipes():
+  assert reproduce.summary({"failed": [], "not_pinned": []}) == "all ok"
+  assert reproduce.summary({"failed": ["dpr"], "not_pinned": ["lamer", "bm25"]}) == \
+      "failed: dpr; not pinned: lamer, bm25"
+
+
 def test_stage_workdirs_and_commands(tmp_path):
   student = SPECS["tct_colbert"].suites["cpu"].stages[1]
   workdir = reproduce.stage_workdir(tmp_path, student, None)
@@ -260,6 +276,12 @@ def test_stage_workdirs_and_commands(tmp_path):
                   f"--config.seed=3 --workdir={workdir}")
   config = reproduce.load_config(student, {"teacher": "/t"}, 3)
   assert config.teacher.name == "/t" and config.seed == 3
+  # LameR's randomness is its sampling: its seeds go there.
+  lamer = SPECS["lamer"].suites["cpu"].stages[0]
+  assert reproduce.own_seed(lamer) == 0
+  assert reproduce.command(lamer, workdir, {}, 2).endswith(
+      f" --config.evals.dev.sampling.seed=2 --workdir={workdir}")
+  assert reproduce.load_config(lamer, {}, 2).evals.dev.sampling.seed == 2
   bad = regression_specs.Stage("x", "configs/dpr.py:cpu", {"optim.nope": 1})
   with pytest.raises(regression_specs.SpecError, match=r"stage x: cannot set "
                      r"config.optim.nope=1"):
