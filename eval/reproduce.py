@@ -18,9 +18,9 @@ run again, an interrupted one resumes from its checkpoint; after a config file c
 new `--out` (a workdir refuses to resume with another config, naming the keys). Stages with
 the same config share one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
 
-`--seeds` runs each stage once per seed (`--config.seed`, or the suite's `seed_key`); with `--pin` the suite's pinned
-values become the config's own seed's measurements, each with the tolerance `SIGMAS` standard
-deviations over the seeds (`eval/regression_specs.py`).
+`--seeds` runs each stage once per seed (`--config.seed`, or the suite's `seed_key`); with
+`--pin` the suite's pinned values become the config's own seed's measurements, each with the
+tolerance `SIGMAS` standard deviations over the seeds (`eval/regression_specs.py`).
 """
 
 from __future__ import annotations
