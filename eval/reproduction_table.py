@@ -51,7 +51,8 @@ def measured_cell(spec: regression_specs.Spec, row: Mapping) -> str:
   if suite is None or not suite.pinned:
     return text
   pins = suite.pins
-  shown = [f"{name} {pins[name].value:.4g} ± {pins[name].tolerance:.2g}"
+  # 4 significant digits, trailing zeros kept (0.6440, not 0.644).
+  shown = [f"{name} {pins[name].value:#.4g} ± {pins[name].tolerance:.2g}"
            for name in row.get("show", []) if name in pins]
   p = suite.pinned
   seeds = f"seeds {', '.join(map(str, p['seeds']))}" if p["seeds"] else "no seed enters"

@@ -316,12 +316,12 @@ def test_table_rows_show_the_pinned_values(tmp_path):
   def pin(raw):
     raw["suites"]["cpu"]["pinned"] = {
         "date": "2026-12-07", "machine": "AMD EPYC, 2 CPUs", "commit": "abc", "seeds": [0, 1, 2],
-        "command": "c", "metrics": {"sts_dev/spearman": {"value": 85.7312, "tolerance": 0.24}}}
+        "command": "c", "metrics": {"sts_dev/spearman": {"value": 85.7012, "tolerance": 0.24}}}
   directory = _regressions(tmp_path, ["sgopt"], pin)
   table = reproduction_table.render(regression_specs.load_all(directory))
   row = next(line for line in table.splitlines() if line.startswith("| SG-OPT, laptop scale"))
   assert ("pinned (2026-12-07, AMD EPYC, 2 CPUs, seeds 0, 1, 2; `python eval/reproduce.py "
-          "--suite=cpu --recipes=sgopt`): sts_dev/spearman 85.73 ± 0.24; ") in row
+          "--suite=cpu --recipes=sgopt`): sts_dev/spearman 85.70 ± 0.24; ") in row
   workspace = tmp_path / "WORKSPACE.md"
   workspace.write_text("intro\n" + reproduction_table.render(SPECS) + "\nafter\n")
   args = ["eval/reproduction_table.py", f"--regressions_dir={directory}",
