@@ -338,9 +338,10 @@ def duration(seconds: float) -> str:
 
 
 def summary(report: Mapping[str, Any]) -> str:
-  """`all ok`, or which recipes failed and which have no pins."""
+  """`all ok`, or which recipes failed, which have no pins and which have not run yet."""
   parts = [f"{label}: {', '.join(report[key])}"
-           for key, label in (("failed", "failed"), ("not_pinned", "not pinned")) if report[key]]
+           for key, label in (("failed", "failed"), ("not_pinned", "not pinned"),
+                              ("pending", "not run yet")) if report.get(key)]
   return "; ".join(parts) or "all ok"
 
 
@@ -373,8 +374,9 @@ def report_markdown(report: Mapping[str, Any]) -> str:
               f"The paper: {result['paper']}.", ""]
     if result.get("pinned"):
       p = result["pinned"]
-      lines += [f"Pinned on {p['date']}, {p['machine']}, commit {p['commit']}, over seeds "
-                f"{', '.join(map(str, p['seeds']))}.", ""]
+      seeds = (f"over seeds {', '.join(map(str, p['seeds']))}" if p["seeds"]
+               else "from one run (no seed enters)")
+      lines += [f"Pinned on {p['date']}, {p['machine']}, commit {p['commit']}, {seeds}.", ""]
     lines += ["```"] + result.get("commands", []) + ["```", ""]
     if result["status"] == "error":
       lines += [f"**Failed to run:** {result['error']}"]
@@ -401,8 +403,8 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
               seeds: Sequence[int] = (), pin: bool = False, echo=print,
               processes: bool = False) -> dict[str, Any]:
   """Runs `suite` of every spec (each stage in a process of its own with `processes`),
-  compares, writes `OUT/report.{md,json}` (and the pins with `pin`); returns the report, whose
-  `exit_status` is 1 on any regression or failed recipe."""
+  compares, writes `OUT/report.{md,json}` after every recipe (and the pins with `pin`); returns
+  the report, whose `exit_status` is 1 on any regression or failed recipe."""
   out.mkdir(parents=True, exist_ok=True)
   started, start = datetime.datetime.now().isoformat(timespec="seconds"), time.perf_counter()
   report = {"suite": suite, "out": str(out), "started": started, "commit": git_commit(),
@@ -426,6 +428,7 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
       logging.error("%s failed:\n%s", name, traceback.format_exc())
       result.update(status="error", error=f"{type(error).__name__}: {error}".splitlines()[0],
                     seconds=round(time.perf_counter() - recipe_start, 1))
+      write_report(report, out, pin, start, pending=[n for n, _ in chosen[index:]])
       echo(f"[{index}/{len(chosen)}] {name}: error: {result['error']} "
            f"({duration(result['seconds'])})")
       continue
@@ -456,16 +459,26 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
       detail = f", {sum(r['status'] == 'ok' for r in rows)} metrics within tolerance"
     else:
       detail = f", {len(rows)} metrics measured"
+    write_report(report, out, pin, start, pending=[n for n, _ in chosen[index:]])
     echo(f"[{index}/{len(chosen)}] {name}: {result['status']}{detail} "
          f"({duration(result['seconds'])})")
+  write_report(report, out, pin, start, pending=[])
+  return report
+
+
+def write_report(report: dict[str, Any], out: pathlib.Path, pin: bool, start: float,
+                 pending: Sequence[str]) -> None:
+  """Completes `report` with the recipes done so far and writes `OUT/report.{md,json}`; called
+  after every recipe, so a suite cut short (hours in) keeps the report of what it ran."""
   report["seconds"] = round(time.perf_counter() - start, 1)
   statuses = {n: r["status"] for n, r in report["recipes"].items()}
   report["failed"] = [n for n, status in statuses.items() if status in ("regressed", "error")]
   report["not_pinned"] = [n for n, status in statuses.items() if status == "not pinned"]
-  report["exit_status"] = int(bool(report["failed"] or (report["not_pinned"] and not pin)))
+  report["pending"] = list(pending)
+  report["exit_status"] = int(bool(report["failed"] or report["pending"]
+                                   or (report["not_pinned"] and not pin)))
   (out / "report.json").write_text(json.dumps(report, indent=1, default=str))
   (out / "report.md").write_text(report_markdown(report))
-  return report
 
 
 def stage_main(specs: Mapping[str, regression_specs.Spec], which: str, suite: str,

@@ -31,6 +31,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
   os.environ["JAX_COMPILATION_CACHE_DIR"] = _OWN_XLA_CACHE
 
 
+_FAST_COMPILE = "--xla_backend_optimization_level=0"
+
+
+def pytest_configure(config):
+  """The default run compiles LLVM unoptimised: its models are tiny, so compiling, not running,
+  is most of its time. `-m slow` (real trainings, where running dominates) keeps XLA's default,
+  and a level set in $XLA_FLAGS is kept. Before any test starts JAX's backend, which reads it."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  if config.getoption("markexpr") == "not slow" and "xla_backend_optimization_level" not in flags:
+    os.environ["XLA_FLAGS"] = f"{flags} {_FAST_COMPILE}".strip()
+
+
 def pytest_sessionfinish(session):
   del session
   if _OWN_XLA_CACHE:

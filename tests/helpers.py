@@ -91,10 +91,18 @@ def with_overrides(config, overrides: dict):
   return config
 
 
+def one_device_xla_flags() -> str:
+  """$XLA_FLAGS without conftest's fake device count, for a subprocess on one CPU device; the
+  other flags (the test run's compile level) stay."""
+  return " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()
+                  if not flag.startswith("--xla_force_host_platform_device_count="))
+
+
 def run_python(args, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
   """`python ARGS` from the repository root on one CPU device (no fake device split), with
   `env` added to the environment."""
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", **(env or {})}
+  env = {**os.environ, "XLA_FLAGS": one_device_xla_flags(), "JAX_PLATFORMS": "cpu",
+         **(env or {})}
   return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True,
                         text=True, check=check, timeout=600)
 

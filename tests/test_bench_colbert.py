@@ -307,7 +307,7 @@ def test_real_benchmark_against_pylate(tmp_path, scifact_dir, minilm_dir):
   if not (PYLATE_VENV / "bin" / "python").exists():
     pytest.skip(f"no PyLate venv at {PYLATE_VENV} (the script would create it: ~5 GB)")
   out = tmp_path / "bench.json"
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+  env = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(), "JAX_PLATFORMS": "cpu",
          "RETRIEVAL_JAX_DATA": str(scifact_dir.parent)}
   subprocess.run([sys.executable, "eval/bench_colbert.py", "--limit_docs=200", "--rounds=1",
                   f"--venv={PYLATE_VENV}", "--noinstall_pylate", f"--out={out}"], cwd=_REPO,

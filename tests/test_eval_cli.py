@@ -22,7 +22,8 @@ def tiny(tmp_path_factory, minilm_dir):
 
 
 def _run(args, cwd=REPO, **env):
-  environ = {**os.environ, "XLA_FLAGS": "", "RETRIEVAL_JAX_TFDS_DIR": env.pop("tfds")}
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(),
+             "RETRIEVAL_JAX_TFDS_DIR": env.pop("tfds")}
   result = subprocess.run([sys.executable, *args], cwd=cwd, capture_output=True, text=True,
                           env=environ, timeout=300, check=False)
   assert result.returncode == 0, result.stderr[-3000:]
@@ -50,7 +51,8 @@ def test_eval_retrieval_script_writes_metrics_and_run(tiny, index, tmp_path):
 
 def test_eval_retrieval_module_form_and_bad_model(tiny, tmp_path):
   data, _, root = tiny
-  environ = {**os.environ, "XLA_FLAGS": "", "RETRIEVAL_JAX_TFDS_DIR": str(root / "tfds")}
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(),
+             "RETRIEVAL_JAX_TFDS_DIR": str(root / "tfds")}
   result = subprocess.run(
       [sys.executable, "-m", "eval.retrieval", f"--model={tmp_path / 'missing'}",
        f"--data={data}", "--split=test", "--progress=false"],
@@ -73,7 +75,7 @@ def test_main_zeroshot_evaluates_through_the_registry(tiny, tmp_path, mode):
 
 
 def test_main_refuses_to_train_an_evaluation_only_recipe(tmp_path):
-  environ = {**os.environ, "XLA_FLAGS": ""}
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags()}
   result = subprocess.run(
       [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
        "--mode=train"], cwd=REPO, capture_output=True, text=True, env=environ, timeout=120,
@@ -85,7 +87,7 @@ def test_main_refuses_to_train_an_evaluation_only_recipe(tmp_path):
 
 def test_main_names_a_missing_evaluation_data_set_in_one_line(tmp_path):
   """Evaluators read their data when they first run: still the user's input, not a bug."""
-  environ = {**os.environ, "XLA_FLAGS": ""}
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags()}
   result = subprocess.run(
       [sys.executable, "main.py", "--config=configs/zeroshot.py:smoke", f"--workdir={tmp_path}",
        f"--config.data.name={tmp_path / 'nowhere'}"],
@@ -97,7 +99,7 @@ def test_main_names_a_missing_evaluation_data_set_in_one_line(tmp_path):
 
 
 def test_main_rejects_unknown_config_key(tmp_path):
-  environ = {**os.environ, "XLA_FLAGS": ""}
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags()}
   result = subprocess.run(
       [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
        "--mode=eval", "--config.evals.dev.no_such_key=1"],
@@ -132,6 +134,6 @@ def test_compare_runs_script(tiny, tmp_path):
   missing = subprocess.run(
       [sys.executable, "eval/compare_runs.py", f"--runs={tmp_path / 'good'},{tmp_path / 'no'}"],
       cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-      env={**os.environ, "XLA_FLAGS": ""})
+      env={**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags()})
   assert missing.returncode != 0 and "Traceback" not in missing.stderr
   assert f"{tmp_path / 'no'}: no run.trec" in missing.stderr

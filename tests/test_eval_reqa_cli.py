@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from tests.helpers import one_device_xla_flags
 from tests.test_reqa_data import TINY_SQUAD
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -16,7 +17,7 @@ KEYS = {"recall@1", "recall@5", "recall@10", "recall@50", "recall@100", "mrr", "
 
 
 def _run(*args):
-  environ = {**os.environ, "XLA_FLAGS": ""}
+  environ = {**os.environ, "XLA_FLAGS": one_device_xla_flags()}
   return subprocess.run([sys.executable, "eval/reqa.py", "--progress=false", *args], cwd=REPO,
                         capture_output=True, text=True, env=environ, timeout=300, check=False)
 
@@ -57,7 +58,7 @@ def test_bad_input_is_one_error_line(squad, tmp_path, args, message):
 def test_a_training_workdir_and_its_export(squad, tmp_path):
   """A DPR smoke run: its checkpoint through the recipe, then its exported tower as a HF dir."""
   workdir = tmp_path / "dpr"
-  environ = {**os.environ, "XLA_FLAGS": ""}
+  environ = {**os.environ, "XLA_FLAGS": one_device_xla_flags()}
   trained = subprocess.run([sys.executable, "main.py", "--config=configs/dpr.py:smoke",
                             f"--workdir={workdir}", "--config.train.progress=false"], cwd=REPO,
                            capture_output=True, text=True, env=environ, timeout=300, check=False)

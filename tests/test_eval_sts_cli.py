@@ -21,7 +21,7 @@ KEYS = {"spearman", "pearson", "model", "pooling", "split", "pairs", "data", "ma
 
 def _run(*args, timeout=300):
   # One CPU device; the repository importable whatever is installed.
-  environ = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
+  environ = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(), "JAX_PLATFORMS": "cpu",
              "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
   return subprocess.run([sys.executable, "eval/sts.py", "--progress=false", *args], cwd=REPO,
                         capture_output=True, text=True, env=environ, timeout=timeout,

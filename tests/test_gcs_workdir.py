@@ -15,7 +15,7 @@ import sys
 import pytest
 
 from retrieval_jax import metric_writer, run_config
-from tests.helpers import REPO, restore_towers
+from tests.helpers import REPO, one_device_xla_flags, restore_towers
 
 pytestmark = pytest.mark.slow
 
@@ -45,7 +45,8 @@ def _worst(a, b):
 def test_command_line_on_a_gcs_workdir(recipe, gcs_server, gcs_bucket, tmp_path):
   import os  # pylint: disable=g-import-not-at-top
 
-  env = {**os.environ, **gcs_server.environment(), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, **gcs_server.environment(), "XLA_FLAGS": one_device_xla_flags(),
+         "JAX_PLATFORMS": "cpu"}
   config = [f"--config=configs/{recipe}.py:smoke", "--config.train.num_steps=6"]
   if recipe == "ance":  # refreshes at fixed steps, so that two runs can be compared
     config.append("--config.negatives.refresh_mode=sync")

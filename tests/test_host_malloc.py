@@ -43,8 +43,8 @@ _PAGES_PER_BLOCK = 64 * 2**20 // 4096
 
 def _run(choice: str, env: dict | None = None) -> subprocess.CompletedProcess:
   return subprocess.run([sys.executable, "-c", _FAULTS_PER_CALL, choice], cwd=helpers.REPO,
-                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu",
-                             **(env or {})},
+                        env={**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(),
+                             "JAX_PLATFORMS": "cpu", **(env or {})},
                         capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -106,7 +106,7 @@ def test_main_rejects_an_unknown_malloc_in_one_line(tmp_path):
   run = subprocess.run(
       [sys.executable, "main.py", "--config=configs/zeroshot.py", f"--workdir={tmp_path}",
        "--malloc=jemalloc"], cwd=helpers.REPO, capture_output=True, text=True,
-      env={**os.environ, "XLA_FLAGS": ""}, timeout=120, check=False)
+      env={**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags()}, timeout=120, check=False)
   assert run.returncode == 1
   assert "--malloc must be auto, system, tcmalloc or an existing file" in run.stderr
   assert "Traceback" not in run.stderr
@@ -120,7 +120,7 @@ def test_main_reexecutes_itself_onto_the_allocator_before_anything_else(tmp_path
   # allocator is chosen, so nothing compiles.
   args = [sys.executable, "main.py", "--config=configs/dpr.py:smoke", f"--workdir={tmp_path}",
           f"--config.data.name={tmp_path / 'missing'}"]
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = {**os.environ, "XLA_FLAGS": helpers.one_device_xla_flags(), "JAX_PLATFORMS": "cpu"}
   auto = subprocess.run(args, cwd=helpers.REPO, capture_output=True, text=True, env=env,
                         timeout=300, check=False)
   system = subprocess.run([*args, "--malloc=system"], cwd=helpers.REPO, capture_output=True,

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from retrieval_jax import checkpoint, preemption
-from tests.helpers import REPO
+from tests.helpers import REPO, one_device_xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,8 @@ def test_sigterm_to_main_saves_the_current_step_and_exits_143(tmp_path):
              "--config.train.checkpoint_every_steps=1000000", "--config.train.log_every_steps=1"]
   process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              text=True,
-                             env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                             env={**os.environ, "XLA_FLAGS": one_device_xla_flags(),
+                                  "JAX_PLATFORMS": "cpu"})
   training = threading.Event()
   err_lines = []
 

@@ -56,9 +56,17 @@ def test_rerunning_reuses_finished_stages(smoke):
   """Last of the fixture's tests: it rewrites the report."""
   _, out, report = smoke
   markers = {p: p.stat().st_mtime_ns for p in (out / "runs").glob(f"*/{reproduce.MARKER}")}
-  lines = []
+  lines, partial = [], []
+
+  def echo(line):  # The report is written after each recipe, before its progress line.
+    lines.append(line)
+    partial.append(json.loads((out / "report.json").read_text()))
+
   again = reproduce.reproduce({"dpr": SPECS["dpr"], "tct_colbert": SPECS["tct_colbert"]},
-                              "smoke", out, echo=lines.append)
+                              "smoke", out, echo=echo)
+  assert list(partial[0]["recipes"]) == ["dpr"] and partial[0]["pending"] == ["tct_colbert"]
+  assert partial[0]["exit_status"] == 1 and partial[1]["exit_status"] == 0
+  assert reproduce.summary(partial[0]) == "not run yet: tct_colbert"
   assert {p: p.stat().st_mtime_ns for p in markers} == markers  # nothing ran again
   for name in ("dpr", "tct_colbert"):
     assert again["recipes"][name]["measured"] == report["recipes"][name]["measured"]
@@ -84,7 +92,9 @@ def test_attempt_clock_adds_up_interrupted_attempts(tmp_path):
   assert json.loads(path.read_text()) == clock.attempts
 
 
-@pytest.mark.parametrize("flip", ["value", "gradient"])
+# The gradient's reversal is the subtler break (the loss's value stays right); the negated
+# value, a second DPR smoke run, is caught as surely and runs with -m slow.
+@pytest.mark.parametrize("flip", [pytest.param("value", marks=pytest.mark.slow), "gradient"])
 def test_a_sign_flipped_loss_fails_the_smoke_suite_naming_recipe_and_metric(tmp_path, flip):
   result = run_python(["tests/sign_flip_reproduce.py", "--suite=smoke", "--recipes=dpr",
                        f"--out={tmp_path}"], check=False, env={"SIGN_FLIP": flip})
@@ -260,10 +270,11 @@ def test_wall_time_names_each_seed_when_there_were_several():
   assert reproduce.wall_time({"status": "error"}) == "0 s"
 
 
-def test_summary_names_failed_and_unpinned_recipes():
-  assert reproduce.summary({"failed": [], "not_pinned": []}) == "all ok"
-  assert reproduce.summary({"failed": ["dpr"], "not_pinned": ["lamer", "bm25"]}) == \
-      "failed: dpr; not pinned: lamer, bm25"
+def test_summary_names_failed_unpinned_and_pending_recipes():
+  assert reproduce.summary({"failed": [], "not_pinned": [], "pending": []}) == "all ok"
+  assert reproduce.summary({"failed": ["dpr"], "not_pinned": ["lamer", "bm25"],
+                            "pending": ["sgopt"]}) == \
+      "failed: dpr; not pinned: lamer, bm25; not run yet: sgopt"
 
 
 def test_stage_workdirs_and_commands(tmp_path):
