@@ -92,8 +92,8 @@ def with_overrides(config, overrides: dict):
 
 
 def one_device_xla_flags() -> str:
-  """$XLA_FLAGS without conftest's fake device count, for a subprocess on one CPU device; the
-  other flags (the test run's compile level) stay."""
+  """$XLA_FLAGS without conftest's fake device count, for a subprocess on one CPU device (or
+  with a count of its own); the other flags (the test run's compile level) stay."""
   return " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()
                   if not flag.startswith("--xla_force_host_platform_device_count="))
 

@@ -27,10 +27,12 @@ def free_port() -> int:
 
 def cpu_env(devices: int) -> dict[str, str]:
   """The environment of one process with `devices` fake CPU devices and gloo collectives."""
+  # Imported here: helpers imports JAX, which free_port's users need not.
+  from tests.helpers import one_device_xla_flags  # pylint: disable=g-import-not-at-top
+
   env = dict(os.environ)
-  flags = [f for f in env.get("XLA_FLAGS", "").split()
-           if not f.startswith("--xla_force_host_platform_device_count")]
-  env.update(XLA_FLAGS=" ".join(flags + [f"--xla_force_host_platform_device_count={devices}"]),
+  flags = f"{one_device_xla_flags()} --xla_force_host_platform_device_count={devices}".strip()
+  env.update(XLA_FLAGS=flags,
              JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
              PYTHONPATH=os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep))
