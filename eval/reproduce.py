@@ -14,7 +14,8 @@ everything. The exit status is 1 when a metric is outside its tolerance, missing
 failed to run.
 
 Rerunning with the same `--out` resumes: a finished stage (`<workdir>/reproduce.json`) is not
-run again, an interrupted one resumes from its checkpoint; after a config file changes, use a
+run again, an interrupted one resumes from its checkpoint (a SIGTERM to this program reaches
+the stage's process, which saves one, and stops the suite); after a config file changes, use a
 new `--out` (a workdir refuses to resume with another config, naming the keys). Stages with
 the same config share one workdir (TCT-ColBERT's teacher is the ColBERT recipe's run).
 
@@ -31,6 +32,7 @@ import importlib.util
 import json
 import math
 import pathlib
+import signal
 import subprocess
 import sys
 import threading
@@ -242,6 +244,37 @@ def stage_plan(suite: regression_specs.Suite, out: pathlib.Path, seed: int | Non
   return plan
 
 
+def preempted(error: BaseException) -> bool:
+  """Whether `error` is training's `preemption.Preempted`; looked up, not imported, so this
+  process stays free of JAX while stages run in processes of their own."""
+  module = sys.modules.get("retrieval_jax.preemption")
+  return module is not None and isinstance(error, module.Preempted)
+
+
+def run_passing_sigterm(args: Sequence[str]) -> int:
+  """Runs `args` and returns its exit status; a SIGTERM to this process goes to the child too
+  (a preempted or `timeout`-ed run saves the stage's checkpoint instead of orphaning it), then
+  this process exits with the child's status.
+  """
+  child = subprocess.Popen(args)
+  terminated = []
+
+  def pass_on(signum, unused_frame):
+    terminated.append(signum)
+    child.send_signal(signum)
+
+  previous = signal.signal(signal.SIGTERM, pass_on)
+  try:
+    status = child.wait()
+  finally:
+    signal.signal(signal.SIGTERM, previous)
+  if terminated:
+    # SystemExit, not an error: the recipe loop must stop here, not go on to the next recipe.
+    # The child's status when it saved and exited, else the shell's code for a SIGTERM.
+    raise SystemExit(status if status > 0 else 128 + signal.SIGTERM)
+  return status
+
+
 def run_stage_process(spec: regression_specs.Spec, stage: str, suite: str, out: pathlib.Path,
                       seed: int | None) -> None:
   """Runs one stage in a new process of this program (`--run_stage`), which writes its marker.
@@ -254,7 +287,7 @@ def run_stage_process(spec: regression_specs.Spec, stage: str, suite: str, out: 
           f"--regressions_dir={spec.path.parent}", f"--malloc={FLAGS.malloc}"]
   if seed is not None:
     args.append(f"--stage_seed={seed}")
-  status = subprocess.run(args, check=False).returncode
+  status = run_passing_sigterm(args)
   if status:
     raise RuntimeError(f"stage {stage} exited with status {status} (its output is above; "
                        "rerun to resume it)")
@@ -423,7 +456,13 @@ def reproduce(specs: Mapping[str, regression_specs.Spec], suite: str, out: pathl
       for seed in seeds if suite_spec.seeded else ():
         if seed != seed0:
           runs[seed] = run_recipe(spec, suite_spec, out, seed, counted, processes)
-    except Exception as error:  # pylint: disable=broad-except
+    except BaseException as error:  # pylint: disable=broad-except
+      if preempted(error) or not isinstance(error, Exception):
+        # A SIGTERM (checkpoint saved) or Ctrl-C stops the suite; the report lists this
+        # recipe and the rest as not run yet.
+        del report["recipes"][name]
+        write_report(report, out, pin, start, pending=[n for n, _ in chosen[index - 1:]])
+        raise
       # One recipe's failure must not cost the others' hours: report it and go on.
       logging.error("%s failed:\n%s", name, traceback.format_exc())
       result.update(status="error", error=f"{type(error).__name__}: {error}".splitlines()[0],
@@ -490,7 +529,7 @@ def stage_main(specs: Mapping[str, regression_specs.Spec], which: str, suite: st
     return 1
   for stage, workdir, config, text in stage_plan(specs[recipe].suites[suite], out, seed):
     if stage.name == name:
-      from retrieval_jax import run_config  # pylint: disable=g-import-not-at-top
+      from retrieval_jax import preemption, run_config  # pylint: disable=g-import-not-at-top
 
       workdir.mkdir(parents=True, exist_ok=True)
       try:
@@ -498,6 +537,9 @@ def stage_main(specs: Mapping[str, regression_specs.Spec], which: str, suite: st
       except run_config.InputError as error:  # a bad key or input: one line, as main.py
         print(f"error: {error}", file=sys.stderr)
         return 1
+      except preemption.Preempted as stopped:  # checkpoint saved: the rerun resumes
+        print(f"\n{stopped}", flush=True)
+        return preemption.EXIT_CODE
       return 0
   print(f"error: --run_stage={which}: {recipe} has no stage {name!r}", file=sys.stderr)
   return 1
@@ -531,8 +573,14 @@ def main(argv):
   if not any(FLAGS.suite in s.suites for s in specs.values()):
     sys.exit(f"error: no recipe among {', '.join(specs)} has a {FLAGS.suite} suite")
   processes = {"true": True, "false": False}.get(FLAGS.stage_processes, FLAGS.suite == "cpu")
-  report = reproduce(specs, FLAGS.suite, pathlib.Path(FLAGS.out), seeds, FLAGS.pin,
-                     echo=lambda line: print(line, flush=True), processes=processes)
+  try:
+    report = reproduce(specs, FLAGS.suite, pathlib.Path(FLAGS.out), seeds, FLAGS.pin,
+                       echo=lambda line: print(line, flush=True), processes=processes)
+  except Exception as error:  # pylint: disable=broad-except
+    if not preempted(error):
+      raise
+    print(f"\n{error}", flush=True)
+    sys.exit(128 + signal.SIGTERM)
   print(f"\n{FLAGS.out}/report.md: {len(report['recipes'])} recipes, {summary(report)} "
         f"({duration(report['seconds'])})")
   sys.exit(report["exit_status"])

@@ -5,6 +5,9 @@ import json
 import os
 import pathlib
 import shutil
+import signal
+import sys
+import threading
 import time
 
 import pytest
@@ -91,6 +94,45 @@ def test_attempt_clock_adds_up_interrupted_attempts(tmp_path):
   assert len(clock.attempts) == 2 and 100.0 <= clock.total < 110.0
   assert json.loads(path.read_text()) == clock.attempts
 
+
+
+def test_a_sigterm_reaches_the_stage_process_and_stops_the_suite(tmp_path):
+  """A preempted or `timeout`-ed reproduce.py must not leave its stage running, orphaned."""
+  ready, stopped = tmp_path / "ready", tmp_path / "stopped"
+  child = ("import pathlib, signal, sys, time\n"
+           f"def stop(*_): pathlib.Path({str(stopped)!r}).touch(); sys.exit(143)\n"
+           "signal.signal(signal.SIGTERM, stop)\n"
+           f"pathlib.Path({str(ready)!r}).touch()\n"
+           "time.sleep(60)\n")
+
+  def terminate_once_ready():
+    deadline = time.monotonic() + 30
+    while not ready.exists() and time.monotonic() < deadline:
+      time.sleep(0.01)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+  threading.Thread(target=terminate_once_ready, daemon=True).start()
+  previous = signal.getsignal(signal.SIGTERM)
+  with pytest.raises(SystemExit) as exit_info:
+    reproduce.run_passing_sigterm([sys.executable, "-c", child])
+  assert exit_info.value.code == 143 and stopped.exists()
+  assert signal.getsignal(signal.SIGTERM) is previous
+  assert reproduce.run_passing_sigterm([sys.executable, "-c", "raise SystemExit(3)"]) == 3
+
+
+def test_a_preempted_stage_exits_143_and_stops_the_suite(tmp_path, monkeypatch):
+  """Training's `Preempted` (checkpoint saved) is neither a traceback nor one recipe's error."""
+  from retrieval_jax import preemption  # pylint: disable=import-outside-toplevel
+
+  def preempt(*unused_args, **unused_kwargs):
+    raise preemption.Preempted(step=7, save_seconds=0.5)
+
+  monkeypatch.setattr(reproduce, "run_stage", preempt)
+  assert reproduce.stage_main(SPECS, "zeroshot/zeroshot", "smoke", tmp_path, None) == 143
+  monkeypatch.setattr(reproduce, "run_recipe", preempt)
+  with pytest.raises(preemption.Preempted):
+    reproduce.reproduce({r: SPECS[r] for r in ("bm25", "zeroshot")}, "smoke", tmp_path)
+  assert json.loads((tmp_path / "report.json").read_text())["pending"] == ["bm25", "zeroshot"]
 
 # The gradient's reversal is the subtler break (the loss's value stays right); the negated
 # value, a second DPR smoke run, is caught as surely and runs with -m slow.
