@@ -9,8 +9,8 @@ For each recipe (`eval/regressions/<recipe>.yaml`) the suite's stages run in ord
 `main.py` training (then its evaluators) in its own workdir under `OUT/runs/` (in a process
 of its own for the cpu suite: `--stage_processes`); every metric is
 compared with its pinned value and tolerance. `OUT/report.md` has a table per recipe (metric,
-measured, pinned, tolerance, the paper's number on the paper's data) and `OUT/report.json`
-everything. The exit status is 1 when a metric is outside its tolerance, missing, or a recipe
+measured, its range over the seeds run, pinned, tolerance, the paper's number on the paper's
+data) and `OUT/report.json` everything. The exit status is 1 when a metric is outside its tolerance, missing, or a recipe
 failed to run.
 
 Rerunning with the same `--out` resumes: a finished stage (`<workdir>/reproduce.json`) is not
@@ -387,6 +387,13 @@ def wall_time(result: Mapping[str, Any]) -> str:
   return text
 
 
+def seed_range(result: Mapping[str, Any], metric: str) -> str:
+  """`min–max` of `metric` over the seeds a recipe ran, `—` where fewer than two have it."""
+  values = [m[metric] for m in result.get("by_seed", {}).values()
+            if isinstance(m.get(metric), (int, float))]
+  return f"{_format(min(values))}–{_format(max(values))}" if len(values) > 1 else "—"
+
+
 def report_markdown(report: Mapping[str, Any]) -> str:
   """`report.md`: the summary, then a table per recipe."""
   machine = report["environment"]["cpu"]
@@ -414,13 +421,17 @@ def report_markdown(report: Mapping[str, Any]) -> str:
     if result["status"] == "error":
       lines += [f"**Failed to run:** {result['error']}"]
       continue
-    lines += ["| metric | measured | pinned | tolerance | status | paper |",
-              "|---|---|---|---|---|---|"]
+    seeds = list(result.get("by_seed", {}))
+    several = len(seeds) > 1
+    seed_column = f" seeds {', '.join(seeds)} (min–max) |" if several else ""
+    lines += [f"| metric | measured |{seed_column} pinned | tolerance | status | paper |",
+              "|---|---|" + ("---|" if several else "") + "---|---|---|---|"]
     for r in result["rows"]:
       status = f"**{r['status']}**" if r["status"] in FAILING else r["status"]
-      lines.append(f"| {r['metric']} | {_format(r['measured'])} | {_format(r['pinned'])} | "
-                   f"± {_format(r['tolerance'])} | {status} | {r['paper'] or '—'} |"
-                   .replace("± —", "—"))
+      seed_cell = f" {seed_range(result, r['metric'])} |" if several else ""
+      lines.append(f"| {r['metric']} | {_format(r['measured'])} |{seed_cell} "
+                   f"{_format(r['pinned'])} | ± {_format(r['tolerance'])} | {status} | "
+                   f"{r['paper'] or '—'} |".replace("± —", "—"))
   return "\n".join(lines) + "\n"
 
 

@@ -312,6 +312,26 @@ def test_wall_time_names_each_seed_when_there_were_several():
   assert reproduce.wall_time({"status": "error"}) == "0 s"
 
 
+
+def test_report_shows_each_metrics_range_over_the_seeds():
+  result = {"title": "T", "data": "D", "paper": "P", "pinned": {}, "commands": ["c"],
+            "status": "ok", "seconds": 2.0, "seconds_by_seed": {"0": 1.0, "1": 1.0},
+            "by_seed": {"0": {"dev/ndcg@10": 0.5, "train/lr": 1.5},
+                        "1": {"dev/ndcg@10": 0.25}},
+            "rows": [{"metric": m, "measured": v, "pinned": v, "tolerance": 0.1, "status": "ok",
+                      "paper": None} for m, v in (("dev/ndcg@10", 0.5), ("train/lr", 1.5))]}
+  report = {"suite": "cpu", "started": "now", "commit": "abc", "seconds": 2.0,
+            "environment": {"cpu": {"model": "M", "usable_cpus": 2}}, "exit_status": 0,
+            "failed": [], "not_pinned": [], "pending": [], "recipes": {"r": result}}
+  lines = reproduce.report_markdown(report).splitlines()
+  assert "| metric | measured | seeds 0, 1 (min–max) | pinned | tolerance | status | paper |" \
+      in lines
+  assert "| dev/ndcg@10 | 0.5 | 0.25–0.5 | 0.5 | ± 0.1 | ok | — |" in lines
+  assert "| train/lr | 1.5 | — | 1.5 | ± 0.1 | ok | — |" in lines  # one seed has it
+  result["by_seed"] = {"0": result["by_seed"]["0"]}
+  lines = reproduce.report_markdown(report).splitlines()
+  assert "| dev/ndcg@10 | 0.5 | 0.5 | ± 0.1 | ok | — |" in lines
+
 def test_summary_names_failed_unpinned_and_pending_recipes():
   assert reproduce.summary({"failed": [], "not_pinned": [], "pending": []}) == "all ok"
   assert reproduce.summary({"failed": ["dpr"], "not_pinned": ["lamer", "bm25"],
