@@ -10,8 +10,8 @@ For each recipe (`eval/regressions/<recipe>.yaml`) the suite's stages run in ord
 of its own for the cpu suite: `--stage_processes`); every metric is
 compared with its pinned value and tolerance. `OUT/report.md` has a table per recipe (metric,
 measured, its range over the seeds run, pinned, tolerance, the paper's number on the paper's
-data) and `OUT/report.json` everything. The exit status is 1 when a metric is outside its tolerance, missing, or a recipe
-failed to run.
+data) and `OUT/report.json` everything. The exit status is 1 when a metric is outside its
+tolerance, missing, or a recipe failed to run.
 
 Rerunning with the same `--out` resumes: a finished stage (`<workdir>/reproduce.json`) is not
 run again, an interrupted one resumes from its checkpoint (a SIGTERM to this program reaches
