@@ -95,7 +95,6 @@ def test_attempt_clock_adds_up_interrupted_attempts(tmp_path):
   assert json.loads(path.read_text()) == clock.attempts
 
 
-
 def test_a_sigterm_reaches_the_stage_process_and_stops_the_suite(tmp_path):
   """A preempted or `timeout`-ed reproduce.py must not leave its stage running, orphaned."""
   ready, stopped = tmp_path / "ready", tmp_path / "stopped"
@@ -133,6 +132,7 @@ def test_a_preempted_stage_exits_143_and_stops_the_suite(tmp_path, monkeypatch):
   with pytest.raises(preemption.Preempted):
     reproduce.reproduce({r: SPECS[r] for r in ("bm25", "zeroshot")}, "smoke", tmp_path)
   assert json.loads((tmp_path / "report.json").read_text())["pending"] == ["bm25", "zeroshot"]
+
 
 # The gradient's reversal is the subtler break (the loss's value stays right); the negated
 # value, a second DPR smoke run, is caught as surely and runs with -m slow.
@@ -312,7 +312,6 @@ def test_wall_time_names_each_seed_when_there_were_several():
   assert reproduce.wall_time({"status": "error"}) == "0 s"
 
 
-
 def test_report_shows_each_metrics_range_over_the_seeds():
   result = {"title": "T", "data": "D", "paper": "P", "pinned": {}, "commands": ["c"],
             "status": "ok", "seconds": 2.0, "seconds_by_seed": {"0": 1.0, "1": 1.0},
@@ -331,6 +330,7 @@ def test_report_shows_each_metrics_range_over_the_seeds():
   result["by_seed"] = {"0": result["by_seed"]["0"]}
   lines = reproduce.report_markdown(report).splitlines()
   assert "| dev/ndcg@10 | 0.5 | 0.5 | ± 0.1 | ok | — |" in lines
+
 
 def test_summary_names_failed_unpinned_and_pending_recipes():
   assert reproduce.summary({"failed": [], "not_pinned": [], "pending": []}) == "all ok"
