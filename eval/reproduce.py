@@ -53,6 +53,8 @@ else:  # Run as a script: eval/ is first on sys.path.
 REPO = pathlib.Path(__file__).resolve().parents[1]
 MARKER = "reproduce.json"
 ATTEMPTS = "reproduce.attempts.json"  # the wall time of each attempt at an unfinished stage
+# A shell's status for a SIGTERM, training's `preemption.EXIT_CODE` (not imported: it needs JAX).
+SIGTERM_EXIT = 128 + int(signal.SIGTERM)
 
 FLAGS = flags.FLAGS
 
@@ -271,7 +273,7 @@ def run_passing_sigterm(args: Sequence[str]) -> int:
   if terminated:
     # SystemExit, not an error: the recipe loop must stop here, not go on to the next recipe.
     # The child's status when it saved and exited, else the shell's code for a SIGTERM.
-    raise SystemExit(status if status > 0 else 128 + signal.SIGTERM)
+    raise SystemExit(status if status > 0 else SIGTERM_EXIT)
   return status
 
 
@@ -591,7 +593,7 @@ def main(argv):
     if not preempted(error):
       raise
     print(f"\n{error}", flush=True)
-    sys.exit(128 + signal.SIGTERM)
+    sys.exit(SIGTERM_EXIT)
   print(f"\n{FLAGS.out}/report.md: {len(report['recipes'])} recipes, {summary(report)} "
         f"({duration(report['seconds'])})")
   sys.exit(report["exit_status"])
